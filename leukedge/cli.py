@@ -1,0 +1,315 @@
+"""`leukedge <step> ...`: one command line for the whole flow.
+
+Steps that need TensorFlow import it only when they run, so `leukedge data ...` and
+`leukedge classify ...` work on a device without the `train` extra, and the others say
+which extra they need.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from leukedge import __version__
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def _needs_extra(fn):
+    """Turn a missing extra or a known bad input into one clear line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from leukedge.edge.card import CardError
+        from leukedge.edge.preprocess import ImageError
+
+        known: tuple[type[BaseException], ...] = (CardError, ImageError)
+        try:
+            from leukedge.optimize.run import OptimizeError
+            from leukedge.train.config import ConfigError
+            from leukedge.train.datasets import DatasetError
+            from leukedge.train.weights import WeightsError
+
+            known += (DatasetError, ConfigError, WeightsError, OptimizeError)
+        except ImportError as exc:
+            if "tensorflow" in str(exc).lower() or "leukedge[train]" in str(exc):
+                _die(str(exc))
+            from leukedge.train.datasets import DatasetError  # needs no TensorFlow
+
+            known += (DatasetError,)
+        try:
+            from leukedge.benchmarks.run import BenchmarkError
+
+            known += (BenchmarkError,)
+        except ImportError:
+            pass
+        try:
+            return fn(*args, **kwargs)
+        except known as exc:
+            _die(str(exc))
+        except ImportError as exc:
+            if "tensorflow" in str(exc).lower() or "leukedge[train]" in str(exc):
+                _die(f"{exc}\n  this step needs the workstation extra: pip install 'leukedge[train]'")
+            raise
+
+    return wrapper
+
+
+def _die(message: str) -> None:
+    click.echo(f"leukedge: error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="leukedge")
+def main():
+    """leukedge: train, shrink, run and benchmark an ALL-screening model for the edge.
+
+    \b
+    Steps:  data -> train -> optimize -> classify -> benchmark   (or: flow, all at once)
+    """
+
+
+# -- data ------------------------------------------------------------------------
+
+@main.group()
+def data():
+    """Inspect, verify, download or synthesize datasets."""
+
+
+@data.command("inspect")
+@click.argument("path", type=click.Path())
+@click.option("--positive", help="Positive class folder name (plain class-folder layout).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@_needs_extra
+def data_inspect(path, positive, as_json):
+    """Counts per class, subject and fold; image sizes and modes; byte-identical duplicates."""
+    from leukedge.train.datasets import inspect, read_dataset
+
+    ds = read_dataset(path, positive)
+    rep = inspect(ds)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+        return
+    click.echo(f"{rep['root']}  ({rep['layout']} layout; labels {rep['labels']}, positive '{rep['positive_label']}')")
+    click.echo(f"images: {rep['images']} ({rep['labelled']} labelled)  per class: {rep['per_class']}  per part: {rep['per_part']}")
+    for fold, counts in rep["per_fold"].items():
+        click.echo(f"  {fold}: {counts}")
+    if rep["subjects"]:
+        click.echo(f"subjects: {rep['subjects']} (by class: {rep['subjects_per_class']})")
+    click.echo(f"sizes: {rep['sizes']}  modes: {rep['modes']}")
+    click.echo(f"byte-identical groups: {rep['duplicate_groups']} ({rep['duplicate_files']} files)")
+    for c in rep["duplicates_across_subjects"]:
+        click.echo(f"  shared by subjects {', '.join(c['subjects'])}: {', '.join(c['files'])}")
+    for path_, problem in rep["problems"] + rep["unreadable"]:
+        click.echo(f"problem: {path_}: {problem}")
+
+
+@data.command("verify")
+@click.argument("path", type=click.Path())
+@click.option("--present-only", is_flag=True, help="Check only the files present (a subset); missing files are not an error.")
+@click.option("--json", "as_json", is_flag=True)
+@_needs_extra
+def data_verify(path, present_only, as_json):
+    """Check a C-NMC download against the release manifest: missing, corrupt, unexpected files."""
+    from leukedge.train.verify import verify_release
+
+    rep = verify_release(path)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+    else:
+        click.echo(f"{rep.root}: {rep.ok} of {rep.expected} release files verified; {len(rep.missing)} missing, "
+                   f"{len(rep.corrupt)} corrupt, {len(rep.unexpected)} unexpected")
+        for rel, problem in rep.corrupt:
+            click.echo(f"  corrupt: {rel}: {problem}")
+        for rel in rep.unexpected:
+            click.echo(f"  unexpected: {rel}")
+        if rep.missing and not present_only:
+            for rel in rep.missing[:10]:
+                click.echo(f"  missing: {rel}")
+            if len(rep.missing) > 10:
+                click.echo(f"  ... and {len(rep.missing) - 10} more missing")
+    bad = rep.corrupt or rep.unexpected or (rep.missing and not present_only)
+    sys.exit(EXIT_FAILED if bad else 0)
+
+
+@data.command("download")
+@click.argument("dest", type=click.Path(file_okay=False))
+@_needs_extra
+def data_download(dest):
+    """Fetch the public C-NMC release with kagglehub (optional extra), then verify it."""
+    from leukedge.train.download import download
+
+    root = download(dest)
+    from leukedge.train.verify import verify_release
+
+    rep = verify_release(root)
+    click.echo(f"{root}: {rep.ok} of {rep.expected} files verified")
+    sys.exit(0 if rep.complete else EXIT_FAILED)
+
+
+@data.command("synth")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--train-images", default=240, show_default=True, type=click.IntRange(12, 100000))
+@click.option("--val-images", default=40, show_default=True, type=click.IntRange(2, 100000))
+@click.option("--size", default=450, show_default=True, type=click.IntRange(32, 2048))
+@click.option("--seed", default=0, show_default=True)
+@_needs_extra
+def data_synth(out, train_images, val_images, size, seed):
+    """Generate a labelled, clearly synthetic set of cell-like images in the C-NMC layout."""
+    from leukedge.train.synth import synthesize
+
+    root = synthesize(out, train_images, val_images, size, seed)
+    click.echo(f"wrote synthetic C-NMC-layout data to {root} (not microscope images)")
+
+
+# -- train -----------------------------------------------------------------------
+
+_TRAIN_OPTIONS = {}
+
+
+@main.command()
+@click.argument("data_path", metavar="DATA", type=click.Path())
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config ([train] table).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config key (repeatable).")
+@click.option("--epochs", type=int, help="Fine-tuning epochs (stage 2).")
+@click.option("--epochs-head", type=int, help="Head-only epochs (stage 1).")
+@click.option("--image-size", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--weights", help="imagenet | keras-imagenet | none | PATH")
+@click.option("--fine-tune-from", help="Block to fine-tune from: mixed0..mixed10, all, none.")
+@click.option("--split", type=click.Choice(["auto", "official", "subject", "random"]))
+@click.option("--test-fraction", type=float)
+@click.option("--test-fold", help="C-NMC official split: hold this fold out as a test part.")
+@click.option("--positive", help="Positive class (plain class-folder layout).")
+@click.option("--min-recall-all", type=float, help="Choose the threshold that keeps positive-class recall >= R.")
+@click.option("--max-train-images", type=int, help="Stratified subsample of the training split (quick runs).")
+@click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]))
+@click.option("--seed", type=int)
+@click.option("--strict", is_flag=True, default=None, help="Fail on the first unreadable image instead of skipping it.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@_needs_extra
+def train(data_path, out, config_file, overrides, resume, **options):
+    """Fine-tune ImageNet InceptionV3 on DATA; writes OUT/model.keras and its card OUT/model.json."""
+    from leukedge.train.config import load_config, parse_overrides
+    from leukedge.train.fit import train as run_train
+
+    values = {k: v for k, v in options.items() if v is not None}
+    values.update(parse_overrides(overrides))
+    cfg = load_config(config_file, values)
+    run_train(data_path, out, cfg, resume=resume)
+
+
+@main.command()
+@click.argument("data_path", metavar="DATA", type=click.Path())
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
+@click.option("--trials", default=12, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--max-seconds", default=0, show_default=True, type=click.IntRange(0), help="Time budget (0 = none).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--epochs", default=20, show_default=True, help="Epochs per trial (head on cached features).")
+@_needs_extra
+def tune(data_path, out, trials, max_seconds, config_file, overrides, epochs):
+    """Search head hyperparameters (L1, L2, dropout, units, activation, learning rate) by validation F1."""
+    from leukedge.train.config import load_config, parse_overrides
+    from leukedge.train.tune import tune as run_tune
+
+    cfg = load_config(config_file, parse_overrides(overrides))
+    run_tune(data_path, out, cfg, trials=trials, max_seconds=max_seconds, epochs=epochs)
+
+
+# -- optimize --------------------------------------------------------------------
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
+@click.option("--data", "data_path", type=click.Path(), help="Dataset folder [default: the one in the model's card].")
+@click.option("--variants", default=",".join(("float32", "float16", "dynamic", "int8", "pruned-int8", "qat-int8", "pruned-qat-int8")),
+              show_default=True, help="Comma-separated variants.")
+@click.option("--io", default="int8", type=click.Choice(["int8", "uint8", "float32"]), show_default=True,
+              help="Input/output type of full-integer models.")
+@click.option("--sparsity", default=0.5, show_default=True, type=float)
+@click.option("--calibration-size", default=200, show_default=True, type=int)
+@click.option("--calibration", "calibration_path", type=click.Path(), help="Calibrate on this dataset folder instead of the training split.")
+@click.option("--finetune-steps", default=100, show_default=True, type=click.IntRange(0), help="Steps of pruning / QAT fine-tuning.")
+@click.option("--finetune-batch", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--max-f1-drop", default=0.01, show_default=True, type=float)
+@click.option("--max-recall-drop", default=0.01, show_default=True, type=float)
+@click.option("--keep-failing", is_flag=True, help="Exit 0 even when a variant is over budget (it stays marked failed).")
+@click.option("--threads", type=click.IntRange(1), help="Interpreter threads for verification.")
+@_needs_extra
+def optimize(model_path, out, data_path, variants, io, sparsity, calibration_size, calibration_path, finetune_steps,
+             finetune_batch, max_f1_drop, max_recall_drop, keep_failing, threads):
+    """Prune and quantize MODEL (model.keras) into TFLite variants, each gated against its float parent."""
+    from leukedge.optimize.run import OptimizeOptions
+    from leukedge.optimize.run import optimize as run_optimize
+
+    opts = OptimizeOptions(variants=tuple(v.strip() for v in variants.split(",") if v.strip()), io=io,
+                           sparsity=sparsity, calibration_size=calibration_size, calibration=calibration_path,
+                           finetune_steps=finetune_steps, finetune_batch=finetune_batch, max_f1_drop=max_f1_drop,
+                           max_recall_drop=max_recall_drop, keep_failing=keep_failing, threads=threads)
+    summary = run_optimize(model_path, out, opts, data_path)
+    if summary["failed"]:
+        click.echo(f"leukedge optimize: over budget: {', '.join(summary['failed'])}"
+                   + (" (kept: --keep-failing)" if keep_failing else ""), err=True)
+        if not keep_failing:
+            sys.exit(EXIT_FAILED)
+
+
+# -- classify / benchmark / flow -------------------------------------------------
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def classify(ctx):
+    """Same as edge-classify (see: leukedge classify --help)."""
+    from leukedge.edge.cli import main as edge_main
+
+    edge_main.main(args=ctx.args, prog_name="leukedge classify")
+
+
+@main.command()
+@click.argument("models", nargs=-1, type=click.Path())
+@click.option("--data", "data_path", type=click.Path(), help="Dataset folder [default: the one in the models' cards].")
+@click.option("--part", default="auto", show_default=True, help="Split part to evaluate: test if present, else validation.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
+@click.option("--baseline", type=click.Path(dir_okay=False), help="An earlier results.json to compare against.")
+@click.option("--fail-on-regression", is_flag=True)
+@click.option("--max-f1-regression", default=0.01, show_default=True)
+@click.option("--max-latency-ratio", default=1.25, show_default=True, help="Allowed slowdown vs the baseline (ratio of each variant to its float32 sibling).")
+@click.option("--repeats", default=30, show_default=True, type=click.IntRange(3), help="Timed invokes per variant and thread count.")
+@click.option("--max-images", default=0, show_default=True, type=click.IntRange(0), help="Evaluate at most N images (0 = all).")
+@click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start measurement.")
+@_needs_extra
+def benchmark(models, data_path, part, out, baseline, fail_on_regression, max_f1_regression, max_latency_ratio,
+              repeats, max_images, no_cold_start):
+    """Score and time every model variant on the same images; write results.json, report.md and a plot."""
+    from leukedge.benchmarks.run import BenchmarkOptions
+    from leukedge.benchmarks.run import benchmark as run_benchmark
+
+    opts = BenchmarkOptions(part=part, repeats=repeats, max_images=max_images, cold_start=not no_cold_start,
+                            max_f1_regression=max_f1_regression, max_latency_ratio=max_latency_ratio)
+    results = run_benchmark(models, out, opts, data_path, baseline)
+    if fail_on_regression and results.get("regressions"):
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument("data_path", metavar="[DATA]", required=False, type=click.Path())
+@click.option("--out", "-o", default="runs/flow", show_default=True, type=click.Path(file_okay=False))
+@click.option("--quick", is_flag=True, help="Smallest settings (CI smoke run): tiny images, few steps.")
+@click.option("--image-size", type=int, help="Training image size [default: 128, or 96 with --quick].")
+@_needs_extra
+def flow(data_path, out, quick, image_size):
+    """The whole flow on DATA (default: the sample data if at hand, else a generated synthetic set)."""
+    from leukedge.benchmarks.flow import run_flow
+
+    run_flow(data_path, out, quick=quick, image_size=image_size)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Keras model -> TFLite bytes, in every quantization mode leukedge ships."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+
+from leukedge.train.tfcompat import tensorflow
+
+IO_TYPES = ("int8", "uint8", "float32")
+
+
+def to_tflite(model, mode: str, representative: Callable[[], Iterable[list[np.ndarray]]] | None = None,
+              io: str = "int8") -> bytes:
+    """mode: float32 | float16 | dynamic | int8 (full-integer; needs `representative`)."""
+    tf = tensorflow()
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if mode == "float32":
+        pass
+    elif mode == "float16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode == "int8":
+        if representative is None:
+            raise ValueError("full-integer quantization needs a representative dataset")
+        if io not in IO_TYPES:
+            raise ValueError(f"--io must be one of {IO_TYPES}")
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io_dtype = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io]
+        conv.inference_input_type = io_dtype
+        conv.inference_output_type = io_dtype
+    elif mode == "qat":
+        # A quantization-aware model carries its own ranges; only IO types are chosen here.
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        if representative is not None:
+            conv.representative_dataset = representative
+        io_dtype = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io]
+        conv.inference_input_type = io_dtype
+        conv.inference_output_type = io_dtype
+    else:
+        raise ValueError(f"unknown conversion mode {mode!r}")
+    return conv.convert()
+
+
+def representative_from(inputs: np.ndarray) -> Callable[[], Iterable[list[np.ndarray]]]:
+    """Calibration generator over float32 model inputs (N, H, W, 3), one image per step."""
+
+    def gen():
+        for x in inputs:
+            yield [x[None].astype(np.float32)]
+
+    return gen

@@ -1,0 +1,60 @@
+"""Magnitude pruning with a polynomial sparsity schedule during a short fine-tune, then stripped."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from leukedge.train.tfcompat import tensorflow
+
+
+def clone_float(model):
+    """A copy with its own variables: pruning wrappers would otherwise share the parent's."""
+    tf = tensorflow()
+    copy = tf.keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def prune(model, train_ds, sparsity: float, steps: int, lr: float = 1e-5, progress: bool = True):
+    """Prune every Conv2D and Dense kernel of a copy of `model` to `sparsity`; returns the stripped model."""
+    import tensorflow_model_optimization as tfmot
+
+    tf = tensorflow()
+    if not 0.0 < sparsity < 1.0:
+        raise ValueError(f"sparsity must lie in (0, 1), got {sparsity}")
+    steps = max(2, int(steps))
+    frequency = max(1, steps // 20)
+    end_step = max(frequency, (int(steps * 0.7) // frequency) * frequency)
+    schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity,
+                                                    begin_step=0, end_step=end_step, frequency=frequency)
+    base = clone_float(model)
+    for layer in base.layers:  # fine-tune everything but BatchNorm statistics
+        layer.trainable = not isinstance(layer, tf.keras.layers.BatchNormalization)
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(base, pruning_schedule=schedule)
+    pruned.compile(optimizer=tf.keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy")
+    # UpdatePruningStep only: no PruningSummaries (needs TensorBoard).
+    pruned.fit(train_ds.repeat(), steps_per_epoch=steps, epochs=1, verbose=1 if progress else 0,
+               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    return tfmot.sparsity.keras.strip_pruning(pruned)
+
+
+def kernel_sparsity(model) -> dict[str, float]:
+    """Share of exact zeros in every Conv2D / Dense kernel."""
+    tf = tensorflow()
+    out = {}
+    for layer in model.layers:
+        if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.Dense)):
+            k = layer.kernel.numpy()
+            out[layer.name] = float(np.mean(k == 0))
+    return out
+
+
+def overall_sparsity(model) -> float:
+    tf = tensorflow()
+    zeros = total = 0
+    for layer in model.layers:
+        if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.Dense)):
+            k = layer.kernel.numpy()
+            zeros += int((k == 0).sum())
+            total += k.size
+    return zeros / total if total else 0.0

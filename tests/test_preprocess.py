@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import write_image
+from leukedge.edge.preprocess import ImageError, Preprocessing, load_rgb, normalize, preprocess_file, quantize
+
+
+@pytest.mark.parametrize("ext,fmt", [(".bmp", "BMP"), (".png", "PNG"), (".jpg", "JPEG"), (".tif", "TIFF")])
+def test_decodes_every_supported_format(tmp_path, ext, fmt):
+    p = write_image(tmp_path / f"cell{ext}", size=(50, 40), fmt=fmt)
+    arr = load_rgb(p, 32)
+    assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "1", "I"])
+def test_every_mode_becomes_rgb(tmp_path, mode):
+    fmt = {"CMYK": "JPEG", "I": "TIFF"}.get(mode, "PNG")
+    p = write_image(tmp_path / f"cell_{mode}.{fmt.lower()}", mode=mode, fmt=fmt)
+    arr = load_rgb(p)
+    assert arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8
+
+
+def test_sixteen_bit_grey_is_rescaled_not_clipped(tmp_path):
+    arr16 = np.full((8, 8), 65535, np.uint16)
+    arr16[:4] = 32768
+    p = tmp_path / "g16.png"
+    Image.fromarray(arr16).save(p)
+    rgb = load_rgb(p)
+    assert rgb[0, 0, 0] == 128 and rgb[7, 7, 0] == 255
+
+
+def test_transparent_pixels_become_black_background(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[0, 0, 3] = 255  # one opaque pixel, the rest fully transparent
+    p = tmp_path / "a.png"
+    Image.fromarray(rgba, "RGBA").save(p)
+    rgb = load_rgb(p)
+    assert tuple(rgb[0, 0]) == (200, 200, 200) and tuple(rgb[3, 3]) == (0, 0, 0)
+
+
+def test_normalize_and_quantize_follow_the_card():
+    prep = Preprocessing(size=32, mean=(128.0,) * 3, std=(128.0,) * 3)
+    x = normalize(np.array([[[0, 128, 255]]], np.uint8), prep)
+    np.testing.assert_allclose(x[0, 0], [-1.0, 0.0, 127 / 128])
+    q = quantize(np.array([-1.0, 0.0, 0.5, 2.0], np.float32), 1 / 128, -1, np.int8)
+    assert q.tolist() == [-128, -1, 63, 127]  # clipped at the int8 range
+
+
+def test_preprocess_file_resizes_real_cnmc_bmp(cnmc_dir):
+    bmp = sorted(cnmc_dir.glob("training_data/fold_0/all/*.bmp"))[0]
+    x = preprocess_file(bmp, Preprocessing(size=224))
+    assert x.shape == (224, 224, 3) and x.dtype == np.float32
+    assert -1.0 <= x.min() and x.max() < 1.0
+    assert (x == -1.0).mean() > 0.2  # the black background of a segmented cell
+
+
+def test_bad_inputs_name_the_file_and_problem(tmp_path):
+    missing = tmp_path / "nope.bmp"
+    with pytest.raises(ImageError, match="no such file") as e:
+        load_rgb(missing)
+    assert str(missing) in str(e.value)
+    empty = tmp_path / "empty.bmp"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty file"):
+        load_rgb(empty)
+    fake = tmp_path / "fake.png"
+    fake.write_text("this is not an image")
+    with pytest.raises(ImageError, match="not a recognised image"):
+        load_rgb(fake)
+    good = write_image(tmp_path / "t.bmp", size=(64, 64), fmt="BMP")
+    truncated = tmp_path / "truncated.bmp"
+    truncated.write_bytes(good.read_bytes()[:3000])
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        load_rgb(truncated)
+    with pytest.raises(ImageError, match="is a directory"):
+        load_rgb(tmp_path)
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    p = write_image(tmp_path / "big.png", size=(200, 200), fmt="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageError, match="decompression-bomb"):
+        load_rgb(p)

@@ -1,0 +1,243 @@
+"""Reading labelled cell-image datasets: the C-NMC release layout and plain class folders.
+
+Every sample knows its path, label, subject (C-NMC) and fold. C-NMC layout:
+
+    C-NMC_Leukemia/training_data/fold_<k>/{all,hem}/UID_<subject>_<image>_<cell>_<all|hem>.bmp
+    C-NMC_Leukemia/validation_data/C-NMC_test_prelim_phase_data/<n>.bmp
+    C-NMC_Leukemia/validation_data/C-NMC_test_prelim_phase_data_labels.csv  (Patient_ID,new_names,labels)
+    C-NMC_Leukemia/testing_data/C-NMC_test_final_phase_data/<n>.bmp        (unlabelled: predict only)
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from leukedge.edge.files import sha256_file
+from leukedge.edge.preprocess import is_image_name
+
+CNMC_LABELS = ["hem", "all"]  # output order: index 1 = ALL, the positive class
+KNOWN_POSITIVES = ("all", "ig", "blast", "positive", "leukemic")
+_UID = re.compile(r"^UID_([A-Za-z]?\d+)_", re.IGNORECASE)
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as given; the message names the path and the problem."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int | None  # index into Dataset.labels; None when unlabelled
+    subject: str | None = None
+    fold: str | None = None
+    part: str = "train"  # C-NMC part: train | validation | test
+
+
+@dataclass
+class Dataset:
+    root: str
+    layout: str  # "cnmc" | "folders"
+    labels: list[str]
+    positive_label: str
+    samples: list[Sample]
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def labelled(self) -> list[Sample]:
+        return [s for s in self.samples if s.label is not None]
+
+    def part(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.part == name]
+
+    def relpath(self, sample: Sample) -> str:
+        try:
+            return str(Path(sample.path).relative_to(self.root))
+        except ValueError:
+            return sample.path
+
+
+def subject_from_name(name: str) -> str | None:
+    """C-NMC subject id from a file name: 'UID_h3_...' and 'UID_H3_...' are the same subject 'H3'."""
+    m = _UID.match(Path(name).name)
+    return m.group(1).upper() if m else None
+
+
+def find_cnmc_root(path: Path) -> Path | None:
+    for cand in (path, path / "C-NMC_Leukemia"):
+        if (cand / "training_data").is_dir() or (cand / "validation_data").is_dir():
+            return cand
+    return None
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p))
+
+
+def read_cnmc(root: Path) -> Dataset:
+    samples: list[Sample] = []
+    problems: list[tuple[str, str]] = []
+    train_dir = root / "training_data"
+    if train_dir.is_dir():
+        for fold in sorted(p for p in train_dir.iterdir() if p.is_dir() and p.name.startswith("fold_")):
+            for label_idx, cls in enumerate(CNMC_LABELS):
+                cls_dir = fold / cls
+                if not cls_dir.is_dir():
+                    continue
+                for img in _images(cls_dir):
+                    subject = subject_from_name(img.name)
+                    if subject is None:
+                        problems.append((str(img), "name does not follow UID_<subject>_..., subject unknown"))
+                    samples.append(Sample(str(img), label_idx, subject, fold.name, "train"))
+    val_dir = root / "validation_data"
+    if val_dir.is_dir():
+        csvs = sorted(val_dir.glob("*labels*.csv"))
+        img_dirs = [p for p in val_dir.iterdir() if p.is_dir()]
+        files = {p.name: p for d in img_dirs for p in _images(d)}
+        if files and not csvs:
+            problems.append((str(val_dir), "validation images without a labels CSV: not used"))
+        for csv_path in csvs:
+            with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                need = {"Patient_ID", "new_names", "labels"}
+                if not need <= set(reader.fieldnames or []):
+                    raise DatasetError(f"{csv_path}: expected columns {sorted(need)}, got {reader.fieldnames}")
+                seen = set()
+                for row_no, row in enumerate(reader, start=2):
+                    name = (row["new_names"] or "").strip()
+                    if name not in files:
+                        problems.append((str(csv_path), f"row {row_no}: {name!r} listed but no such file"))
+                        continue
+                    try:
+                        label = int(row["labels"])
+                        if label not in (0, 1):
+                            raise ValueError
+                    except ValueError:
+                        problems.append((str(csv_path), f"row {row_no}: label {row['labels']!r} is not 0 or 1"))
+                        continue
+                    seen.add(name)
+                    samples.append(Sample(str(files[name]), label, subject_from_name(row["Patient_ID"]),
+                                          "validation", "validation"))
+            for name in sorted(set(files) - seen):
+                problems.append((str(files[name]), "file has no row in the labels CSV: not used"))
+    test_dir = root / "testing_data"
+    if test_dir.is_dir():
+        for d in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+            for img in _images(d):
+                samples.append(Sample(str(img), None, None, None, "test"))
+    return Dataset(str(root), "cnmc", list(CNMC_LABELS), "all", samples, problems)
+
+
+def read_class_folders(root: Path, positive: str | None = None) -> Dataset:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = [c for c in classes if _images(root / c)]
+    if len(classes) < 2:
+        raise DatasetError(
+            f"{root}: needs two class folders with images (root/<class>/<images>), found {classes or 'none'}")
+    if len(classes) > 2:
+        raise DatasetError(f"{root}: leukedge screens two classes; found {len(classes)} class folders: {classes}")
+    if positive is None:
+        known = [c for c in classes if c.lower() in KNOWN_POSITIVES]
+        if len(known) != 1:
+            raise DatasetError(f"{root}: which class is positive? pass --positive ({' or '.join(classes)})")
+        positive = known[0]
+    if positive not in classes:
+        raise DatasetError(f"{root}: positive class {positive!r} is not one of {classes}")
+    labels = [c for c in classes if c != positive] + [positive]
+    samples = []
+    for idx, cls in enumerate(labels):
+        for img in _images(root / cls):
+            samples.append(Sample(str(img), idx, None, None, "train"))
+    return Dataset(str(root), "folders", labels, positive, samples, [])
+
+
+def read_dataset(path: str | Path, positive: str | None = None) -> Dataset:
+    root = Path(path)
+    if not root.exists():
+        raise DatasetError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    cnmc = find_cnmc_root(root)
+    ds = read_cnmc(cnmc) if cnmc else read_class_folders(root, positive)
+    if cnmc and positive not in (None, "all"):
+        raise DatasetError(f"{root}: a C-NMC dataset's positive class is 'all', not {positive!r}")
+    if not ds.labelled:
+        raise DatasetError(f"{root}: no labelled images found")
+    counts = Counter(s.label for s in ds.labelled)
+    if len(counts) < 2:
+        only = ds.labels[next(iter(counts))]
+        raise DatasetError(f"{root}: only one class has images ({only!r}); a screening model needs both")
+    return ds
+
+
+def duplicate_groups(paths: list[str]) -> list[list[str]]:
+    """Groups (2+) of byte-identical files, found by size then SHA-256."""
+    by_size: dict[int, list[str]] = defaultdict(list)
+    for p in paths:
+        by_size[Path(p).stat().st_size].append(p)
+    groups = []
+    for same_size in by_size.values():
+        if len(same_size) < 2:
+            continue
+        by_hash: dict[str, list[str]] = defaultdict(list)
+        for p in same_size:
+            by_hash[sha256_file(p)].append(p)
+        groups.extend(sorted(g) for g in by_hash.values() if len(g) > 1)
+    return sorted(groups)
+
+
+def inspect(ds: Dataset, image_stats: bool = True) -> dict:
+    """Counts per class, part, fold and subject; image sizes and modes; byte-identical duplicates."""
+    from PIL import Image
+
+    labelled = ds.labelled
+    per_class = Counter(ds.labels[s.label] for s in labelled)
+    per_part = Counter(s.part for s in ds.samples)
+    per_fold: dict[str, Counter] = defaultdict(Counter)
+    subjects: dict[str, Counter] = defaultdict(Counter)
+    for s in labelled:
+        per_fold[s.fold or "-"][ds.labels[s.label]] += 1
+        if s.subject:
+            subjects[s.subject][ds.labels[s.label]] += 1
+    sizes: Counter = Counter()
+    modes: Counter = Counter()
+    unreadable = []
+    if image_stats:
+        for s in ds.samples:
+            try:
+                with Image.open(s.path) as im:
+                    sizes[f"{im.width}x{im.height}"] += 1
+                    modes[im.mode] += 1
+            except Exception as exc:  # noqa: BLE001 - report every unreadable file, keep going
+                unreadable.append((s.path, str(exc)))
+    dups = duplicate_groups([s.path for s in ds.samples])
+    cross = []
+    by_path = {s.path: s for s in ds.samples}
+    for g in dups:
+        subs = sorted({by_path[p].subject for p in g if by_path[p].subject})
+        if len(subs) > 1:
+            cross.append({"subjects": subs, "files": [ds.relpath(by_path[p]) for p in g]})
+    return {
+        "root": ds.root,
+        "layout": ds.layout,
+        "labels": ds.labels,
+        "positive_label": ds.positive_label,
+        "images": len(ds.samples),
+        "labelled": len(labelled),
+        "per_class": dict(per_class),
+        "per_part": dict(per_part),
+        "per_fold": {k: dict(v) for k, v in sorted(per_fold.items())},
+        "subjects": len(subjects),
+        "subjects_per_class": dict(Counter(max(c, key=c.get) for c in subjects.values())),
+        "per_subject": {k: dict(v) for k, v in sorted(subjects.items())},
+        "sizes": dict(sizes.most_common()),
+        "modes": dict(modes.most_common()),
+        "unreadable": unreadable,
+        "duplicate_groups": len(dups),
+        "duplicate_files": sum(len(g) for g in dups),
+        "duplicates_across_subjects": cross,
+        "problems": ds.problems,
+    }

@@ -1,0 +1,287 @@
+"""`leukedge train`: fine-tune InceptionV3 in two stages and export model.keras with its card."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from leukedge import __version__
+from leukedge.edge.card import ModelCard
+from leukedge.edge.files import staged_dir, write_text_atomic
+from leukedge.edge.metrics import choose_threshold, report_at_threshold
+from leukedge.edge.preprocess import Preprocessing
+
+from .config import TrainConfig, to_toml
+from .datasets import Dataset, DatasetError, read_dataset
+from .model import HeadConfig, build_inception_v3, set_trainable_from
+from .pipeline import ImageArrays, class_weights, decode_samples, make_dataset
+from .splits import Split, make_split
+from .tfcompat import tensorflow
+from .weights import load_backbone_weights, plan_weights
+
+RESUME_DIR = ".leukedge-resume"
+
+
+def get_strategy(name: str):
+    tf = tensorflow()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise DatasetError("--strategy multiworker needs TF_CONFIG describing the cluster (see README)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def subsample(samples, n: int, seed: int):
+    """A stratified subsample of n samples (for quick runs); all of them if n is 0 or larger."""
+    if not n or n >= len(samples):
+        return samples
+    rng = np.random.default_rng(seed)
+    labels = np.array([s.label for s in samples])
+    keep = []
+    for k in np.unique(labels):
+        idx = np.flatnonzero(labels == k)
+        take = max(1, round(n * len(idx) / len(samples)))
+        keep.extend(rng.choice(idx, size=min(take, len(idx)), replace=False).tolist())
+    return [samples[i] for i in sorted(keep)]
+
+
+def predict_positive(model, arrays: ImageArrays, prep: Preprocessing, positive: int, batch_size: int) -> np.ndarray:
+    ds = make_dataset(arrays, prep, batch_size, training=False)
+    return model.predict(ds, verbose=0)[:, positive].astype(np.float64)
+
+
+class ValidationF1:
+    """Keras callback: F1 of the positive class on the validation split after every epoch;
+    keeps the best weights, stops after `patience` epochs without improvement, and saves
+    resume state."""
+
+    def __new__(cls, *args, **kwargs):
+        tf = tensorflow()
+
+        class _Callback(tf.keras.callbacks.Callback):
+            def __init__(self, val: ImageArrays, prep, positive, batch_size, patience, state, resume_dir):
+                super().__init__()
+                self.val, self.prep, self.positive, self.batch_size = val, prep, positive, batch_size
+                self.patience, self.state, self.resume_dir = patience, state, resume_dir
+                self.wait = 0
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs if logs is not None else {}
+                p = predict_positive(self.model, self.val, self.prep, self.positive, self.batch_size)
+                rep = report_at_threshold(self.val.labels, p, 0.5, positive=self.positive)
+                logs["val_f1_pos"] = rep["f1_positive"]
+                logs["val_recall_pos"] = rep["sensitivity"]
+                st = self.state
+                row = {"stage": st["stage"], "epoch": len(st["history"]) + 1,
+                       **{k: float(v) for k, v in logs.items()}}
+                st["history"].append(row)
+                print(f"  validation: F1({st['positive_label']})={rep['f1_positive']:.4f} "
+                      f"recall={rep['sensitivity']:.4f}", file=sys.stderr, flush=True)
+                if rep["f1_positive"] > st["best_f1"] + 1e-6 or st["best_weights"] is None:
+                    st["best_f1"] = rep["f1_positive"]
+                    st["best_weights"] = self.model.get_weights()
+                    st["best_epoch"] = row["epoch"]
+                    self.wait = 0
+                else:
+                    self.wait += 1
+                    if self.wait >= self.patience:
+                        print(f"  early stop: no F1 gain in {self.patience} epochs", file=sys.stderr)
+                        self.model.stop_training = True
+                if self.resume_dir is not None:
+                    self.resume_dir.mkdir(parents=True, exist_ok=True)
+                    self.model.save_weights(str(self.resume_dir / "last.weights.h5"))
+                    np.savez(self.resume_dir / "best_weights.npz", *st["best_weights"])
+                    write_text_atomic(self.resume_dir / "state.json", json.dumps(
+                        {k: v for k, v in st.items() if k != "best_weights"} | {"stage_epoch": epoch + 1}))
+
+        return _Callback(*args, **kwargs)
+
+
+def _write_plots(out: Path, history: list[dict], report: dict, labels: list[str]) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    if history:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        ep = [h["epoch"] for h in history]
+        for key in ("loss", "val_loss"):
+            if key in history[0]:
+                axes[0].plot(ep, [h.get(key, np.nan) for h in history], marker="o", label=key)
+        axes[0].set_xlabel("epoch"); axes[0].set_title("loss"); axes[0].legend()
+        axes[1].plot(ep, [h.get("val_f1_pos", np.nan) for h in history], marker="o", label="val F1 (positive)")
+        axes[1].plot(ep, [h.get("val_recall_pos", np.nan) for h in history], marker="s", label="val recall (positive)")
+        axes[1].set_xlabel("epoch"); axes[1].set_ylim(0, 1.02); axes[1].legend(); axes[1].set_title("validation")
+        fig.tight_layout(); fig.savefig(out / "training_curves.png", dpi=110); plt.close(fig)
+        written.append("training_curves.png")
+    cm = np.array(report["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="black", fontsize=12)
+    ax.set_xticks([0, 1], labels); ax.set_yticks([0, 1], labels)
+    ax.set_xlabel("predicted"); ax.set_ylabel("true")
+    ax.set_title(f"validation, threshold {report['threshold']:.3f}")
+    fig.tight_layout(); fig.savefig(out / "confusion_matrix.png", dpi=110); plt.close(fig)
+    written.append("confusion_matrix.png")
+    return written
+
+
+def _history_csv(history: list[dict]) -> str:
+    keys: list[str] = []
+    for h in history:
+        keys.extend(k for k in h if k not in keys)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    return buf.getvalue()
+
+
+def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = False) -> dict:
+    """Run the whole training step; writes DIR/model.keras, model.json, history.csv, plots."""
+    t_start = time.perf_counter()
+    tf = tensorflow()
+    out = Path(out)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    ds: Dataset = read_dataset(data, positive=cfg.positive or None)
+    split: Split = make_split(ds, None if cfg.split == "auto" else cfg.split, seed=cfg.seed,
+                              val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                              test_fold=cfg.test_fold or None)
+    info = plan_weights(cfg.weights)
+    prep = Preprocessing(size=cfg.image_size, resize=cfg.resize, mean=(info.mean,) * 3, std=(info.std,) * 3)
+    positive = ds.labels.index(ds.positive_label)
+    train_samples = subsample(split.parts["train"], cfg.max_train_images, cfg.seed)
+
+    print(f"leukedge train: {ds.layout} data at {ds.root}; split '{split.rule}' "
+          + ", ".join(f"{p}={len(v)}" for p, v in split.parts.items())
+          + (f" (train subsampled to {len(train_samples)})" if len(train_samples) != len(split.parts["train"]) else "")
+          + f"; weights: {info.source}; {cfg.image_size}px", file=sys.stderr)
+    arrays = {"train": decode_samples(train_samples, prep, cfg.strict, what="train images")}
+    for part in split.parts:
+        if part != "train":
+            arrays[part] = decode_samples(split.parts[part], prep, cfg.strict, what=f"{part} images")
+    for part, arr in arrays.items():
+        if len(np.unique(arr.labels)) < 2:
+            raise DatasetError(f"{ds.root}: after skipping unreadable images, '{part}' has only one class")
+
+    strategy = get_strategy(cfg.strategy)
+    replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+        model = build_inception_v3(cfg.image_size, info.last_pool,
+                                   HeadConfig(cfg.dense_units, cfg.activation, cfg.dropout, cfg.l1, cfg.l2),
+                                   n_classes=len(ds.labels))
+        info = load_backbone_weights(model, info)
+
+    train_ds = make_dataset(arrays["train"], prep, cfg.batch_size, training=cfg.augment, seed=cfg.seed)
+    cw = class_weights(arrays["train"].labels) if cfg.class_weight else None
+    resume_dir = out / RESUME_DIR
+    state = {"stage": "head", "history": [], "best_f1": -1.0, "best_epoch": 0, "best_weights": None,
+             "positive_label": ds.positive_label, "split_sha256": split.file_list_sha256(ds)}
+    done = {"head": 0, "finetune": 0}
+    if resume and (resume_dir / "state.json").exists():
+        saved = json.loads((resume_dir / "state.json").read_text())
+        if saved.get("split_sha256") != state["split_sha256"]:
+            raise DatasetError(f"{resume_dir}: resume state is for a different data split; remove it to start over")
+        state.update({k: saved[k] for k in ("history", "best_f1", "best_epoch")})
+        done["head"] = sum(1 for h in saved["history"] if h["stage"] == "head")
+        done["finetune"] = sum(1 for h in saved["history"] if h["stage"] == "finetune")
+        with np.load(resume_dir / "best_weights.npz") as z:
+            state["best_weights"] = [z[f"arr_{i}"] for i in range(len(z.files))]
+        print(f"leukedge train: resuming after {len(saved['history'])} epochs", file=sys.stderr)
+    verbose = 1 if sys.stdout.isatty() else 2
+    callback = ValidationF1(arrays["validation"], prep, positive, cfg.batch_size, cfg.patience, state, resume_dir)
+
+    def run_stage(stage: str, block: str | None, epochs: int, lr):
+        if epochs <= done[stage]:
+            return
+        state["stage"] = stage
+        with strategy.scope():
+            set_trainable_from(model, block)
+            model.compile(optimizer=tf.keras.optimizers.Adam(lr),
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        if done[stage] and (resume_dir / "last.weights.h5").exists():
+            model.load_weights(str(resume_dir / "last.weights.h5"))
+        callback.wait = 0
+        model.fit(train_ds, epochs=epochs, initial_epoch=done[stage], class_weight=cw,
+                  callbacks=[callback], verbose=verbose)
+
+    n_batches = int(np.ceil(len(arrays["train"].labels) / cfg.batch_size))
+    t_fit = time.perf_counter()
+    if done["finetune"] == 0:
+        run_stage("head", None, cfg.epochs_head, cfg.lr_head)
+    if cfg.fine_tune_from != "none" and cfg.epochs > 0:
+        if state["best_weights"] is not None and done["finetune"] == 0:
+            model.set_weights(state["best_weights"])
+        schedule = tf.keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=max(1, cfg.epochs * n_batches),
+                                                             alpha=0.05)
+        run_stage("finetune", cfg.fine_tune_from, cfg.epochs, schedule)
+    fit_seconds = time.perf_counter() - t_fit
+    if state["best_weights"] is not None:
+        model.set_weights(state["best_weights"])
+
+    p_val = predict_positive(model, arrays["validation"], prep, positive, cfg.batch_size)
+    threshold = choose_threshold(arrays["validation"].labels, p_val, positive,
+                                 min_recall=cfg.min_recall_all or None)
+    metrics = {"validation": report_at_threshold(arrays["validation"].labels, p_val, threshold, ds.labels, positive)}
+    if "test" in arrays:
+        p_test = predict_positive(model, arrays["test"], prep, positive, cfg.batch_size)
+        metrics["test"] = report_at_threshold(arrays["test"].labels, p_test, threshold, ds.labels, positive)
+    epochs_run = len(state["history"])
+    images_seen = epochs_run * len(arrays["train"].labels)
+    timing = {"wall_seconds": round(time.perf_counter() - t_start, 1), "fit_seconds": round(fit_seconds, 1),
+              "epochs_run": epochs_run, "train_images_per_second": round(images_seen / fit_seconds, 2) if fit_seconds else None,
+              "replicas": replicas, "best_epoch": state["best_epoch"]}
+
+    card = ModelCard(
+        labels=ds.labels, positive_label=ds.positive_label, preprocessing=prep,
+        model_file="model.keras", model_format="keras", threshold=threshold,
+        name=f"leukedge-inceptionv3-{cfg.image_size}", variant="float",
+        provenance={
+            "leukedge_version": __version__,
+            "tensorflow_version": tf.__version__,
+            "data": {"root": str(Path(ds.root).resolve()), "layout": ds.layout,
+                     "skipped_images": [list(x) for a in arrays.values() for x in a.skipped]},
+            "split": split.describe(ds),
+            "weights": info.to_dict(),
+            "architecture": {"backbone": "InceptionV3", "last_block_pool": info.last_pool,
+                             "head": HeadConfig(cfg.dense_units, cfg.activation, cfg.dropout, cfg.l1, cfg.l2).to_dict()},
+            "config": cfg.to_dict(),
+            "threshold_rule": (f"best F1 subject to {ds.positive_label} recall >= {cfg.min_recall_all}"
+                               if cfg.min_recall_all else f"best F1 for {ds.positive_label} on validation"),
+            "timing": timing,
+        },
+        metrics=metrics,
+    )
+    with staged_dir(out) as stage:
+        model.save(stage / "model.keras", include_optimizer=False)
+        card.bind(stage / "model.keras")
+        card.save(stage / "model.json")
+        write_text_atomic(stage / "history.csv", _history_csv(state["history"]))
+        write_text_atomic(stage / "config.toml", to_toml(cfg.to_dict()))
+        _write_plots(stage, state["history"], metrics["validation"], ds.labels)
+    import shutil
+
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    v = metrics["validation"]
+    print(f"leukedge train: wrote {out}/model.keras; validation F1({ds.positive_label})={v['f1_positive']:.4f} "
+          f"recall={v['sensitivity']:.4f} weighted F1={v['weighted_f1']:.4f} at threshold {threshold:.4f} "
+          f"({timing['wall_seconds']} s)", file=sys.stderr)
+    return {"out": str(out), "metrics": metrics, "threshold": threshold, "timing": timing, "card": card.to_dict()}
