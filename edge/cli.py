@@ -123,8 +123,11 @@ def _load(model: str, threads: int | None, threshold: float | None):
     return clf
 
 
-def _file_is_settled(path: Path, sizes: dict[str, tuple[int, float]]) -> bool:
-    """True once a file's size and mtime held still across two polls (the writer is done)."""
+def _file_is_settled(path: Path, sizes: dict[str, tuple[int, float]], settle: float) -> bool:
+    """True once a file's size and mtime held still across two polls and for `settle` seconds.
+
+    A microscope's writer may pause mid-file; a file untouched for `settle` seconds is done.
+    """
     try:
         st = path.stat()
     except OSError:
@@ -132,11 +135,11 @@ def _file_is_settled(path: Path, sizes: dict[str, tuple[int, float]]) -> bool:
     now = (st.st_size, st.st_mtime)
     before = sizes.get(str(path))
     sizes[str(path)] = now
-    return before == now and st.st_size > 0
+    return before == now and st.st_size > 0 and time.time() - st.st_mtime >= settle
 
 
 def watch_folder(clf, folder: Path, writer: ResultWriter, recursive: bool, poll: float,
-                 include_existing: bool) -> int:
+                 include_existing: bool, settle: float = 1.0) -> int:
     """Classify each image that appears in `folder` until Ctrl-C / SIGTERM; returns the failure count."""
     stop = {"now": False}
 
@@ -161,7 +164,7 @@ def watch_folder(clf, folder: Path, writer: ResultWriter, recursive: bool, poll:
             for p in listing():
                 if stop["now"]:
                     break
-                if str(p) in done or not _file_is_settled(p, sizes):
+                if str(p) in done or not _file_is_settled(p, sizes, settle):
                     continue
                 done.add(str(p))
                 pred = clf.predict_one(p)
@@ -190,9 +193,10 @@ def watch_folder(clf, folder: Path, writer: ResultWriter, recursive: bool, poll:
 @click.option("--watch", "watch_dir", type=click.Path(file_okay=False), help="Classify each new image saved into DIR until Ctrl-C.")
 @click.option("--include-existing", is_flag=True, help="With --watch: also classify images already in DIR.")
 @click.option("--poll-interval", type=click.FloatRange(0.01, 60.0), default=0.5, show_default=True, help="With --watch: seconds between folder scans.")
+@click.option("--settle", type=click.FloatRange(0.0, 600.0), default=1.0, show_default=True, help="With --watch: seconds a file must stay unchanged before it is read.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary or runtime line on stderr.")
 @click.version_option(__version__, "--version", prog_name="edge-classify (leukedge)")
-def main(inputs, model, threshold, fmt, output, threads, recursive, watch_dir, include_existing, poll_interval, quiet):
+def main(inputs, model, threshold, fmt, output, threads, recursive, watch_dir, include_existing, poll_interval, settle, quiet):
     """Classify segmented blood-cell images as ALL (leukemic blast) or HEM (normal).
 
     INPUTS are image files (BMP, PNG, JPEG, TIFF), folders, or glob patterns.
@@ -238,7 +242,7 @@ def main(inputs, model, threshold, fmt, output, threads, recursive, watch_dir, i
 
     watch_failures = 0
     if watch_dir:
-        watch_failures = watch_folder(clf, Path(watch_dir), writer, recursive, poll_interval, include_existing)
+        watch_failures = watch_folder(clf, Path(watch_dir), writer, recursive, poll_interval, include_existing, settle)
     sys.exit(EXIT_SOME_FAILED if (failures or watch_failures) else EXIT_OK)
 
 

@@ -59,7 +59,9 @@ def tiny_models(tmp_path_factory, synth_arrays):
     out = tmp_path_factory.mktemp("models")
     model = fit_briefly(tiny_model(SIZE), x, y)
     keras_path = out / "model.keras"
-    model.save(keras_path, include_optimizer=False)
+    from leukedge.train.fit import export_model
+
+    export_model(model, keras_path)
     make_card(keras_path, SIZE, "float", "keras")
     return {
         "keras_model": model,

@@ -109,6 +109,14 @@ class ValidationF1:
         return _Callback(*args, **kwargs)
 
 
+def export_model(model, path: Path) -> None:
+    """Save weights and architecture only: an uncompiled copy carries no optimizer state (half the size)."""
+    tf = tensorflow()
+    clean = tf.keras.models.clone_model(model)
+    clean.set_weights(model.get_weights())
+    clean.save(path)
+
+
 def _write_plots(out: Path, history: list[dict], report: dict, labels: list[str]) -> list[str]:
     try:
         import matplotlib
@@ -271,7 +279,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
         metrics=metrics,
     )
     with staged_dir(out) as stage:
-        model.save(stage / "model.keras", include_optimizer=False)
+        export_model(model, stage / "model.keras")
         card.bind(stage / "model.keras")
         card.save(stage / "model.json")
         write_text_atomic(stage / "history.csv", _history_csv(state["history"]))

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from leukedge.edge.classifier import Classifier
+from leukedge.edge.preprocess import Preprocessing, load_rgb, normalize
+from leukedge.edge.runtime import ModelError
+
+
+def test_tflite_float32_matches_keras_on_the_same_tensor(tiny_models, synth_arrays):
+    x, _, _ = synth_arrays
+    clf = Classifier.load(tiny_models["float32"])
+    keras_p = tiny_models["keras_model"].predict(x[:8], verbose=0)
+    tflite_p = clf.probabilities_for_inputs(x[:8])
+    np.testing.assert_allclose(tflite_p, keras_p, atol=1e-5)
+
+
+def test_classifies_real_cnmc_images_with_float_and_int8(tiny_models, cnmc_dir):
+    paths = sorted(cnmc_dir.glob("training_data/fold_1/*/*.bmp"))[:6]
+    f32 = Classifier.load(tiny_models["float32"])
+    i8 = Classifier.load(tiny_models["int8"])
+    assert np.dtype(i8._in["dtype"]) == np.int8
+    for p in paths:
+        a, b = f32.predict_one(p), i8.predict_one(p)
+        assert a.ok and b.ok, (a.error, b.error)
+        assert a.label in ("all", "hem") and 0.0 <= a.p_all <= 1.0
+        # int8 of a tiny model stays close to its float32 sibling on real images
+        assert abs(a.p_all - b.p_all) < 0.15
+        assert a.invoke_ms > 0 and a.total_ms >= a.invoke_ms
+
+
+def test_predict_accepts_arrays_and_applies_threshold(tiny_models, synth_arrays):
+    _, _, paths = synth_arrays
+    clf = Classifier.load(tiny_models["float32"])
+    rgb = load_rgb(paths[0], clf.card.preprocessing.size)
+    by_path = clf.predict(paths[0])[0]
+    by_array = clf.predict(rgb)[0]
+    assert by_array.p_all == pytest.approx(by_path.p_all, abs=1e-7)
+    clf.threshold = 0.0
+    assert clf.predict_one(rgb).label == "all"
+    clf.threshold = 1.0 + 1e-9
+    assert clf.predict_one(rgb).label == "hem"
+    bad = clf.predict_one(np.zeros((3, 3, 3), np.uint8))
+    assert not bad.ok and "array input" in bad.error
+
+
+def test_input_tensor_is_edge_preprocessing_exactly(tiny_models, synth_arrays):
+    _, _, paths = synth_arrays
+    clf = Classifier.load(tiny_models["float32"])
+    prep: Preprocessing = clf.card.preprocessing
+    rgb = load_rgb(paths[1], prep.size, prep.resize)
+    assert np.array_equal(clf.input_tensor(rgb)[0], normalize(rgb, prep))
+
+
+def test_corrupt_model_file_is_a_model_error(tmp_path, tiny_models):
+    from helpers import make_card
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x00" * 1000)
+    make_card(bad, 64, "float32", "tflite")
+    with pytest.raises(ModelError, match="bad.tflite"):
+        Classifier.load(bad)
