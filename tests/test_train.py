@@ -1,0 +1,131 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from leukedge.edge.card import load_card_for_model
+from leukedge.edge.preprocess import Preprocessing, preprocess_file
+from leukedge.train.config import ConfigError, TrainConfig, load_config
+
+QUICK = dict(image_size=75, batch_size=16, epochs_head=1, epochs=1, fine_tune_from="mixed9", weights="none")
+
+
+def test_train_time_tensors_equal_edge_time_tensors(synth_dir):
+    from leukedge.train.datasets import read_dataset
+    from leukedge.train.pipeline import decode_samples, make_dataset
+
+    ds = read_dataset(synth_dir)
+    prep = Preprocessing(size=80, mean=(128.0,) * 3, std=(128.0,) * 3)
+    samples = ds.labelled[:5]
+    arrays = decode_samples(samples, prep, progress=False)
+    batch = next(iter(make_dataset(arrays, prep, batch_size=5, training=False)))[0].numpy()
+    for i, s in enumerate(samples):
+        edge = preprocess_file(s.path, prep)
+        assert np.array_equal(batch[i], edge), f"{s.path}: train-time tensor differs from edge-time tensor"
+
+
+def test_config_ranges_and_toml(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[train]\nimage_size = 96\ndropout = 0.3\nactivation = "elu"\n')
+    cfg = load_config(toml, {"epochs": "2"})
+    assert (cfg.image_size, cfg.dropout, cfg.activation, cfg.epochs) == (96, 0.3, "elu", 2)
+    with pytest.raises(ConfigError, match="image_size"):
+        load_config(None, {"image_size": 50})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(None, {"learning_rate": 1})
+    with pytest.raises(ConfigError, match="strategy"):
+        load_config(None, {"strategy": "tpu"})
+
+
+def test_train_writes_model_card_history_and_plots(synth_dir, tmp_path):
+    from leukedge.train.fit import train
+
+    out = tmp_path / "run"
+    res = train(synth_dir, out, TrainConfig(**QUICK, min_recall_all=0.9).validate())
+    for name in ("model.keras", "model.json", "history.csv", "config.toml", "training_curves.png", "confusion_matrix.png"):
+        assert (out / name).is_file(), name
+    card = load_card_for_model(out / "model.keras")  # verifies the SHA-256 too
+    assert card.model_format == "keras" and card.labels == ["hem", "all"] and card.positive_label == "all"
+    assert card.preprocessing.size == 75
+    assert card.provenance["split"]["rule"] == "official" and len(card.provenance["split"]["file_list_sha256"]) == 64
+    assert card.provenance["config"]["min_recall_all"] == 0.9
+    assert card.metrics["validation"]["sensitivity"] >= 0.9  # the threshold honours --min-recall-all
+    assert card.threshold == pytest.approx(res["threshold"])
+    history = (out / "history.csv").read_text().splitlines()
+    assert history[0].startswith("stage,epoch") and len(history) == 3
+    assert not (out / ".leukedge-resume").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".staging")]
+
+
+def test_resume_continues_an_interrupted_run(synth_dir, tmp_path, monkeypatch):
+    from leukedge.train import fit
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(**{**QUICK, "epochs": 2}).validate()
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("simulated crash during export")
+
+    monkeypatch.setattr(fit, "staged_dir", crash)
+    with pytest.raises(KeyboardInterrupt):
+        fit.train(synth_dir, out, TrainConfig(**{**QUICK, "epochs": 1}).validate())
+    state = json.loads((out / ".leukedge-resume" / "state.json").read_text())
+    assert len(state["history"]) == 2 and not (out / "model.keras").exists()
+    monkeypatch.undo()
+    fit.train(synth_dir, out, cfg, resume=True)
+    rows = (out / "history.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:2] for r in rows] == [["head", "1"], ["finetune", "2"], ["finetune", "3"]]
+
+
+def test_corrupt_images_are_skipped_or_fatal_with_strict(synth_dir, tmp_path):
+    from leukedge.train.datasets import DatasetError
+    from leukedge.train.fit import train
+
+    root = tmp_path / "C-NMC_Leukemia"
+    shutil.copytree(synth_dir, root)
+    victim = sorted(root.glob("training_data/*/all/*.bmp"))[0]
+    victim.write_bytes(victim.read_bytes()[:500])
+    out = tmp_path / "strict"
+    with pytest.raises(DatasetError, match="truncated"):
+        train(root, out, TrainConfig(**QUICK, strict=True).validate())
+    assert not out.exists()
+    res = train(root, tmp_path / "lenient", TrainConfig(**{**QUICK, "epochs": 0}).validate())
+    skipped = res["card"]["provenance"]["data"]["skipped_images"]
+    assert len(skipped) == 1 and victim.name in skipped[0][0]
+
+
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "empty").mkdir()
+    r = subprocess.run([sys.executable, "-m", "leukedge.cli", "train", str(tmp_path / "empty"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "two class folders" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_mirrored_strategy_over_two_logical_cpus(synth_dir, tmp_path):
+    script = textwrap.dedent(f"""
+        import os, json
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from leukedge.train.config import TrainConfig
+        from leukedge.train.fit import train
+        cfg = TrainConfig(image_size=75, batch_size=16, epochs_head=1, epochs=0, weights="none", strategy="mirrored")
+        res = train({str(synth_dir)!r}, {str(tmp_path / 'mirrored')!r}, cfg.validate())
+        print("RESULT", json.dumps(res["timing"]))
+    """)
+    # MirroredStrategy needs a device per replica: the script makes two logical CPUs before TF initialises.
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert r.returncode == 0, r.stderr[-2000:]
+    timing = json.loads(r.stdout.split("RESULT", 1)[1])
+    assert timing["replicas"] == 2
+    assert (tmp_path / "mirrored" / "model.keras").is_file()
