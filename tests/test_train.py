@@ -129,3 +129,14 @@ def test_mirrored_strategy_over_two_logical_cpus(synth_dir, tmp_path):
     timing = json.loads(r.stdout.split("RESULT", 1)[1])
     assert timing["replicas"] == 2
     assert (tmp_path / "mirrored" / "model.keras").is_file()
+
+
+def test_tune_writes_a_config_that_train_accepts(synth_dir, tmp_path):
+    from leukedge.train.tune import tune
+
+    cfg = TrainConfig(image_size=75, weights="none", batch_size=16).validate()
+    res = tune(synth_dir, tmp_path / "tune", cfg, trials=3, epochs=2)
+    assert len(res["trials"]) == 3
+    best = load_config(tmp_path / "tune" / "best.toml")
+    assert best.dropout == pytest.approx(res["best"]["dropout"]) and best.dense_units == res["best"]["dense_units"]
+    assert "| trial | val_f1 |" in (tmp_path / "tune" / "trials.md").read_text()

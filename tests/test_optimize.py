@@ -1,0 +1,132 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import make_card, write_image
+from leukedge.edge.card import load_card_for_model
+from leukedge.edge.classifier import Classifier
+from leukedge.optimize.run import VARIANTS, OptimizeError, OptimizeOptions, optimize
+
+FAST = dict(calibration_size=24, finetune_steps=12, finetune_batch=8)
+
+
+@pytest.fixture(scope="module")
+def parent(tiny_models, synth_dir, tmp_path_factory):
+    """The tiny trained model as a leukedge parent: model.keras + card naming its data and split."""
+    from leukedge.train.datasets import read_dataset
+    from leukedge.train.splits import make_split
+
+    d = tmp_path_factory.mktemp("parent")
+    keras = d / "model.keras"
+    shutil.copy(tiny_models["keras"], keras)
+    ds = read_dataset(synth_dir)
+    split = make_split(ds)
+    make_card(keras, 64, "float", "keras", provenance={
+        "data": {"root": str(synth_dir)}, "split": split.describe(ds), "config": {"val_fraction": 0.2}})
+    return keras
+
+
+@pytest.fixture(scope="module")
+def all_variants(parent, tmp_path_factory):
+    out = tmp_path_factory.mktemp("opt") / "opt"
+    summary = optimize(parent, out, OptimizeOptions(variants=VARIANTS, max_f1_drop=1.0, max_recall_drop=1.0, **FAST))
+    return out, summary
+
+
+def test_every_variant_converts_loads_in_edge_and_classifies_real_images(all_variants, cnmc_dir):
+    out, summary = all_variants
+    assert [r["variant"] for r in summary["variants"]] == list(VARIANTS)
+    images = sorted(cnmc_dir.glob("validation_data/*/*.bmp"))
+    for variant in VARIANTS:
+        clf = Classifier.load(out / f"{variant}.tflite")  # checks the card's SHA-256
+        card = clf.card
+        assert card.variant == variant and card.verdict["status"] == "pass"
+        assert card.provenance["parent"]["sha256"] and "vs_parent" in card.metrics
+        for img in images:
+            pred = clf.predict_one(img)
+            assert pred.ok and pred.label in ("all", "hem")
+        if variant.endswith("int8"):
+            assert card.quantization["io"]["input"]["dtype"] == "int8"
+            assert card.quantization["calibration"]["images"] == 24
+    assert json.loads((out / "summary.json").read_text())["variants"][0]["variant"] == "float32"
+    assert "| int8 |" in (out / "summary.md").read_text()
+
+
+def test_quantized_outputs_stay_close_to_the_float_parent(all_variants):
+    _, summary = all_variants
+    by = {r["variant"]: r for r in summary["variants"]}
+    assert by["float32"]["max_abs_delta_p"] < 1e-5  # same arithmetic as Keras
+    assert by["float16"]["max_abs_delta_p"] < 1e-2
+    for v in ("dynamic", "int8"):
+        assert by[v]["max_abs_delta_p"] < 0.1, v  # stated bound for post-training quantization
+    # a tiny model is mostly graph, not weights, so the ratio is modest here (full size: ~26%)
+    assert by["int8"]["size_bytes"] < 0.6 * by["float32"]["size_bytes"]
+
+
+def test_pruning_reaches_the_requested_sparsity_in_every_kernel(all_variants):
+    out, summary = all_variants
+    card = load_card_for_model(out / "pruned-int8.tflite")
+    pr = card.optimization["pruning"]
+    assert pr["target"] == 0.5 and pr["kernels"] == 7
+    assert pr["min_kernel"] >= 0.49 and pr["max_kernel"] <= 0.51
+    by = {r["variant"]: r for r in summary["variants"]}
+    assert by["pruned-int8"]["gzip_bytes"] < by["int8"]["gzip_bytes"]
+
+
+def test_bad_calibration_set_trips_the_budget_gate(parent, tmp_path):
+    calib = tmp_path / "calib"
+    for cls in ("all", "hem"):
+        for i in range(8):
+            write_image(calib / cls / f"{i}.png", size=(64, 64), fmt="PNG", seed=i)
+            # near-black images: the int8 input range learnt from them clips every real cell
+            from PIL import Image
+
+            Image.new("RGB", (64, 64), (i % 2, 0, 0)).save(calib / cls / f"{i}.png")
+    out = tmp_path / "opt"
+    summary = optimize(parent, out, OptimizeOptions(variants=("int8",), calibration=str(calib), calibration_size=16,
+                                                    max_f1_drop=0.01, max_recall_drop=0.01))
+    assert summary["failed"] == ["int8"]
+    card = load_card_for_model(out / "int8.tflite")
+    assert card.verdict["status"] == "fail" and card.verdict["reasons"]
+    r = subprocess.run([sys.executable, "-m", "leukedge.cli", "optimize", str(parent), "--out", str(tmp_path / "cli"),
+                        "--variants", "int8", "--calibration", str(calib), "--calibration-size", "16"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "over budget: int8" in r.stderr
+
+
+@pytest.mark.parametrize("opts,match", [
+    (dict(sparsity=1.0), "sparsity"),
+    (dict(sparsity=0.0), "sparsity"),
+    (dict(variants=("int4",)), "unknown variant"),
+    (dict(calibration_size=3), "too small"),
+])
+def test_bad_options_are_refused_before_any_work(parent, tmp_path, opts, match):
+    with pytest.raises(OptimizeError, match=match):
+        optimize(parent, tmp_path / "out", OptimizeOptions(**opts))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_models_and_calibration_sets(parent, tmp_path, tiny_models):
+    lonely = tmp_path / "model.keras"
+    shutil.copy(tiny_models["keras"], lonely)
+    with pytest.raises(OptimizeError, match="model card not found"):
+        optimize(lonely, tmp_path / "o1", OptimizeOptions(variants=("float32",)))
+    (tmp_path / "model.json").write_text(parent.with_suffix(".json").read_text())
+    with open(lonely, "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(OptimizeError, match="does not match its card"):
+        optimize(lonely, tmp_path / "o2", OptimizeOptions(variants=("float32",)))
+    with pytest.raises(OptimizeError, match="expected a trained leukedge model"):
+        optimize(tiny_models["float32"], tmp_path / "o3", OptimizeOptions(variants=("float32",)))
+    one_class = tmp_path / "one"
+    for i in range(12):
+        write_image(one_class / "all" / f"{i}.png", fmt="PNG", seed=i)
+    (one_class / "hem").mkdir()
+    with pytest.raises(Exception, match="one class|two class folders|single class"):
+        optimize(parent, tmp_path / "o4", OptimizeOptions(variants=("int8",), calibration=str(one_class)))
+    for p in ("o1", "o2", "o3", "o4"):
+        assert not (tmp_path / p).exists()

@@ -1,0 +1,126 @@
+"""`leukedge tune`: search head hyperparameters on cached backbone features, scored by validation F1.
+
+The backbone is run once over the training and validation images; each trial then fits
+only the head (Dense + dropout + softmax) on those features, so a trial costs seconds,
+not an epoch of InceptionV3. The search is a seeded random search over the space the
+reference work tuned (L2, L1, dropout, dense units, activation) plus the learning rate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from leukedge.edge.files import staged_dir, write_text_atomic
+from leukedge.edge.metrics import report_at_threshold
+from leukedge.edge.preprocess import Preprocessing
+
+from .config import TrainConfig, to_toml
+from .datasets import read_dataset
+from .model import build_inception_v3
+from .pipeline import class_weights, decode_samples, make_dataset
+from .splits import make_split
+from .tfcompat import tensorflow
+from .weights import load_backbone_weights, plan_weights
+
+SPACE = {
+    "l2": ("log", 1e-6, 1e-2),
+    "l1": ("log", 1e-7, 1e-3),
+    "dropout": ("uniform", 0.1, 0.7),
+    "dense_units": ("choice", [64, 128, 256, 512]),
+    "activation": ("choice", ["relu", "elu", "swish"]),
+    "lr_head": ("log", 1e-4, 1e-2),
+}
+
+
+def sample(rng: random.Random) -> dict:
+    out = {}
+    for key, spec in SPACE.items():
+        if spec[0] == "log":
+            out[key] = float(math.exp(rng.uniform(math.log(spec[1]), math.log(spec[2]))))
+        elif spec[0] == "uniform":
+            out[key] = round(rng.uniform(spec[1], spec[2]), 3)
+        else:
+            out[key] = rng.choice(spec[1])
+    return out
+
+
+def _features(data, cfg: TrainConfig):
+    tf = tensorflow()
+    ds = read_dataset(data, positive=cfg.positive or None)
+    split = make_split(ds, None if cfg.split == "auto" else cfg.split, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                       test_fraction=cfg.test_fraction, test_fold=cfg.test_fold or None)
+    info = plan_weights(cfg.weights)
+    prep = Preprocessing(size=cfg.image_size, resize=cfg.resize, mean=(info.mean,) * 3, std=(info.std,) * 3)
+    backbone = build_inception_v3(cfg.image_size, info.last_pool, backbone_only=True)
+    load_backbone_weights(backbone, info)
+    feats = {}
+    for part in ("train", "validation"):
+        arr = decode_samples(split.parts[part], prep, cfg.strict, what=f"{part} images")
+        x = backbone.predict(make_dataset(arr, prep, cfg.batch_size, training=False), verbose=0)
+        feats[part] = (x.astype(np.float32), arr.labels)
+    del tf
+    return ds, feats
+
+
+def run_trial(params: dict, feats, positive: int, epochs: int, seed: int) -> float:
+    tf = tensorflow()
+    tf.keras.utils.set_random_seed(seed)
+    xtr, ytr = feats["train"]
+    xva, yva = feats["validation"]
+    L = tf.keras.layers
+    reg = tf.keras.regularizers.L1L2(l1=params["l1"], l2=params["l2"])
+    inp = L.Input((xtr.shape[1],))
+    h = L.Dense(params["dense_units"], activation=params["activation"], kernel_regularizer=reg)(inp)
+    h = L.Dropout(params["dropout"])(h)
+    out = L.Dense(2, activation="softmax")(h)
+    model = tf.keras.Model(inp, out)
+    model.compile(optimizer=tf.keras.optimizers.Adam(params["lr_head"]), loss="sparse_categorical_crossentropy")
+    best = 0.0
+    for _ in range(epochs):
+        model.fit(xtr, ytr, batch_size=32, epochs=1, verbose=0, class_weight=class_weights(ytr))
+        p = model.predict(xva, batch_size=256, verbose=0)[:, positive]
+        best = max(best, report_at_threshold(yva, p, 0.5, positive=positive)["f1_positive"])
+    return best
+
+
+def tune(data, out, cfg: TrainConfig, trials: int = 12, max_seconds: int = 0, epochs: int = 20) -> dict:
+    t0 = time.perf_counter()
+    ds, feats = _features(data, cfg)
+    positive = ds.labels.index(ds.positive_label)
+    rng = random.Random(cfg.seed)
+    rows = []
+    print(f"leukedge tune: {trials} trials on {len(feats['train'][1])} train / {len(feats['validation'][1])} "
+          f"validation feature vectors", file=sys.stderr)
+    for i in range(trials):
+        if max_seconds and time.perf_counter() - t0 > max_seconds:
+            print(f"leukedge tune: time budget of {max_seconds} s reached after {i} trials", file=sys.stderr)
+            break
+        params = sample(rng)
+        f1 = run_trial(params, feats, positive, epochs, cfg.seed + i)
+        rows.append({"trial": i + 1, "val_f1": f1, **params})
+        print(f"  trial {i + 1:3d}: F1={f1:.4f}  " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                          for k, v in params.items()), file=sys.stderr)
+    if not rows:
+        raise ValueError("no trial finished inside the time budget")
+    best = max(rows, key=lambda r: r["val_f1"])
+    best_cfg = {**cfg.to_dict(), **{k: best[k] for k in SPACE}}
+    header = ["trial", "val_f1", *SPACE]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in sorted(rows, key=lambda r: -r["val_f1"]):
+        table.append("| " + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in header) + " |")
+    with staged_dir(out) as stage:
+        write_text_atomic(stage / "best.toml", f"# leukedge tune: best of {len(rows)} trials, validation F1 "
+                                                f"{best['val_f1']:.4f}\n" + to_toml(best_cfg))
+        write_text_atomic(stage / "trials.json", json.dumps(rows, indent=2) + "\n")
+        write_text_atomic(stage / "trials.md", "\n".join(table) + "\n")
+    print("\n".join(table))
+    print(f"leukedge tune: best validation F1 {best['val_f1']:.4f}; config written to {Path(out) / 'best.toml'} "
+          f"(use: leukedge train DATA --config {Path(out) / 'best.toml'})", file=sys.stderr)
+    return {"best": best, "trials": rows}
