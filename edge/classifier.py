@@ -77,11 +77,14 @@ class Classifier:
 
     def input_tensor(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 RGB HxWx3 (already at the card's size) -> the exact tensor the model takes."""
-        x = normalize(rgb, self.card.preprocessing)[None]
-        if self._in_dtype == np.float32:
-            return x
-        scale, zero = self._in_q
-        return quantize(x, scale, zero, self._in_dtype)
+        return self.input_tensor_from_float(normalize(rgb, self.card.preprocessing))
+
+    def input_tensor_from_float(self, x: np.ndarray) -> np.ndarray:
+        """One normalized float32 HxWx3 input -> the model's input tensor (quantized if it is integer)."""
+        x = x[None]
+        if self._in_dtype != np.float32:
+            return quantize(x, self._in_q[0], self._in_q[1], self._in_dtype)
+        return x.astype(np.float32, copy=False)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Run one prepared input tensor; returns float class probabilities (len(labels),)."""
@@ -97,10 +100,7 @@ class Classifier:
         """float32 model inputs (N, H, W, 3), already normalized -> (N, labels) probabilities."""
         out = np.empty((len(xs), len(self.card.labels)), dtype=np.float32)
         for i, x in enumerate(xs):
-            x = x[None]
-            if self._in_dtype != np.float32:
-                x = quantize(x, self._in_q[0], self._in_q[1], self._in_dtype)
-            out[i] = self.probabilities(x.astype(self._in_dtype, copy=False))
+            out[i] = self.probabilities(self.input_tensor_from_float(x))
         return out
 
     # -- images ----------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -168,8 +167,6 @@ def data_synth(out, train_images, val_images, size, seed):
 
 
 # -- train -----------------------------------------------------------------------
-
-_TRAIN_OPTIONS = {}
 
 
 @main.command()

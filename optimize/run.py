@@ -17,10 +17,10 @@ from leukedge.edge.classifier import Classifier
 from leukedge.edge.files import staged_dir, write_text_atomic
 from leukedge.edge.metrics import choose_threshold, report_at_threshold
 from leukedge.edge.preprocess import normalize
-from leukedge.train.datasets import Dataset, DatasetError, read_dataset
+from leukedge.train.datasets import Dataset, read_dataset
 from leukedge.train.fit import subsample
 from leukedge.train.pipeline import ImageArrays, decode_samples, make_dataset
-from leukedge.train.splits import make_split
+from leukedge.train.splits import split_from_card
 from leukedge.train.tfcompat import tensorflow
 
 from .convert import IO_TYPES, representative_from, to_tflite
@@ -89,27 +89,6 @@ def load_parent(model_path: str | Path):
     return model, card
 
 
-def _data_for(card: ModelCard, data: str | None) -> tuple[Dataset, dict]:
-    """Re-create the parent's split from its card, checking the file list is the same."""
-    root = data or card.provenance.get("data", {}).get("root")
-    if not root:
-        raise OptimizeError("no --data given and the card records no data folder")
-    if not Path(root).exists():
-        raise OptimizeError(f"{root}: data folder from the card not found here; pass --data")
-    ds = read_dataset(root, positive=card.positive_label if card.positive_label != "all" else None)
-    if ds.labels != card.labels:
-        raise OptimizeError(f"{root}: dataset labels {ds.labels} differ from the model's {card.labels}")
-    sp = card.provenance.get("split", {})
-    cfg = card.provenance.get("config", {})
-    split = make_split(ds, sp.get("rule"), seed=int(sp.get("seed", 0)),
-                       val_fraction=float(cfg.get("val_fraction", 0.2)),
-                       test_fraction=float(cfg.get("test_fraction", 0.0)), test_fold=cfg.get("test_fold") or None)
-    if sp.get("file_list_sha256") and split.file_list_sha256(ds) != sp["file_list_sha256"]:
-        print("leukedge optimize: warning: the data differ from the model's training split "
-              "(file-list hash mismatch); measurements use the split as it is now", file=sys.stderr)
-    return ds, {"split": split, "data_root": str(Path(root).resolve())}
-
-
 def _calibration_samples(opts: OptimizeOptions, ds: Dataset, split, card: ModelCard):
     if opts.calibration:
         cds = read_dataset(opts.calibration, positive=card.positive_label if card.positive_label != "all" else None)
@@ -143,11 +122,9 @@ def optimize(model_path: str | Path, out: str | Path, opts: OptimizeOptions, dat
     opts.validate()
     t0 = time.perf_counter()
     model, parent_card = load_parent(model_path)
-    ds, info = _data_for(parent_card, data)
-    split = info["split"]
+    ds, split, data_root = split_from_card(parent_card, data)
     prep = parent_card.preprocessing
     positive = parent_card.positive_index
-    tf = tensorflow()
 
     val = decode_samples(split.parts["validation"], prep, what="validation images")
     val_x = normalize(val.images, prep)
@@ -218,7 +195,7 @@ def optimize(model_path: str | Path, out: str | Path, opts: OptimizeOptions, dat
             path.write_bytes(blob)
             res = _measure_variant(variant, path, blob, parent_card, parent_rep, p_parent, val, val_x, opts,
                                    calibration if variant.endswith("int8") else None, optimization, parent_sha,
-                                   Path(model_path).name, info["data_root"], split.describe(ds), build_s)
+                                   Path(model_path).name, data_root, split.describe(ds), build_s)
             results.append(res)
             print(f"leukedge optimize: [{variant}] {res['size_bytes'] / 1e6:.2f} MB, F1 {res['f1']:.4f} "
                   f"(drop {res['f1_drop']:+.4f}), recall {res['recall']:.4f}, agreement {res['agreement']:.3f}: "

@@ -25,6 +25,7 @@ class Split:
     parts: dict[str, list[Sample]]
     notes: list[str] = field(default_factory=list)
     merged_subjects: list[list[str]] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
 
     def file_list_sha256(self, ds: Dataset) -> str:
         h = hashlib.sha256()
@@ -37,6 +38,7 @@ class Split:
         return {
             "rule": self.rule,
             "seed": self.seed,
+            **self.params,
             "file_list_sha256": self.file_list_sha256(ds),
             "counts": {p: dict(Counter(ds.labels[s.label] for s in ss)) for p, ss in self.parts.items()},
             "subjects": {p: len({s.subject for s in ss if s.subject}) for p, ss in self.parts.items()},
@@ -174,7 +176,37 @@ def make_split(ds: Dataset, rule: str | None = None, seed: int = 0, val_fraction
             raise DatasetError(
                 f"{ds.root}: split '{rule}' leaves class {', '.join(missing)} empty in '{name}' "
                 f"({len(ss)} images); add data or change the fractions/seed")
-    return Split(rule, seed, parts, notes, merged)
+    params = {"val_fraction": val_fraction, "test_fraction": test_fraction, "test_fold": test_fold or ""}
+    return Split(rule, seed, parts, notes, merged, params)
+
+
+def split_from_card(card, data: str | None = None, positive_hint: bool = True):
+    """Re-create the split a model was trained and measured on, from its card.
+
+    Returns (dataset, split, data_root). Warns when the files differ from the card's record.
+    """
+    import sys
+
+    from .datasets import read_dataset
+
+    root = data or card.provenance.get("data", {}).get("root")
+    if not root:
+        raise DatasetError("no --data given and the model card records no data folder")
+    if not Path(root).exists():
+        raise DatasetError(f"{root}: data folder recorded in the model card is not here; pass --data")
+    ds = read_dataset(root, positive=card.positive_label if card.positive_label != "all" else None)
+    if ds.labels != card.labels:
+        raise DatasetError(f"{root}: dataset labels {ds.labels} differ from the model's {card.labels}")
+    sp = card.provenance.get("split", {})
+    cfg = card.provenance.get("config", {})
+    split = make_split(ds, sp.get("rule"), seed=int(sp.get("seed", 0)),
+                       val_fraction=float(sp.get("val_fraction", cfg.get("val_fraction", 0.2))),
+                       test_fraction=float(sp.get("test_fraction", cfg.get("test_fraction", 0.0))),
+                       test_fold=sp.get("test_fold", cfg.get("test_fold")) or None)
+    if sp.get("file_list_sha256") and split.file_list_sha256(ds) != sp["file_list_sha256"]:
+        print("leukedge: warning: the data differ from the model's recorded split (file-list hash mismatch); "
+              "measurements use the split as it is now", file=sys.stderr)
+    return ds, split, str(Path(root).resolve())
 
 
 _hash_cache: dict[str, str] = {}

@@ -1,0 +1,1 @@
+"""Benchmarks: every variant scored and timed on the same images, reported for CI."""

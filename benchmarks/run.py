@@ -1,0 +1,368 @@
+"""`leukedge benchmark`: score and time every variant on the same images.
+
+A runner (this module) is kept apart from what it measures (`measure_*`), and each
+measurement returns a plain dict, so results.json is just those dicts plus the machine.
+Latency: warm-up invokes, then `repeats` timed invokes over real preprocessed images,
+reported as p50/p90/p99 at 1 thread and at all cores. Cold start: a fresh
+`edge-classify` process, spawn to exit. Peak memory: that process's max RSS.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from leukedge import __version__
+from leukedge.edge.card import CardError, ModelCard, load_card_for_model
+from leukedge.edge.classifier import Classifier
+from leukedge.edge.files import staged_dir, write_text_atomic
+from leukedge.edge.metrics import report_at_threshold
+from leukedge.edge.preprocess import normalize
+from leukedge.edge.runtime import default_threads
+
+from .machine import machine_info
+
+SCHEMA = "leukedge.benchmark"
+SCHEMA_VERSION = 1
+
+
+class BenchmarkError(ValueError):
+    pass
+
+
+@dataclass
+class BenchmarkOptions:
+    part: str = "auto"
+    repeats: int = 30
+    warmup: int = 3
+    max_images: int = 0
+    cold_start: bool = True
+    cold_start_runs: int = 3
+    max_f1_regression: float = 0.01
+    max_latency_ratio: float = 1.25
+
+
+def collect_models(paths) -> list[tuple[Path, ModelCard]]:
+    """Model files with their cards; folders contribute their model.keras and every *.tflite."""
+    if not paths:
+        raise BenchmarkError("no models given: pass model files (.keras/.tflite with cards) or an optimize folder")
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(p.glob("*.keras")) + sorted(p.glob("*.tflite"))
+            if not found:
+                raise BenchmarkError(f"{p}: folder holds no .keras or .tflite models")
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise BenchmarkError(f"{p}: no such model file or folder")
+    models = []
+    for f in files:
+        try:
+            models.append((f, load_card_for_model(f)))
+        except CardError as exc:
+            raise BenchmarkError(str(exc)) from None
+    labels = {tuple(c.labels) for _, c in models}
+    if len(labels) > 1:
+        raise BenchmarkError(f"models were trained with different labels: {sorted(labels)}; benchmark one family at a time")
+    sizes = {c.preprocessing.size for _, c in models}
+    if len(sizes) > 1:
+        raise BenchmarkError(f"models take different input sizes {sorted(sizes)}; benchmark one family at a time")
+    return models
+
+
+def _percentiles(ms: list[float]) -> dict:
+    a = np.asarray(ms)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()),
+            "images_per_second": float(1000.0 / a.mean())}
+
+
+def measure_tflite_latency(model: Path, inputs: np.ndarray, threads: int, repeats: int, warmup: int) -> dict:
+    clf = Classifier.load(model, threads=threads, verify=False)
+    tensors = [clf.input_tensor_from_float(x) for x in inputs[: max(1, min(len(inputs), repeats))]]
+    for i in range(warmup):
+        clf.probabilities(tensors[i % len(tensors)])
+    ms = []
+    for i in range(repeats):
+        t = time.perf_counter()
+        clf.probabilities(tensors[i % len(tensors)])
+        ms.append((time.perf_counter() - t) * 1e3)
+    return {"threads": threads, **_percentiles(ms)}
+
+
+def measure_keras_latency(model, inputs: np.ndarray, repeats: int, warmup: int) -> dict:
+    for i in range(warmup):
+        model(inputs[i % len(inputs)][None], training=False)
+    ms = []
+    for i in range(repeats):
+        t = time.perf_counter()
+        model(inputs[i % len(inputs)][None], training=False).numpy()
+        ms.append((time.perf_counter() - t) * 1e3)
+    return {"threads": "tensorflow default", **_percentiles(ms)}
+
+
+def measure_cold_start(model: Path, image: str, runs: int) -> dict:
+    """A fresh `edge-classify` process on one image: wall time spawn->exit and its peak RSS."""
+    cmd = [sys.executable, "-m", "leukedge.edge.cli", "--model", str(model), "--quiet", "--format", "json", image]
+    walls, rss = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        walls.append(time.perf_counter() - t)
+        out = proc.stdout.read().decode()
+        err = proc.stderr.read().decode()
+        proc.stdout.close(), proc.stderr.close()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise BenchmarkError(f"edge-classify failed on {model}: {err.strip()[-300:]}")
+        json.loads(out.splitlines()[0])
+        rss.append(usage.ru_maxrss / 1024.0)  # KiB -> MiB on Linux
+    return {"cold_start_s": float(np.median(walls)), "cold_start_runs": runs, "peak_rss_mib": float(max(rss))}
+
+
+def measure_keras_memory(model: Path, image: str) -> float:
+    """Peak RSS of a fresh process that loads the Keras model and classifies one image."""
+    code = (
+        "import os, sys; os.environ.setdefault('TF_USE_LEGACY_KERAS','1'); os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','3')\n"
+        "from leukedge.train.tfcompat import tensorflow; tf = tensorflow()\n"
+        "from leukedge.edge.card import load_card_for_model; from leukedge.edge.preprocess import preprocess_file\n"
+        f"card = load_card_for_model({str(model)!r}); m = tf.keras.models.load_model({str(model)!r}, compile=False)\n"
+        f"print(float(m.predict(preprocess_file({image!r}, card.preprocessing)[None], verbose=0)[0, 1]))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.stdout.close(), proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        return float("nan")
+    return usage.ru_maxrss / 1024.0
+
+
+def _file_sizes(path: Path) -> dict:
+    data = path.read_bytes()
+    return {"size_bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=6))}
+
+
+def benchmark(models, out, opts: BenchmarkOptions, data: str | None = None, baseline: str | None = None) -> dict:
+    from leukedge.train.datasets import DatasetError
+    from leukedge.train.pipeline import decode_samples
+    from leukedge.train.splits import split_from_card
+
+    t0 = time.perf_counter()
+    found = collect_models(models)
+    base = _load_baseline(baseline) if baseline else None
+    ref_card = next((c for _, c in found if c.model_format == "keras"), found[0][1])
+    try:
+        ds, split, data_root = split_from_card(ref_card, data)
+    except DatasetError as exc:
+        raise BenchmarkError(str(exc)) from None
+    part = opts.part if opts.part != "auto" else ("test" if split.parts.get("test") else "validation")
+    if part not in split.parts:
+        raise BenchmarkError(f"split has no part {part!r} (parts: {', '.join(split.parts)})")
+    samples = split.parts[part]
+    if opts.max_images and len(samples) > opts.max_images:
+        from leukedge.train.fit import subsample
+
+        samples = subsample(samples, opts.max_images, 0)
+    if not samples:
+        raise BenchmarkError(f"the {part} split is empty")
+    prep = ref_card.preprocessing
+    arrays = decode_samples(samples, prep, what=f"{part} images")
+    if len(arrays.labels) == 0:
+        raise BenchmarkError(f"no readable images in the {part} split")
+    x = normalize(arrays.images, prep)
+    y = arrays.labels
+    positive = ref_card.positive_index
+    all_threads = default_threads()
+    print(f"leukedge benchmark: {len(found)} model(s) on {len(y)} {part} images of {data_root}", file=sys.stderr)
+
+    rows = []
+    float_decisions = None
+    runtime = None
+    for path, card in found:
+        print(f"leukedge benchmark: [{card.variant}] {path.name}", file=sys.stderr, flush=True)
+        row = {"variant": card.variant, "file": path.name, "format": card.model_format,
+               "quantization": (card.quantization or {}).get("mode", "none"), **_file_sizes(path)}
+        if card.model_format == "keras":
+            from leukedge.train.tfcompat import tensorflow
+
+            tf = tensorflow()
+            model = tf.keras.models.load_model(path, compile=False)
+            p = model.predict(x, batch_size=32, verbose=0)[:, positive].astype(np.float64)
+            row["latency"] = {"all_cores": measure_keras_latency(model, x, opts.repeats, opts.warmup)}
+            row["peak_rss_mib"] = measure_keras_memory(path, arrays.paths[0])
+            row["cold_start_s"] = None
+            del model
+        else:
+            clf = Classifier.load(path, threads=all_threads)
+            runtime = clf.runtime
+            p = clf.probabilities_for_inputs(x)[:, positive].astype(np.float64)
+            row["latency"] = {
+                "1_thread": measure_tflite_latency(path, x, 1, opts.repeats, opts.warmup),
+                "all_cores": measure_tflite_latency(path, x, all_threads, opts.repeats, opts.warmup),
+            }
+            if opts.cold_start:
+                row.update(measure_cold_start(path, arrays.paths[0], opts.cold_start_runs))
+        rep = report_at_threshold(y, p, card.threshold, card.labels, positive)
+        decisions = p >= card.threshold
+        if float_decisions is None and card.model_format == "keras":
+            float_decisions = decisions
+        row["metrics"] = {k: rep[k] for k in ("f1_positive", "f1_negative", "macro_f1", "weighted_f1", "sensitivity",
+                                              "specificity", "accuracy", "auroc", "false_negatives", "false_positives")}
+        row["threshold"] = card.threshold
+        row["verdict"] = (card.verdict or {}).get("status", "-")
+        row["_decisions"], row["_p"] = decisions, p
+        rows.append(row)
+    float_p = None
+    if float_decisions is not None:
+        float_p = next(r["_p"] for r in rows if r["format"] == "keras")
+    else:  # no Keras parent given: compare with the float32 TFLite model instead
+        f32 = next((r for r in rows if r["variant"] == "float32"), rows[0])
+        float_decisions, float_p = f32["_decisions"], f32["_p"]
+    for row in rows:
+        row["agreement_with_float"] = float(np.mean(row.pop("_decisions") == float_decisions))
+        row["max_abs_delta_p_vs_float"] = float(np.max(np.abs(row.pop("_p") - float_p)))
+    f32_ms = next((r["latency"]["all_cores"]["p50"] for r in rows if r["variant"] == "float32"), None)
+    for row in rows:
+        row["latency_ratio_to_float32"] = (row["latency"]["all_cores"]["p50"] / f32_ms) if f32_ms else None
+
+    results = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "leukedge_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(runtime),
+        "data": {"root": data_root, "part": part, "images": int(len(y)), "split": split.describe(ds)["rule"],
+                 "file_list_sha256": split.file_list_sha256(ds),
+                 "per_class": {ds.labels[k]: int((y == k).sum()) for k in range(2)}},
+        "positive_label": ref_card.positive_label,
+        "settings": {"repeats": opts.repeats, "warmup": opts.warmup, "all_cores_threads": all_threads},
+        "variants": rows,
+        "seconds": None,
+    }
+    if base is not None:
+        results["baseline"] = {"created": base.get("created"), "machine": base.get("machine", {}).get("cpu")}
+        results["regressions"] = compare(results, base, opts)
+    else:
+        results["regressions"] = []
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    md = report_markdown(results)
+    with staged_dir(out) as stage:
+        write_text_atomic(stage / "results.json", json.dumps(results, indent=2) + "\n")
+        write_text_atomic(stage / "report.md", md)
+        plot(results, stage / "f1_vs_latency.png")
+    print(md)
+    return results
+
+
+def _load_baseline(path: str) -> dict:
+    p = Path(path)
+    try:
+        base = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise BenchmarkError(f"{p}: baseline results not found") from None
+    except json.JSONDecodeError as exc:
+        raise BenchmarkError(f"{p}: baseline is not valid JSON: {exc}") from None
+    if base.get("schema") != SCHEMA:
+        raise BenchmarkError(f"{p}: not a leukedge benchmark results file")
+    if base.get("schema_version") != SCHEMA_VERSION:
+        raise BenchmarkError(f"{p}: baseline schema version {base.get('schema_version')} differs from this "
+                             f"leukedge's {SCHEMA_VERSION}; re-run the baseline with this version")
+    return base
+
+
+def compare(results: dict, base: dict, opts: BenchmarkOptions) -> list[dict]:
+    """Regressions against a baseline: F1 and recall drops, and slowdowns as ratios to float32.
+
+    Latency is compared as each variant's ratio to its float32 sibling, not in milliseconds,
+    so a baseline from another machine still means something.
+    """
+    out = []
+    old = {r["variant"]: r for r in base.get("variants", [])}
+    for r in results["variants"]:
+        b = old.get(r["variant"])
+        if not b:
+            continue
+        for key, name in (("f1_positive", "F1"), ("sensitivity", "recall")):
+            drop = b["metrics"][key] - r["metrics"][key]
+            if drop > opts.max_f1_regression + 1e-12:
+                out.append({"variant": r["variant"], "what": name, "baseline": b["metrics"][key],
+                            "now": r["metrics"][key], "change": -drop})
+        new_ratio, old_ratio = r.get("latency_ratio_to_float32"), b.get("latency_ratio_to_float32")
+        if new_ratio and old_ratio and r["variant"] != "float32":
+            if new_ratio / old_ratio > opts.max_latency_ratio:
+                out.append({"variant": r["variant"], "what": "latency ratio to float32", "baseline": old_ratio,
+                            "now": new_ratio, "change": new_ratio / old_ratio})
+    return out
+
+
+def report_markdown(results: dict) -> str:
+    pos = results["positive_label"]
+    m = results["machine"]
+    d = results["data"]
+    lines = [
+        "# leukedge benchmark",
+        "",
+        f"{d['images']} {d['part']} images ({', '.join(f'{k} {v}' for k, v in d['per_class'].items())}) of "
+        f"`{Path(d['root']).name}`, split '{d['split']}'. Machine: {m['cpu']}, {m['usable_cores']} cores, "
+        f"{m.get('tflite_runtime', '-')}, Python {m['python']}.",
+        "",
+        f"| variant | F1({pos}) | {pos} recall | specificity | weighted F1 | AUROC | agree | ms p50 (1 thr) | "
+        f"ms p50 (all) | ms p99 (all) | img/s | x float32 | cold start s | peak MiB | MB | gzip MB | verdict |",
+        "|---|" + "---:|" * 15 + "---|",
+    ]
+    for r in results["variants"]:
+        mt, lat = r["metrics"], r["latency"]
+        one = lat.get("1_thread", {}).get("p50")
+        allc = lat["all_cores"]
+        f = lambda v, fmt: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)  # noqa: E731
+        lines.append(
+            f"| {r['variant']} | {mt['f1_positive']:.4f} | {mt['sensitivity']:.4f} | {mt['specificity']:.4f} | "
+            f"{mt['weighted_f1']:.4f} | {f(mt['auroc'], '.4f')} | {r['agreement_with_float']:.3f} | {f(one, '.2f')} | "
+            f"{allc['p50']:.2f} | {allc['p99']:.2f} | {allc['images_per_second']:.1f} | "
+            f"{f(r['latency_ratio_to_float32'], '.2f')} | {f(r.get('cold_start_s'), '.2f')} | "
+            f"{f(r.get('peak_rss_mib'), '.0f')} | {r['size_bytes'] / 1e6:.2f} | {r['gzip_bytes'] / 1e6:.2f} | {r['verdict']} |")
+    if "baseline" in results:
+        lines += ["", f"Compared with baseline of {results['baseline']['created']} ({results['baseline']['machine']}):"]
+        if results["regressions"]:
+            for g in results["regressions"]:
+                lines.append(f"- REGRESSION {g['variant']}: {g['what']} {g['baseline']:.4f} -> {g['now']:.4f}")
+        else:
+            lines.append("- no regressions")
+    lines += ["", "Latency: single-image `invoke()` after warm-up; cold start: fresh `edge-classify` process on one "
+              "image, spawn to exit (median); peak MiB: that process's max RSS (Keras: a fresh TensorFlow process).",
+              "Verdict: the optimize step's budget gate against the float parent."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sizes = [r["size_bytes"] / 1e6 for r in results["variants"]]
+    top = max(sizes) or 1
+    for r, mb in zip(results["variants"], sizes):
+        ms = r["latency"]["all_cores"]["p50"]
+        f1 = r["metrics"]["f1_positive"]
+        ax.scatter(ms, f1, s=40 + 900 * mb / top, alpha=0.55, edgecolors="black")
+        ax.annotate(f"{r['variant']} ({mb:.1f} MB)", (ms, f1), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.set_xlabel("ms / image (p50, all cores)")
+    ax.set_ylabel(f"F1 ({results['positive_label']})")
+    ax.set_title(f"F1 vs latency — {results['data']['images']} {results['data']['part']} images; marker area ~ size")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
