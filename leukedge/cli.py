@@ -235,20 +235,22 @@ def tune(data_path, out, trials, max_seconds, config_file, overrides, epochs):
 @click.option("--calibration", "calibration_path", type=click.Path(), help="Calibrate on this dataset folder instead of the training split.")
 @click.option("--finetune-steps", default=100, show_default=True, type=click.IntRange(0), help="Steps of pruning / QAT fine-tuning.")
 @click.option("--finetune-batch", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--finetune-lr", default=1e-5, show_default=True, type=click.FloatRange(1e-8, 1.0), help="Learning rate of pruning / QAT fine-tuning.")
 @click.option("--max-f1-drop", default=0.01, show_default=True, type=float)
 @click.option("--max-recall-drop", default=0.01, show_default=True, type=float)
 @click.option("--keep-failing", is_flag=True, help="Exit 0 even when a variant is over budget (it stays marked failed).")
 @click.option("--threads", type=click.IntRange(1), help="Interpreter threads for verification.")
 @_needs_extra
 def optimize(model_path, out, data_path, variants, io, sparsity, calibration_size, calibration_path, finetune_steps,
-             finetune_batch, max_f1_drop, max_recall_drop, keep_failing, threads):
+             finetune_batch, finetune_lr, max_f1_drop, max_recall_drop, keep_failing, threads):
     """Prune and quantize MODEL (model.keras) into TFLite variants, each gated against its float parent."""
     from leukedge.optimize.run import OptimizeOptions
     from leukedge.optimize.run import optimize as run_optimize
 
     opts = OptimizeOptions(variants=tuple(v.strip() for v in variants.split(",") if v.strip()), io=io,
                            sparsity=sparsity, calibration_size=calibration_size, calibration=calibration_path,
-                           finetune_steps=finetune_steps, finetune_batch=finetune_batch, max_f1_drop=max_f1_drop,
+                           finetune_steps=finetune_steps, finetune_batch=finetune_batch, finetune_lr=finetune_lr,
+                           max_f1_drop=max_f1_drop,
                            max_recall_drop=max_recall_drop, keep_failing=keep_failing, threads=threads)
     summary = run_optimize(model_path, out, opts, data_path)
     if summary["failed"]:
