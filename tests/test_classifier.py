@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from leukedge.edge.classifier import Classifier
-from leukedge.edge.preprocess import Preprocessing, load_rgb, normalize
+from leukedge.edge.preprocess import Preprocessing, load_rgb, normalize, quantize
 from leukedge.edge.runtime import ModelError
 
 
@@ -49,6 +49,11 @@ def test_input_tensor_is_edge_preprocessing_exactly(tiny_models, synth_arrays):
     prep: Preprocessing = clf.card.preprocessing
     rgb = load_rgb(paths[1], prep.size, prep.resize)
     assert np.array_equal(clf.input_tensor(rgb)[0], normalize(rgb, prep))
+    i8 = Classifier.load(tiny_models["int8"])
+    scale, zero = i8._in_q
+    expected = quantize(normalize(rgb, prep), scale, zero, np.int8)
+    got = i8.input_tensor(rgb)
+    assert got.dtype == np.int8 and np.array_equal(got[0], expected)
 
 
 def test_corrupt_model_file_is_a_model_error(tmp_path, tiny_models):
