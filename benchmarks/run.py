@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import gzip
 import json
-import os
 import subprocess
 import sys
 import time
@@ -103,51 +102,70 @@ def measure_tflite_latency(model: Path, inputs: np.ndarray, threads: int, repeat
 
 
 def measure_keras_latency(model, inputs: np.ndarray, repeats: int, warmup: int) -> dict:
-    for i in range(warmup):
-        model(inputs[i % len(inputs)][None], training=False)
+    from leukedge.train.tfcompat import tensorflow
+
+    tf = tensorflow()
+    call = tf.function(lambda x: model(x, training=False))  # graph mode: what a Keras deployment would run
+    for i in range(max(1, warmup)):
+        call(inputs[i % len(inputs)][None])
     ms = []
     for i in range(repeats):
         t = time.perf_counter()
-        model(inputs[i % len(inputs)][None], training=False).numpy()
+        call(inputs[i % len(inputs)][None]).numpy()
         ms.append((time.perf_counter() - t) * 1e3)
     return {"threads": "tensorflow default", **_percentiles(ms)}
 
 
+# Peak RSS is read from the child's own /proc/self/status (VmHWM) just before it exits.
+# ru_maxrss is no use here: on Linux it keeps the high-water mark of the forked parent,
+# which in a benchmark process holding TensorFlow is gigabytes.
+_HWM_PROBE = (
+    "import atexit, runpy, sys\n"
+    "def _hwm():\n"
+    "    try:\n"
+    "        for line in open('/proc/self/status'):\n"
+    "            if line.startswith('VmHWM'):\n"
+    "                sys.stderr.write('LEUKEDGE_VMHWM_KB=' + line.split()[1] + '\\n')\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "atexit.register(_hwm)\n"
+)
+
+
+def _peak_rss_mib(stderr: str) -> float | None:
+    for line in stderr.splitlines():
+        if line.startswith("LEUKEDGE_VMHWM_KB="):
+            return int(line.split("=", 1)[1]) / 1024.0
+    return None
+
+
 def measure_cold_start(model: Path, image: str, runs: int) -> dict:
-    """A fresh `edge-classify` process on one image: wall time spawn->exit and its peak RSS."""
-    cmd = [sys.executable, "-m", "leukedge.edge.cli", "--model", str(model), "--quiet", "--format", "json", image]
-    walls, rss = [], []
+    """A fresh `edge-classify` process on one image: wall time spawn->exit (median), and its peak RSS."""
+    args = ["--model", str(model), "--quiet", "--format", "json", image]
+    walls = []
     for _ in range(runs):
         t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
+        r = subprocess.run([sys.executable, "-m", "leukedge.edge.cli", *args], capture_output=True, text=True)
         walls.append(time.perf_counter() - t)
-        out = proc.stdout.read().decode()
-        err = proc.stderr.read().decode()
-        proc.stdout.close(), proc.stderr.close()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            raise BenchmarkError(f"edge-classify failed on {model}: {err.strip()[-300:]}")
-        json.loads(out.splitlines()[0])
-        rss.append(usage.ru_maxrss / 1024.0)  # KiB -> MiB on Linux
-    return {"cold_start_s": float(np.median(walls)), "cold_start_runs": runs, "peak_rss_mib": float(max(rss))}
+        if r.returncode != 0:
+            raise BenchmarkError(f"edge-classify failed on {model}: {r.stderr.strip()[-300:]}")
+        json.loads(r.stdout.splitlines()[0])
+    probe = _HWM_PROBE + f"sys.argv = ['edge-classify', *{args!r}]\nrunpy.run_module('leukedge.edge.cli', run_name='__main__')\n"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    return {"cold_start_s": float(np.median(walls)), "cold_start_runs": runs, "peak_rss_mib": _peak_rss_mib(r.stderr)}
 
 
-def measure_keras_memory(model: Path, image: str) -> float:
+def measure_keras_memory(model: Path, image: str) -> float | None:
     """Peak RSS of a fresh process that loads the Keras model and classifies one image."""
-    code = (
-        "import os, sys; os.environ.setdefault('TF_USE_LEGACY_KERAS','1'); os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','3')\n"
+    code = _HWM_PROBE + (
+        "import os; os.environ.setdefault('TF_USE_LEGACY_KERAS','1'); os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','3')\n"
         "from leukedge.train.tfcompat import tensorflow; tf = tensorflow()\n"
         "from leukedge.edge.card import load_card_for_model; from leukedge.edge.preprocess import preprocess_file\n"
         f"card = load_card_for_model({str(model)!r}); m = tf.keras.models.load_model({str(model)!r}, compile=False)\n"
         f"print(float(m.predict(preprocess_file({image!r}, card.preprocessing)[None], verbose=0)[0, 1]))\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.stdout.close(), proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        return float("nan")
-    return usage.ru_maxrss / 1024.0
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return _peak_rss_mib(r.stderr) if r.returncode == 0 else None
 
 
 def _file_sizes(path: Path) -> dict:

@@ -39,7 +39,7 @@ def test_results_report_and_plot(results):
         assert 0.0 <= r["agreement_with_float"] <= 1.0
     f32 = res["variants"][1]
     assert f32["max_abs_delta_p_vs_float"] < 1e-5 and f32["latency"]["1_thread"]["threads"] == 1
-    assert f32["cold_start_s"] > 0 and f32["peak_rss_mib"] > 10
+    assert f32["cold_start_s"] > 0 and 10 < f32["peak_rss_mib"] < 1000  # the device process alone, not its parent
     assert res["machine"]["cores"] and "ai-edge-litert" in res["machine"]["tflite_runtime"]
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["variants"][2]["variant"] == "int8"
