@@ -23,6 +23,7 @@ import numpy as np
 from leukedge import __version__
 from leukedge.edge.card import CardError, ModelCard, load_card_for_model
 from leukedge.edge.classifier import Classifier
+from leukedge.edge.errors import LeukedgeError
 from leukedge.edge.files import staged_dir, write_text_atomic
 from leukedge.edge.metrics import report_at_threshold
 from leukedge.edge.preprocess import normalize
@@ -34,7 +35,7 @@ SCHEMA = "leukedge.benchmark"
 SCHEMA_VERSION = 1
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(LeukedgeError, ValueError):
     pass
 
 

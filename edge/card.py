@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import LeukedgeError
 from .files import sha256_file, write_text_atomic
 from .preprocess import Preprocessing
 
@@ -22,7 +23,7 @@ SCHEMA_VERSION = 1
 MODEL_FORMATS = ("keras", "tflite", "onnx")
 
 
-class CardError(ValueError):
+class CardError(LeukedgeError, ValueError):
     """A model card or model file that cannot be trusted; the message names the file."""
 
 

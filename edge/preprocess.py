@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+from .errors import LeukedgeError
+
 IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 _RESAMPLE = {
@@ -28,7 +30,7 @@ _RESAMPLE = {
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class ImageError(ValueError):
+class ImageError(LeukedgeError, ValueError):
     """An input image that cannot be used; the message names the file and the problem."""
 
     def __init__(self, path: str | os.PathLike, problem: str):

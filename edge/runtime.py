@@ -7,8 +7,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import LeukedgeError
 
-class ModelError(RuntimeError):
+
+class ModelError(LeukedgeError, RuntimeError):
     """A model file that no runtime can load or run; the message names the file."""
 
 

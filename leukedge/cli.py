@@ -19,40 +19,21 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
 def _needs_extra(fn):
-    """Turn a missing extra or a known bad input into one clear line and exit code 2."""
+    """Report a known bad input, or a missing `train` extra, as one line with exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from leukedge.edge.card import CardError
-        from leukedge.edge.preprocess import ImageError
+        from leukedge.edge.errors import LeukedgeError
 
-        known: tuple[type[BaseException], ...] = (CardError, ImageError)
-        try:
-            from leukedge.optimize.run import OptimizeError
-            from leukedge.train.config import ConfigError
-            from leukedge.train.datasets import DatasetError
-            from leukedge.train.weights import WeightsError
-
-            known += (DatasetError, ConfigError, WeightsError, OptimizeError)
-        except ImportError as exc:
-            if "tensorflow" in str(exc).lower() or "leukedge[train]" in str(exc):
-                _die(str(exc))
-            from leukedge.train.datasets import DatasetError  # needs no TensorFlow
-
-            known += (DatasetError,)
-        try:
-            from leukedge.benchmarks.run import BenchmarkError
-
-            known += (BenchmarkError,)
-        except ImportError:
-            pass
         try:
             return fn(*args, **kwargs)
-        except known as exc:
+        except LeukedgeError as exc:
             _die(str(exc))
         except ImportError as exc:
-            if "tensorflow" in str(exc).lower() or "leukedge[train]" in str(exc):
-                _die(f"{exc}\n  this step needs the workstation extra: pip install 'leukedge[train]'")
+            if "leukedge[train]" in str(exc):
+                _die(str(exc))
+            if "tensorflow" in str(exc).lower():
+                _die(f"{exc}; this step needs the workstation extra: pip install 'leukedge[train]'")
             raise
 
     return wrapper

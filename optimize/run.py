@@ -14,6 +14,7 @@ import numpy as np
 from leukedge import __version__
 from leukedge.edge.card import CardError, ModelCard, load_card_for_model
 from leukedge.edge.classifier import Classifier
+from leukedge.edge.errors import LeukedgeError
 from leukedge.edge.files import staged_dir, write_text_atomic
 from leukedge.edge.metrics import choose_threshold, report_at_threshold
 from leukedge.edge.preprocess import normalize
@@ -30,7 +31,7 @@ DEFAULT_VARIANTS = ("float32", "float16", "dynamic", "int8", "pruned-int8", "qat
 MIN_CALIBRATION = 10
 
 
-class OptimizeError(ValueError):
+class OptimizeError(LeukedgeError, ValueError):
     pass
 
 

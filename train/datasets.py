@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from leukedge.edge.errors import LeukedgeError
 from leukedge.edge.files import sha256_file
 from leukedge.edge.preprocess import is_image_name
 
@@ -24,7 +25,7 @@ KNOWN_POSITIVES = ("all", "ig", "blast", "positive", "leukemic")
 _UID = re.compile(r"^UID_([A-Za-z]?\d+)_", re.IGNORECASE)
 
 
-class DatasetError(ValueError):
+class DatasetError(LeukedgeError, ValueError):
     """A dataset that cannot be used as given; the message names the path and the problem."""
 
 

