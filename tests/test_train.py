@@ -139,3 +139,11 @@ def test_tune_writes_a_config_that_train_accepts(synth_dir, tmp_path):
     best = load_config(tmp_path / "tune" / "best.toml")
     assert best.dropout == pytest.approx(res["best"]["dropout"]) and best.dense_units == res["best"]["dense_units"]
     assert "| trial | val_f1 |" in (tmp_path / "tune" / "trials.md").read_text()
+
+
+def test_tune_stops_at_its_time_budget(synth_dir, tmp_path):
+    from leukedge.train.tune import tune
+
+    cfg = TrainConfig(image_size=75, weights="none", batch_size=16).validate()
+    res = tune(synth_dir, tmp_path / "tune", cfg, trials=50, epochs=1, max_seconds=1)
+    assert 1 <= len(res["trials"]) < 50

@@ -9,9 +9,8 @@ reference work tuned (L2, L1, dropout, dense units, activation) plus the learnin
 from __future__ import annotations
 
 import json
-import math
-import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,25 +28,24 @@ from .splits import make_split
 from .tfcompat import tensorflow
 from .weights import load_backbone_weights, plan_weights
 
-SPACE = {
+SPACE = {  # key: (kind, low, high) or (kind, choices); the same keys as TrainConfig
     "l2": ("log", 1e-6, 1e-2),
     "l1": ("log", 1e-7, 1e-3),
-    "dropout": ("uniform", 0.1, 0.7),
+    "dropout": ("linear", 0.1, 0.7),
     "dense_units": ("choice", [64, 128, 256, 512]),
     "activation": ("choice", ["relu", "elu", "swish"]),
     "lr_head": ("log", 1e-4, 1e-2),
 }
 
 
-def sample(rng: random.Random) -> dict:
+def _hp_values(hp) -> dict:
+    """Declare SPACE on a KerasTuner HyperParameters object and return this trial's values."""
     out = {}
     for key, spec in SPACE.items():
-        if spec[0] == "log":
-            out[key] = float(math.exp(rng.uniform(math.log(spec[1]), math.log(spec[2]))))
-        elif spec[0] == "uniform":
-            out[key] = round(rng.uniform(spec[1], spec[2]), 3)
+        if spec[0] == "choice":
+            out[key] = hp.Choice(key, spec[1])
         else:
-            out[key] = rng.choice(spec[1])
+            out[key] = hp.Float(key, spec[1], spec[2], sampling=spec[0])
     return out
 
 
@@ -70,6 +68,7 @@ def _features(data, cfg: TrainConfig):
 
 
 def run_trial(params: dict, feats, positive: int, epochs: int, seed: int) -> float:
+    """Fit the head alone on cached features; the best validation F1 over its epochs."""
     tf = tensorflow()
     tf.keras.utils.set_random_seed(seed)
     xtr, ytr = feats["train"]
@@ -77,7 +76,7 @@ def run_trial(params: dict, feats, positive: int, epochs: int, seed: int) -> flo
     L = tf.keras.layers
     reg = tf.keras.regularizers.L1L2(l1=params["l1"], l2=params["l2"])
     inp = L.Input((xtr.shape[1],))
-    h = L.Dense(params["dense_units"], activation=params["activation"], kernel_regularizer=reg)(inp)
+    h = L.Dense(int(params["dense_units"]), activation=params["activation"], kernel_regularizer=reg)(inp)
     h = L.Dropout(params["dropout"])(h)
     out = L.Dense(2, activation="softmax")(h)
     model = tf.keras.Model(inp, out)
@@ -90,23 +89,43 @@ def run_trial(params: dict, feats, positive: int, epochs: int, seed: int) -> flo
     return best
 
 
+def _keras_tuner():
+    try:
+        import keras_tuner
+    except ImportError:
+        raise ConfigError("leukedge tune needs KerasTuner: pip install 'leukedge[tune]'") from None
+    return keras_tuner
+
+
 def tune(data, out, cfg: TrainConfig, trials: int = 12, max_seconds: int = 0, epochs: int = 20) -> dict:
     t0 = time.perf_counter()
     ds, feats = _features(data, cfg)
     positive = ds.labels.index(ds.positive_label)
-    rng = random.Random(cfg.seed)
-    rows = []
-    print(f"leukedge tune: {trials} trials on {len(feats['train'][1])} train / {len(feats['validation'][1])} "
-          f"validation feature vectors", file=sys.stderr)
-    for i in range(trials):
-        if max_seconds and time.perf_counter() - t0 > max_seconds:
-            print(f"leukedge tune: time budget of {max_seconds} s reached after {i} trials", file=sys.stderr)
-            break
-        params = sample(rng)
-        f1 = run_trial(params, feats, positive, epochs, cfg.seed + i)
-        rows.append({"trial": i + 1, "val_f1": f1, **params})
-        print(f"  trial {i + 1:3d}: F1={f1:.4f}  " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                          for k, v in params.items()), file=sys.stderr)
+    kt = _keras_tuner()
+    rows: list[dict] = []
+    print(f"leukedge tune: up to {trials} KerasTuner trials on {len(feats['train'][1])} train / "
+          f"{len(feats['validation'][1])} validation feature vectors", file=sys.stderr)
+
+    class HeadSearch(kt.RandomSearch):
+        """Each trial fits the head on cached features with tf.keras and reports validation F1."""
+
+        def run_trial(self, trial, *args, **kwargs):
+            params = _hp_values(trial.hyperparameters)
+            f1 = run_trial(params, feats, positive, epochs, cfg.seed + len(rows))
+            rows.append({"trial": len(rows) + 1, "val_f1": f1, **params})
+            print(f"  trial {len(rows):3d}: F1={f1:.4f}  " + "  ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()), file=sys.stderr)
+            if max_seconds and time.perf_counter() - t0 > max_seconds:
+                print(f"leukedge tune: time budget of {max_seconds} s reached after {len(rows)} trials", file=sys.stderr)
+                self.oracle.max_trials = len(self.oracle.trials)  # the oracle creates no further trial
+            return {"val_f1": f1}
+
+    with tempfile.TemporaryDirectory(prefix="leukedge-tune-") as workdir:
+        tuner = HeadSearch(hypermodel=None, objective=kt.Objective("val_f1", direction="max"), max_trials=trials,
+                           seed=cfg.seed, directory=workdir, project_name="head", overwrite=True)
+        tuner.search_space_summary = lambda *a, **k: None
+        _hp_values(tuner.oracle.hyperparameters)
+        tuner.search()
     if not rows:
         raise ConfigError(f"no trial finished inside the time budget of {max_seconds} s")
     best = max(rows, key=lambda r: r["val_f1"])
