@@ -62,51 +62,49 @@ def predict_positive(model, arrays: ImageArrays, prep: Preprocessing, positive: 
     return model.predict(ds, verbose=0)[:, positive].astype(np.float64)
 
 
-class ValidationF1:
+def validation_f1_callback(*args, **kwargs):
     """Keras callback: F1 of the positive class on the validation split after every epoch;
     keeps the best weights, stops after `patience` epochs without improvement, and saves
-    resume state."""
+    resume state. (Defined inside a function so importing this module needs no TensorFlow.)"""
+    tf = tensorflow()
 
-    def __new__(cls, *args, **kwargs):
-        tf = tensorflow()
+    class _Callback(tf.keras.callbacks.Callback):
+        def __init__(self, val: ImageArrays, prep, positive, batch_size, patience, state, resume_dir):
+            super().__init__()
+            self.val, self.prep, self.positive, self.batch_size = val, prep, positive, batch_size
+            self.patience, self.state, self.resume_dir = patience, state, resume_dir
+            self.wait = 0
 
-        class _Callback(tf.keras.callbacks.Callback):
-            def __init__(self, val: ImageArrays, prep, positive, batch_size, patience, state, resume_dir):
-                super().__init__()
-                self.val, self.prep, self.positive, self.batch_size = val, prep, positive, batch_size
-                self.patience, self.state, self.resume_dir = patience, state, resume_dir
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs if logs is not None else {}
+            p = predict_positive(self.model, self.val, self.prep, self.positive, self.batch_size)
+            rep = report_at_threshold(self.val.labels, p, 0.5, positive=self.positive)
+            logs["val_f1_pos"] = rep["f1_positive"]
+            logs["val_recall_pos"] = rep["sensitivity"]
+            st = self.state
+            row = {"stage": st["stage"], "epoch": len(st["history"]) + 1,
+                   **{k: float(v) for k, v in logs.items()}}
+            st["history"].append(row)
+            print(f"  validation: F1({st['positive_label']})={rep['f1_positive']:.4f} "
+                  f"recall={rep['sensitivity']:.4f}", file=sys.stderr, flush=True)
+            if rep["f1_positive"] > st["best_f1"] + 1e-6 or st["best_weights"] is None:
+                st["best_f1"] = rep["f1_positive"]
+                st["best_weights"] = self.model.get_weights()
+                st["best_epoch"] = row["epoch"]
                 self.wait = 0
+            else:
+                self.wait += 1
+                if self.wait >= self.patience:
+                    print(f"  early stop: no F1 gain in {self.patience} epochs", file=sys.stderr)
+                    self.model.stop_training = True
+            if self.resume_dir is not None:
+                self.resume_dir.mkdir(parents=True, exist_ok=True)
+                self.model.save_weights(str(self.resume_dir / "last.weights.h5"))
+                np.savez(self.resume_dir / "best_weights.npz", *st["best_weights"])
+                write_text_atomic(self.resume_dir / "state.json", json.dumps(
+                    {k: v for k, v in st.items() if k != "best_weights"} | {"stage_epoch": epoch + 1}))
 
-            def on_epoch_end(self, epoch, logs=None):
-                logs = logs if logs is not None else {}
-                p = predict_positive(self.model, self.val, self.prep, self.positive, self.batch_size)
-                rep = report_at_threshold(self.val.labels, p, 0.5, positive=self.positive)
-                logs["val_f1_pos"] = rep["f1_positive"]
-                logs["val_recall_pos"] = rep["sensitivity"]
-                st = self.state
-                row = {"stage": st["stage"], "epoch": len(st["history"]) + 1,
-                       **{k: float(v) for k, v in logs.items()}}
-                st["history"].append(row)
-                print(f"  validation: F1({st['positive_label']})={rep['f1_positive']:.4f} "
-                      f"recall={rep['sensitivity']:.4f}", file=sys.stderr, flush=True)
-                if rep["f1_positive"] > st["best_f1"] + 1e-6 or st["best_weights"] is None:
-                    st["best_f1"] = rep["f1_positive"]
-                    st["best_weights"] = self.model.get_weights()
-                    st["best_epoch"] = row["epoch"]
-                    self.wait = 0
-                else:
-                    self.wait += 1
-                    if self.wait >= self.patience:
-                        print(f"  early stop: no F1 gain in {self.patience} epochs", file=sys.stderr)
-                        self.model.stop_training = True
-                if self.resume_dir is not None:
-                    self.resume_dir.mkdir(parents=True, exist_ok=True)
-                    self.model.save_weights(str(self.resume_dir / "last.weights.h5"))
-                    np.savez(self.resume_dir / "best_weights.npz", *st["best_weights"])
-                    write_text_atomic(self.resume_dir / "state.json", json.dumps(
-                        {k: v for k, v in st.items() if k != "best_weights"} | {"stage_epoch": epoch + 1}))
-
-        return _Callback(*args, **kwargs)
+    return _Callback(*args, **kwargs)
 
 
 def export_model(model, path: Path) -> None:
@@ -215,7 +213,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
             state["best_weights"] = [z[f"arr_{i}"] for i in range(len(z.files))]
         print(f"leukedge train: resuming after {len(saved['history'])} epochs", file=sys.stderr)
     verbose = 1 if sys.stdout.isatty() else 2
-    callback = ValidationF1(arrays["validation"], prep, positive, cfg.batch_size, cfg.patience, state, resume_dir)
+    callback = validation_f1_callback(arrays["validation"], prep, positive, cfg.batch_size, cfg.patience, state, resume_dir)
 
     def run_stage(stage: str, block: str | None, epochs: int, lr):
         if epochs <= done[stage]:
