@@ -10,7 +10,8 @@ import numpy as np
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# ../shared/data beside the checkout; LEUKEDGE_SHARED_DATA=/nowhere shows how the suite runs without it.
+SHARED_DATA = Path(os.environ.get("LEUKEDGE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 CNMC = SHARED_DATA / "C-NMC_Leukemia"
 PBC = SHARED_DATA / "pbc-granulocytes"
 

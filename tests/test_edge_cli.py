@@ -19,8 +19,8 @@ def run_edge(*args, env=None, timeout=120):
     return subprocess.run([*EDGE, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=e)
 
 
-def test_classifies_files_and_never_imports_tensorflow(tiny_models, cnmc_dir, tmp_path):
-    bmp = sorted(cnmc_dir.glob("training_data/fold_0/hem/*.bmp"))[0]
+def test_classifies_files_and_never_imports_tensorflow(tiny_models, synth_dir, tmp_path):
+    bmp = sorted(synth_dir.glob("training_data/*/hem/*.bmp"))[0]
     probe = (
         "import sys, runpy\n"
         f"sys.argv = ['edge-classify', '--model', {str(tiny_models['int8'])!r}, '--format', 'json', {str(bmp)!r}]\n"

@@ -5,7 +5,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from helpers import CNMC, SHARED_DATA
+from helpers import CNMC
 from leukedge.edge.preprocess import Preprocessing, load_rgb, normalize
 
 
@@ -52,7 +52,7 @@ def _maxpool(x, k=3, s=2):
     return out
 
 
-def test_conversion_matches_an_independent_numpy_forward_on_a_real_image(original):
+def test_conversion_matches_an_independent_numpy_forward_on_a_real_image(original, synth_dir):
     from leukedge.train.model import build_inception_v3
     from leukedge.train.tfcompat import tensorflow
     from leukedge.train.weights import assign_arrays
@@ -62,10 +62,8 @@ def test_conversion_matches_an_independent_numpy_forward_on_a_real_image(origina
     size = 96
     model = build_inception_v3(size, last_pool="max")
     assign_arrays(model, arrays)
-    if CNMC.is_dir():
-        img = sorted(CNMC.glob("training_data/fold_0/all/*.bmp"))[0]
-    else:
-        pytest.skip(f"no real image at {SHARED_DATA}")
+    # a real C-NMC cell when the sample data is here; a synthetic one otherwise
+    img = sorted((CNMC if CNMC.is_dir() else synth_dir).glob("training_data/fold_0/all/*.bmp"))[0]
     prep = Preprocessing(size=size)  # the original weights' scaling, (x - 128) / 128
     x = normalize(load_rgb(img, size), prep)
     probe = tf.keras.Model(model.input, [model.get_layer("relu_4").output, model.get_layer("relu_5").output])
