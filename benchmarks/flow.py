@@ -61,7 +61,7 @@ def run_flow(data: str | None, out: str | Path, quick: bool = False, image_size:
     variants = ("float32", "int8", "pruned-int8") if quick else ("float32", "float16", "dynamic", "int8", "pruned-int8")
     _say(f"optimize: {', '.join(variants)}")
     opts = OptimizeOptions(variants=variants, calibration_size=64 if quick else 128,
-                           finetune_steps=15 if quick else 40, finetune_batch=16)
+                           prune_steps=20 if quick else 60, finetune_batch=16)
     summary = optimize(out / "model" / "model.keras", out / "opt", opts)
 
     _say("edge-classify on a few images (fresh process, no TensorFlow)")

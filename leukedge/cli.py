@@ -214,23 +214,26 @@ def tune(data_path, out, trials, max_seconds, config_file, overrides, epochs):
 @click.option("--sparsity", default=0.5, show_default=True, type=float)
 @click.option("--calibration-size", default=200, show_default=True, type=int)
 @click.option("--calibration", "calibration_path", type=click.Path(), help="Calibrate on this dataset folder instead of the training split.")
-@click.option("--finetune-steps", default=100, show_default=True, type=click.IntRange(0), help="Steps of pruning / QAT fine-tuning.")
-@click.option("--finetune-batch", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--finetune-lr", default=1e-5, show_default=True, type=click.FloatRange(1e-8, 1.0), help="Learning rate of pruning / QAT fine-tuning.")
+@click.option("--prune-steps", default=300, show_default=True, type=click.IntRange(2), help="Fine-tuning steps while pruning.")
+@click.option("--prune-lr", default=1e-4, show_default=True, type=click.FloatRange(1e-8, 1.0))
+@click.option("--qat-steps", default=100, show_default=True, type=click.IntRange(0), help="Quantization-aware fine-tuning steps.")
+@click.option("--qat-lr", default=1e-5, show_default=True, type=click.FloatRange(1e-8, 1.0))
+@click.option("--finetune-batch", default=16, show_default=True, type=click.IntRange(1), help="Batch size of both fine-tunes.")
 @click.option("--max-f1-drop", default=0.01, show_default=True, type=float)
 @click.option("--max-recall-drop", default=0.01, show_default=True, type=float)
 @click.option("--keep-failing", is_flag=True, help="Exit 0 even when a variant is over budget (it stays marked failed).")
 @click.option("--threads", type=click.IntRange(1), help="Interpreter threads for verification.")
 @_needs_extra
-def optimize(model_path, out, data_path, variants, io, sparsity, calibration_size, calibration_path, finetune_steps,
-             finetune_batch, finetune_lr, max_f1_drop, max_recall_drop, keep_failing, threads):
+def optimize(model_path, out, data_path, variants, io, sparsity, calibration_size, calibration_path, prune_steps, prune_lr,
+             qat_steps, qat_lr, finetune_batch, max_f1_drop, max_recall_drop, keep_failing, threads):
     """Prune and quantize MODEL (model.keras) into TFLite variants, each gated against its float parent."""
     from leukedge.optimize.run import OptimizeOptions
     from leukedge.optimize.run import optimize as run_optimize
 
     opts = OptimizeOptions(variants=tuple(v.strip() for v in variants.split(",") if v.strip()), io=io,
                            sparsity=sparsity, calibration_size=calibration_size, calibration=calibration_path,
-                           finetune_steps=finetune_steps, finetune_batch=finetune_batch, finetune_lr=finetune_lr,
+                           prune_steps=prune_steps, prune_lr=prune_lr, qat_steps=qat_steps, qat_lr=qat_lr,
+                           finetune_batch=finetune_batch,
                            max_f1_drop=max_f1_drop,
                            max_recall_drop=max_recall_drop, keep_failing=keep_failing, threads=threads)
     summary = run_optimize(model_path, out, opts, data_path)

@@ -42,9 +42,12 @@ class OptimizeOptions:
     sparsity: float = 0.5
     calibration_size: int = 200
     calibration: str | None = None  # a dataset folder instead of the training split
-    finetune_steps: int = 100
+    # Pruning needs a real recovery fine-tune; QAT only a short nudge of already-good weights.
+    prune_steps: int = 300
+    prune_lr: float = 1e-4
+    qat_steps: int = 100
+    qat_lr: float = 1e-5
     finetune_batch: int = 16
-    finetune_lr: float = 1e-5
     max_f1_drop: float = 0.01
     max_recall_drop: float = 0.01
     keep_failing: bool = False
@@ -165,29 +168,30 @@ def optimize(model_path: str | Path, out: str | Path, opts: OptimizeOptions, dat
                 if pruned_model is None:
                     from .prune import kernel_sparsity, overall_sparsity, prune
 
-                    pruned_model = prune(model, train_ds, opts.sparsity, opts.finetune_steps, opts.finetune_lr,
+                    pruned_model = prune(model, train_ds, opts.sparsity, opts.prune_steps, opts.prune_lr,
                                          progress=sys.stderr.isatty())
                     per_kernel = kernel_sparsity(pruned_model)
                     sparsity_report = {"target": opts.sparsity, "overall": overall_sparsity(pruned_model),
                                        "min_kernel": min(per_kernel.values()), "max_kernel": max(per_kernel.values()),
                                        "kernels": len(per_kernel), "schedule": "polynomial decay 0 -> target over 70% of steps",
-                                       "finetune_steps": opts.finetune_steps}
+                                       "finetune_steps": opts.prune_steps, "finetune_lr": opts.prune_lr}
                 optimization["pruning"] = sparsity_report
                 if variant == "pruned-int8":
                     blob = to_tflite(pruned_model, "int8", rep_gen, io=opts.io)
                 else:
                     from .qat import quantization_aware
 
-                    qat = quantization_aware(pruned_model, train_ds, opts.finetune_steps, opts.finetune_lr,
+                    qat = quantization_aware(pruned_model, train_ds, opts.qat_steps, opts.qat_lr,
                                              preserve_sparsity=True, progress=sys.stderr.isatty())
-                    optimization["qat"] = {"steps": opts.finetune_steps, "scheme": "Default8BitPrunePreserveQuantizeScheme"}
+                    optimization["qat"] = {"steps": opts.qat_steps, "lr": opts.qat_lr,
+                                           "scheme": "Default8BitPrunePreserveQuantizeScheme"}
                     blob = to_tflite(qat, "qat", rep_gen, io=opts.io)
             elif variant == "qat-int8":
                 from .qat import quantization_aware
 
-                qat = quantization_aware(model, train_ds, opts.finetune_steps, opts.finetune_lr,
+                qat = quantization_aware(model, train_ds, opts.qat_steps, opts.qat_lr,
                                          progress=sys.stderr.isatty())
-                optimization["qat"] = {"steps": opts.finetune_steps, "scheme": "Default8BitQuantizeScheme"}
+                optimization["qat"] = {"steps": opts.qat_steps, "lr": opts.qat_lr, "scheme": "Default8BitQuantizeScheme"}
                 blob = to_tflite(qat, "qat", rep_gen, io=opts.io)
             else:  # validated above
                 raise OptimizeError(variant)

@@ -10,7 +10,7 @@ from leukedge.edge.card import load_card_for_model
 from leukedge.edge.classifier import Classifier
 from leukedge.optimize.run import VARIANTS, OptimizeError, OptimizeOptions, optimize
 
-FAST = dict(calibration_size=24, finetune_steps=12, finetune_batch=8)
+FAST = dict(calibration_size=24, prune_steps=12, qat_steps=4, finetune_batch=8)
 
 
 @pytest.fixture(scope="module")
