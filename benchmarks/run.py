@@ -212,7 +212,8 @@ def benchmark(models, out, opts: BenchmarkOptions, data: str | None = None, base
     runtime = None
     for path, card in found:
         print(f"leukedge benchmark: [{card.variant}] {path.name}", file=sys.stderr, flush=True)
-        row = {"variant": card.variant, "file": path.name, "format": card.model_format,
+        name = f"keras-{card.variant}" if card.model_format == "keras" else card.variant
+        row = {"variant": name, "file": path.name, "format": card.model_format,
                "quantization": (card.quantization or {}).get("mode", "none"), **_file_sizes(path)}
         if card.model_format == "keras":
             from leukedge.train.tfcompat import tensorflow

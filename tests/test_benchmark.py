@@ -30,7 +30,7 @@ def results(parent, optimized, tmp_path_factory):  # noqa: F811
 def test_results_report_and_plot(results):
     out, res = results
     assert res["schema_version"] == SCHEMA_VERSION
-    assert [r["variant"] for r in res["variants"]] == ["float", "float32", "int8"]
+    assert [r["variant"] for r in res["variants"]] == ["keras-float", "float32", "int8"]
     for r in res["variants"]:
         m = r["metrics"]
         for key in ("f1_positive", "f1_negative", "macro_f1", "weighted_f1", "sensitivity", "specificity", "accuracy", "auroc"):

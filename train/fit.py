@@ -134,6 +134,14 @@ def _write_plots(out: Path, history: list[dict], report: dict, labels: list[str]
         axes[1].plot(ep, [h.get("val_f1_pos", np.nan) for h in history], marker="o", label="val F1 (positive)")
         axes[1].plot(ep, [h.get("val_recall_pos", np.nan) for h in history], marker="s", label="val recall (positive)")
         axes[1].set_xlabel("epoch"); axes[1].set_ylim(0, 1.02); axes[1].legend(); axes[1].set_title("validation")
+        from matplotlib.ticker import MaxNLocator
+
+        for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        stage2 = [h["epoch"] for h in history if h.get("stage") == "finetune"]
+        if stage2 and stage2[0] > 1:
+            for ax in axes:
+                ax.axvline(stage2[0] - 0.5, color="grey", linestyle=":", label="fine-tuning starts")
         fig.tight_layout(); fig.savefig(out / "training_curves.png", dpi=110); plt.close(fig)
         written.append("training_curves.png")
     cm = np.array(report["confusion_matrix"])
