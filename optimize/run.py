@@ -182,7 +182,7 @@ def optimize(model_path: str | Path, out: str | Path, opts: OptimizeOptions, dat
                     from .qat import quantization_aware
 
                     qat = quantization_aware(pruned_model, train_ds, opts.qat_steps, opts.qat_lr,
-                                             preserve_sparsity=True, progress=sys.stderr.isatty())
+                                             preserve_sparsity=True, progress=sys.stderr.isatty(), calibration=calib_x)
                     optimization["qat"] = {"steps": opts.qat_steps, "lr": opts.qat_lr,
                                            "scheme": "Default8BitPrunePreserveQuantizeScheme"}
                     blob = to_tflite(qat, "qat", rep_gen, io=opts.io)
@@ -190,7 +190,7 @@ def optimize(model_path: str | Path, out: str | Path, opts: OptimizeOptions, dat
                 from .qat import quantization_aware
 
                 qat = quantization_aware(model, train_ds, opts.qat_steps, opts.qat_lr,
-                                         progress=sys.stderr.isatty())
+                                         progress=sys.stderr.isatty(), calibration=calib_x)
                 optimization["qat"] = {"steps": opts.qat_steps, "lr": opts.qat_lr, "scheme": "Default8BitQuantizeScheme"}
                 blob = to_tflite(qat, "qat", rep_gen, io=opts.io)
             else:  # validated above

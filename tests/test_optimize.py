@@ -129,3 +129,31 @@ def test_bad_models_and_calibration_sets(parent, tmp_path, tiny_models):
         optimize(parent, tmp_path / "o4", OptimizeOptions(variants=("int8",), calibration=str(one_class)))
     for p in ("o1", "o2", "o3", "o4"):
         assert not (tmp_path / p).exists()
+
+
+def test_qat_keeps_the_order_of_mixed_concat_inputs(synth_arrays):
+    """tfmot's Concat transform permutes [conv, conv, max-pool] inputs (model-optimization#1061); ours must not."""
+    import numpy as np
+
+    from leukedge.optimize.qat import quantization_aware
+    from leukedge.train.tfcompat import tensorflow
+
+    tf = tensorflow()
+    tf.keras.utils.set_random_seed(1)
+    L = tf.keras.layers
+    inp = L.Input((64, 64, 3))
+
+    def cbr(x, f, k, s=1, pad="same"):
+        x = L.Conv2D(f, k, strides=s, padding=pad, use_bias=False)(x)
+        return L.Activation("relu")(L.BatchNormalization(scale=False)(x))
+
+    x = cbr(inp, 8, 3)
+    x = L.concatenate([cbr(x, 8, 3, 2, "valid"), cbr(cbr(x, 4, 1), 6, 3, 2, "valid"), L.MaxPooling2D(3, 2)(x)])
+    x = L.Dense(2, activation="softmax")(L.GlobalAveragePooling2D()(cbr(x, 8, 3)))
+    model = tf.keras.Model(inp, x)
+    xs, _, _ = synth_arrays
+    qat = quantization_aware(model, None, steps=0, calibration=xs[:32])
+    concat = lambda m: tf.keras.Model(m.input, [l for l in m.layers if "concatenate" in l.name][0].output)  # noqa: E731
+    ref, got = concat(model).predict(xs[:8], verbose=0), concat(qat).predict(xs[:8], verbose=0)
+    rel = np.abs(ref - got).mean() / np.abs(ref).mean()
+    assert rel < 0.05, f"fake-quantized concat differs by {rel:.2f} of its magnitude (inputs permuted?)"
