@@ -147,3 +147,14 @@ def test_tune_stops_at_its_time_budget(synth_dir, tmp_path):
     cfg = TrainConfig(image_size=75, weights="none", batch_size=16).validate()
     res = tune(synth_dir, tmp_path / "tune", cfg, trials=50, epochs=1, max_seconds=1)
     assert 1 <= len(res["trials"]) < 50
+
+
+def test_batchnorm_learns_only_when_training_from_scratch():
+    from leukedge.train.model import build_inception_v3, set_trainable_from
+
+    model = build_inception_v3(75)
+    set_trainable_from(model, "mixed9")
+    assert not model.get_layer("bn_80").trainable and model.get_layer("conv_80").trainable
+    assert not model.get_layer("conv_10").trainable
+    set_trainable_from(model, "all", train_batchnorm=True)
+    assert model.get_layer("bn_0").trainable and model.get_layer("bn_93").trainable

@@ -228,7 +228,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
             return
         state["stage"] = stage
         with strategy.scope():
-            set_trainable_from(model, block)
+            set_trainable_from(model, block, train_batchnorm=info.source == "none")
             model.compile(optimizer=tf.keras.optimizers.Adam(lr),
                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         if done[stage] and (resume_dir / "last.weights.h5").exists():

@@ -144,11 +144,12 @@ BLOCK_FIRST_CONV = {"mixed0": 5, "mixed1": 12, "mixed2": 19, "mixed3": 26, "mixe
                     "mixed6": 50, "mixed7": 60, "mixed8": 70, "mixed9": 76, "mixed10": 85}
 
 
-def set_trainable_from(model, block: str | None) -> None:
+def set_trainable_from(model, block: str | None, train_batchnorm: bool = False) -> None:
     """Freeze the backbone before `block` (e.g. 'mixed8'); None freezes all of it; 'all' frees every conv.
 
-    BatchNormalization layers stay frozen throughout (in inference mode), as is standard
-    when fine-tuning on small datasets: their statistics stay ImageNet's.
+    BatchNormalization layers stay frozen (in inference mode) when fine-tuning pretrained
+    weights, as is standard on small datasets: their statistics stay ImageNet's. Training
+    from scratch (`train_batchnorm`) needs them learning, or the net is unnormalised.
     """
     if block is None:
         first = BACKBONE_CONVS
@@ -160,6 +161,6 @@ def set_trainable_from(model, block: str | None) -> None:
         raise ValueError(f"unknown block {block!r}; one of all, {', '.join(BLOCK_FIRST_CONV)}")
     for i in range(BACKBONE_CONVS):
         model.get_layer(f"conv_{i}").trainable = i >= first
-        model.get_layer(f"bn_{i}").trainable = False
+        model.get_layer(f"bn_{i}").trainable = train_batchnorm and i >= first
     for name in ("head_dense", "probabilities"):
         model.get_layer(name).trainable = True
