@@ -18,7 +18,7 @@ from leukedge import __version__
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
-def _needs_extra(fn):
+def _one_line_errors(fn):
     """Report a known bad input, or a missing `train` extra, as one line with exit code 2."""
 
     @functools.wraps(fn)
@@ -65,7 +65,7 @@ def data():
 @click.argument("path", type=click.Path())
 @click.option("--positive", help="Positive class folder name (plain class-folder layout).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
-@_needs_extra
+@_one_line_errors
 def data_inspect(path, positive, as_json):
     """Counts per class, subject and fold; image sizes and modes; byte-identical duplicates."""
     from leukedge.train.datasets import inspect, read_dataset
@@ -93,7 +93,7 @@ def data_inspect(path, positive, as_json):
 @click.argument("path", type=click.Path())
 @click.option("--present-only", is_flag=True, help="Check only the files present (a subset); missing files are not an error.")
 @click.option("--json", "as_json", is_flag=True)
-@_needs_extra
+@_one_line_errors
 def data_verify(path, present_only, as_json):
     """Check a C-NMC download against the release manifest: missing, corrupt, unexpected files."""
     from leukedge.train.verify import verify_release
@@ -119,7 +119,7 @@ def data_verify(path, present_only, as_json):
 
 @data.command("download")
 @click.argument("dest", type=click.Path(file_okay=False))
-@_needs_extra
+@_one_line_errors
 def data_download(dest):
     """Fetch the public C-NMC release with kagglehub (optional extra), then verify it."""
     from leukedge.train.download import download
@@ -138,7 +138,7 @@ def data_download(dest):
 @click.option("--val-images", default=40, show_default=True, type=click.IntRange(2, 100000))
 @click.option("--size", default=450, show_default=True, type=click.IntRange(32, 2048))
 @click.option("--seed", default=0, show_default=True)
-@_needs_extra
+@_one_line_errors
 def data_synth(out, train_images, val_images, size, seed):
     """Generate a labelled, clearly synthetic set of cell-like images in the C-NMC layout."""
     from leukedge.train.synth import synthesize
@@ -171,7 +171,7 @@ def data_synth(out, train_images, val_images, size, seed):
 @click.option("--seed", type=int)
 @click.option("--strict", is_flag=True, default=None, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
-@_needs_extra
+@_one_line_errors
 def train(data_path, out, config_file, overrides, resume, **options):
     """Fine-tune ImageNet InceptionV3 on DATA; writes OUT/model.keras and its card OUT/model.json."""
     from leukedge.train.config import load_config, parse_overrides
@@ -191,7 +191,7 @@ def train(data_path, out, config_file, overrides, resume, **options):
 @click.option("--config", "config_file", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--epochs", default=20, show_default=True, help="Epochs per trial (head on cached features).")
-@_needs_extra
+@_one_line_errors
 def tune(data_path, out, trials, max_seconds, config_file, overrides, epochs):
     """Search head hyperparameters (L1, L2, dropout, units, activation, learning rate) by validation F1."""
     from leukedge.train.config import load_config, parse_overrides
@@ -223,7 +223,7 @@ def tune(data_path, out, trials, max_seconds, config_file, overrides, epochs):
 @click.option("--max-recall-drop", default=0.01, show_default=True, type=float)
 @click.option("--keep-failing", is_flag=True, help="Exit 0 even when a variant is over budget (it stays marked failed).")
 @click.option("--threads", type=click.IntRange(1), help="Interpreter threads for verification.")
-@_needs_extra
+@_one_line_errors
 def optimize(model_path, out, data_path, variants, io, sparsity, calibration_size, calibration_path, prune_steps, prune_lr,
              qat_steps, qat_lr, finetune_batch, max_f1_drop, max_recall_drop, keep_failing, threads):
     """Prune and quantize MODEL (model.keras) into TFLite variants, each gated against its float parent."""
@@ -267,7 +267,7 @@ def classify(ctx):
 @click.option("--repeats", default=30, show_default=True, type=click.IntRange(3), help="Timed invokes per variant and thread count.")
 @click.option("--max-images", default=0, show_default=True, type=click.IntRange(0), help="Evaluate at most N images (0 = all).")
 @click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start measurement.")
-@_needs_extra
+@_one_line_errors
 def benchmark(models, data_path, part, out, baseline, fail_on_regression, max_f1_regression, max_latency_ratio,
               repeats, max_images, no_cold_start):
     """Score and time every model variant on the same images; write results.json, report.md and a plot."""
@@ -286,7 +286,7 @@ def benchmark(models, data_path, part, out, baseline, fail_on_regression, max_f1
 @click.option("--out", "-o", default="runs/flow", show_default=True, type=click.Path(file_okay=False))
 @click.option("--quick", is_flag=True, help="Smallest settings (CI smoke run): tiny images, few steps.")
 @click.option("--image-size", type=int, help="Training image size [default: 128, or 96 with --quick].")
-@_needs_extra
+@_one_line_errors
 def flow(data_path, out, quick, image_size):
     """The whole flow on DATA (default: the sample data if at hand, else a generated synthetic set)."""
     from leukedge.benchmarks.flow import run_flow

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,13 +181,11 @@ def make_split(ds: Dataset, rule: str | None = None, seed: int = 0, val_fraction
     return Split(rule, seed, parts, notes, merged, params)
 
 
-def split_from_card(card, data: str | None = None, positive_hint: bool = True):
+def split_from_card(card, data: str | None = None):
     """Re-create the split a model was trained and measured on, from its card.
 
     Returns (dataset, split, data_root). Warns when the files differ from the card's record.
     """
-    import sys
-
     from .datasets import read_dataset
 
     root = data or card.provenance.get("data", {}).get("root")
