@@ -377,12 +377,15 @@ def plot(results: dict, path: Path) -> None:
     for r, mb in zip(results["variants"], sizes):
         ms = r["latency"]["all_cores"]["p50"]
         f1 = r["metrics"]["f1_positive"]
-        ax.scatter(ms, f1, s=40 + 900 * mb / top, alpha=0.55, edgecolors="black")
-        ax.annotate(f"{r['variant']} ({mb:.1f} MB)", (ms, f1), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.scatter(ms, f1, s=40 + 900 * mb / top, alpha=0.55, edgecolors="black",
+                   label=f"{r['variant']}: F1 {f1:.3f}, {ms:.1f} ms, {mb:.1f} MB")
     ax.set_xlabel("ms / image (p50, all cores)")
     ax.set_ylabel(f"F1 ({results['positive_label']})")
     ax.set_title(f"F1 vs latency — {results['data']['images']} {results['data']['part']} images; marker area ~ size")
     ax.grid(alpha=0.3)
+    legend = ax.legend(fontsize=7, loc="best", framealpha=0.8)  # labels beside close points would overlap
+    for handle in legend.legend_handles:
+        handle.set_sizes([40])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
