@@ -1,6 +1,1 @@
 """Shrink a trained model for the device: pruning, quantization, TFLite conversion, gated by measured F1."""
-
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

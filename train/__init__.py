@@ -1,10 +1,5 @@
 """Workstation side: datasets, splits, ImageNet weights, InceptionV3, fitting, export.
 
-Needs the `train` extra (TensorFlow, tf-keras). Keras 2 is required by
-tensorflow-model-optimization, so TF_USE_LEGACY_KERAS=1 is set before TensorFlow loads.
+Needs the `train` extra (TensorFlow, tf-keras). TensorFlow is only ever imported through
+`tfcompat`, which sets TF_USE_LEGACY_KERAS=1 first (tfmot needs Keras 2).
 """
-
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
