@@ -1,4 +1,4 @@
-"""Small file helpers shared by every step: hashing and whole-or-nothing writes."""
+"""Small file helpers shared by every step: hashing, whole-or-nothing writes, names to skip."""
 
 from __future__ import annotations
 
@@ -9,6 +9,25 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+# Names that are never input images: partial downloads and copies, editor/Office lock files,
+# and the metadata files macOS (AppleDouble "._x" sidecars, .DS_Store) and Windows
+# (Thumbs.db, desktop.ini) leave beside images. One rule for batch, watch and dataset readers.
+IGNORED_NAME_PATTERNS = ("._*", ".DS_Store", "Thumbs.db", "desktop.ini", "~$*", "*.part", "*.tmp", "*.crdownload")
+_IGNORED_EXACT = {".ds_store", "thumbs.db", "desktop.ini"}
+_IGNORED_SUFFIXES = (".part", ".tmp", ".crdownload")
+
+
+def is_ignored_name(name: str | os.PathLike) -> bool:
+    """True if a file name (or the last part of a path) is a temp or OS-metadata file, not data.
+
+    The rule is `IGNORED_NAME_PATTERNS`, compared case-insensitively (Windows and macOS
+    file systems are case-insensitive, and ``THUMBS.DB`` is as common as ``Thumbs.db``).
+    Accepts str, bytes-decoded (surrogate-escaped) str or a path; never raises.
+    """
+    base = os.path.basename(os.fsdecode(name)).lower()
+    return base.startswith(("._", "~$")) or base in _IGNORED_EXACT or base.endswith(_IGNORED_SUFFIXES)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
