@@ -1,0 +1,188 @@
+"""Keras model -> ONNX (tf2onnx), and float ONNX -> QDQ int8 that TensorRT builds explicit int8 from.
+
+Two steps, each returning the dict its model card records:
+- `export_onnx`: the float tf-keras parent through tf2onnx, input kept NHWC (tf2onnx's default for
+  Keras), so the device's preprocessing and lookup table are the same as for TFLite; batch fixed
+  to 1, so TensorRT builds one static-shape engine when the session opens.
+- `quantize_qdq`: static post-training quantization with ONNX Runtime's quantizer in QDQ format
+  (QuantizeLinear/DequantizeLinear pairs around float ops). Settings are the ones the
+  `quantize_static` documentation gives for GPU/TensorRT: int8 activations and int8 weights, both
+  symmetric (every zero point 0; TensorRT supports only symmetric int8), weights per channel,
+  no reduced range, MinMax calibration (as the TFLite converter's int8 calibration).
+
+The calibration inputs are float32 model inputs (N, H, W, 3) made by the caller with the same
+decode and normalization as the TFLite int8 calibration (`optimize.run` passes `calib_x`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leukedge.edge.errors import LeukedgeError
+
+DEFAULT_OPSET = 17
+# Kept in float: the Softmax at the end. Quantizing its output to symmetric int8 would round
+# P(positive) to steps of 1/127, which moves decisions near the threshold and coarsens calibration.
+FLOAT_OP_TYPES = ("Softmax",)
+
+
+class OnnxExportError(LeukedgeError, ValueError):
+    """An ONNX export or quantization that cannot be done as asked; the message says why."""
+
+
+def _require(module: str, extra: str = "train"):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise OnnxExportError(f"ONNX export needs {module} ({exc}); install the workstation extra: "
+                              f"pip install 'leukedge[{extra}]'") from None
+
+
+def export_onnx(keras_model, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+    """Convert a float tf-keras model to ONNX with tf2onnx and write it to `path`.
+
+    keras_model: one image input (None, H, W, 3) float32, one output (None, n_labels).
+    path: the .onnx file to write (parent folders are created). opset: the ONNX opset (17 by
+    default: supported by tf2onnx 1.17, by ONNX Runtime >= 1.14 and by TensorRT 8.6 and 10).
+    The input keeps NHWC layout (tf2onnx inserts the transpose to the NCHW convolutions inside
+    the graph) and a batch of 1.
+    Returns the card's "onnx" description: {"opset", "input_name", "output_name", "layout": "NHWC",
+    "input_shape": [1, H, W, 3], "output_shape": [1, n], "converter": "tf2onnx <version>",
+    "onnx_version": <onnx package version>, "ir_version"}.
+    Raises OnnxExportError for a model that is not one NHWC image in, one vector out, or when
+    tf2onnx/onnx are not installed.
+    """
+    from leukedge.train.tfcompat import tensorflow
+
+    tf = tensorflow()
+    tf2onnx = _require("tf2onnx")
+    onnx = _require("onnx")
+    if len(keras_model.inputs) != 1 or len(keras_model.outputs) != 1:
+        raise OnnxExportError(f"ONNX export expects one input and one output, the model has "
+                              f"{len(keras_model.inputs)} and {len(keras_model.outputs)}")
+    in_shape = tuple(keras_model.inputs[0].shape)
+    if len(in_shape) != 4 or in_shape[3] != 3 or None in in_shape[1:]:
+        raise OnnxExportError(f"ONNX export expects an NHWC image input (None, H, W, 3), the model has {in_shape}")
+    names = getattr(keras_model, "input_names", None) or ["image"]
+    spec = (tf.TensorSpec((1, int(in_shape[1]), int(in_shape[2]), 3), tf.float32, name=str(names[0])),)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        proto, _ = tf2onnx.convert.from_keras(keras_model, input_signature=spec, opset=int(opset))
+    except Exception as exc:  # tf2onnx raises plain Exceptions/ValueErrors from deep inside
+        text = str(exc).strip().splitlines()
+        raise OnnxExportError(f"tf2onnx {tf2onnx.__version__} could not convert the model at opset {opset}: "
+                              f"{text[0] if text else type(exc).__name__}") from None
+    onnx.save(proto, str(out))
+    graph = proto.graph
+    inits = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+
+    def dims(value_info) -> list:
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in value_info.type.tensor_type.shape.dim]
+
+    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), int(opset))
+    return {
+        "opset": int(opset_used),
+        "input_name": inputs[0].name,
+        "output_name": graph.output[0].name,
+        "layout": "NHWC",
+        "input_shape": dims(inputs[0]),
+        "output_shape": dims(graph.output[0]),
+        "converter": f"tf2onnx {tf2onnx.__version__}",
+        "onnx_version": onnx.__version__,
+        "ir_version": int(proto.ir_version),
+    }
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over float32 inputs (N, H, W, 3), one image per call."""
+
+    def __init__(self, input_name: str, inputs: np.ndarray):
+        self.input_name = input_name
+        self.inputs = inputs
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.inputs):
+            return None
+        x = self.inputs[self.i:self.i + 1]
+        self.i += 1
+        return {self.input_name: x}
+
+    def rewind(self):
+        self.i = 0
+
+
+def quantize_qdq(float_onnx_path: str | os.PathLike, out_path: str | os.PathLike, calibration_inputs: np.ndarray,
+                 per_channel: bool = True) -> dict[str, Any]:
+    """Static QDQ int8 quantization of a float ONNX model, ready for TensorRT's explicit int8.
+
+    float_onnx_path: a model from export_onnx (batch 1, NHWC). out_path: the QDQ .onnx to write.
+    calibration_inputs: float32 (N, H, W, 3), N >= 1, normalized exactly as the device normalizes
+    (the same images and preprocessing as the TFLite int8 calibration). per_channel: one weight
+    scale per output channel (True, as TensorRT and the TFLite int8 converter do) or per tensor.
+    The model is first pre-processed (`quant_pre_process`: graph optimization and ONNX shape
+    inference; the symbolic shape inference, which needs sympy, is skipped: every shape is static).
+    Inputs and outputs stay float32; the final Softmax stays float (FLOAT_OP_TYPES).
+    Returns the recipe for the card: {"format": "QDQ", "tool", "activations", "weights",
+    "calibration_method", "calibration_images", "reduce_range", "float_op_types", "pre_process", "target"}.
+    Raises OnnxExportError for calibration inputs of the wrong shape or dtype, or when onnxruntime
+    or onnx is missing.
+    """
+    ort = _require("onnxruntime")
+    onnx = _require("onnx")
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src = Path(float_onnx_path)
+    model = onnx.load(str(src), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    inp = [i for i in model.graph.input if i.name not in inits][0]
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    x = np.asarray(calibration_inputs)
+    if x.dtype != np.float32:
+        raise OnnxExportError(f"calibration inputs must be float32 model inputs, got {x.dtype}")
+    if x.ndim != 4 or len(x) < 1 or list(x.shape[1:]) != shape[1:]:
+        raise OnnxExportError(f"calibration inputs must be (N>=1, {', '.join(map(str, shape[1:]))}) for {src.name}, "
+                              f"got {x.shape}")
+    if not np.isfinite(x).all():
+        raise OnnxExportError("calibration inputs hold NaN or infinite values")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="leukedge-qdq-") as tmp:
+        pre = Path(tmp) / "preprocessed.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        pre_model = onnx.load(str(pre), load_external_data=False)
+        keep_float = [n.name for n in pre_model.graph.node if n.op_type in FLOAT_OP_TYPES]
+        quantize_static(
+            str(pre), str(out), _Calibration(inp.name, np.ascontiguousarray(x)),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=bool(per_channel),
+            reduce_range=False,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=keep_float,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    return {
+        "format": "QDQ",
+        "tool": f"onnxruntime.quantization {ort.__version__}",
+        "activations": {"type": "int8", "symmetric": True, "granularity": "per-tensor"},
+        "weights": {"type": "int8", "symmetric": True, "granularity": "per-channel" if per_channel else "per-tensor"},
+        "calibration_method": "MinMax",
+        "calibration_images": int(len(x)),
+        "reduce_range": False,
+        "float_op_types": list(FLOAT_OP_TYPES),
+        "pre_process": "quant_pre_process (optimization + ONNX shape inference, no symbolic shape inference)",
+        "target": "TensorRT explicit int8 (Q/DQ, zero points 0); also runs on ONNX Runtime's CPU provider",
+    }
