@@ -25,7 +25,7 @@ from leukedge.edge.card import CardError, ModelCard, load_card_for_model
 from leukedge.edge.classifier import Classifier
 from leukedge.edge.errors import LeukedgeError
 from leukedge.edge.files import staged_dir, write_text_atomic
-from leukedge.edge.metrics import report_at_threshold
+from leukedge.metrics import report_at_threshold
 from leukedge.edge.preprocess import normalize
 from leukedge.edge.runtime import default_threads
 

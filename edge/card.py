@@ -1,14 +1,23 @@
 """The model card: the contract between train, optimize, benchmarks and the device.
 
-A card is a JSON document beside its model (`model.tflite` + `model.json`). It says
-everything needed to use the model correctly (labels, preprocessing, threshold,
-quantization) and where it came from (parent, data, split, metrics).
+A card is a JSON document beside its model, named after the model's full file name
+(`int8.tflite` + `int8.tflite.json`, `model.keras` + `model.keras.json`), so two model files in
+one folder never claim the same card; a schema-1 card named `<stem>.json` is still read when it
+names the model file. It says everything needed to use the model correctly (labels,
+preprocessing, threshold, quantization, output activation and temperature) and where it came
+from (parent, data, split, metrics).
+
+Schema 2 (this version) adds `requires`: the features a device must understand to use the
+model correctly. A device that meets a feature it does not know refuses the card in one line
+instead of silently ignoring it. Values are validated, never coerced: a NaN, a boolean where a
+number belongs or a string where a list belongs is refused, naming the field.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +28,15 @@ from .files import sha256_file, write_text_atomic
 from .preprocess import Preprocessing
 
 SCHEMA = "leukedge.model-card"
-SCHEMA_VERSION = 1
-MODEL_FORMATS = ("keras", "tflite", "onnx")
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+MODEL_FORMATS = ("keras", "tflite", "onnx", "saved_model")
+OUTPUT_KINDS = ("probabilities", "logits")
+# Features a card may require of a device; this device understands all of them.
+#   logits      - the model outputs logits; the device applies softmax (with the temperature)
+#   temperature - P(positive) is calibrated by temperature scaling (calibration.temperature)
+#   bit_depth   - integer images hold preprocessing.bit_depth significant bits (e.g. 12 in 16)
+KNOWN_FEATURES = ("logits", "temperature", "bit_depth")
 
 
 class CardError(LeukedgeError, ValueError):
@@ -45,7 +61,26 @@ class ModelCard:
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     verdict: dict[str, Any] | None = None
+    output: str = "probabilities"
+    calibration: dict[str, Any] | None = None
+    input_statistics: dict[str, Any] | None = None
+    golden: dict[str, Any] | None = None
+    onnx: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def requires(self) -> list[str]:
+        """The features a device must understand to use this model correctly (see KNOWN_FEATURES)."""
+        req = []
+        if self.output == "logits":
+            req.append("logits")
+        if self.calibration and float(self.calibration.get("temperature", 1.0)) != 1.0:
+            req.append("temperature")
+        if getattr(self.preprocessing, "bit_depth", None):
+            req.append("bit_depth")
+        return req
+
+    _bound_to = None  # the model file bind() last pointed the card at (not serialised)
 
     @property
     def positive_index(self) -> int:
@@ -60,6 +95,12 @@ class ModelCard:
             raise CardError(f"{where}: threshold {self.threshold} outside [0, 1]")
         if self.model_format not in MODEL_FORMATS:
             raise CardError(f"{where}: model format {self.model_format!r} not one of {MODEL_FORMATS}")
+        if self.output not in OUTPUT_KINDS:
+            raise CardError(f"{where}: 'output' must be one of {OUTPUT_KINDS}, got {self.output!r}")
+        if self.calibration is not None:
+            t = self.calibration.get("temperature", 1.0)
+            if not _is_number(t) or not 0.01 <= t <= 100:
+                raise CardError(f"{where}: calibration.temperature must be a number in [0.01, 100], got {t!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,59 +125,90 @@ class ModelCard:
             "provenance": self.provenance,
             "metrics": self.metrics,
             "verdict": self.verdict,
+            "output": self.output,
+            "calibration": self.calibration,
+            "input_statistics": self.input_statistics,
+            "golden": self.golden,
+            "onnx": self.onnx,
+            "requires": self.requires,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "model card") -> "ModelCard":
+        """Validate a card's JSON object and build the card; raises CardError naming `where` and the field."""
         if not isinstance(d, dict):
             raise CardError(f"{where}: not a JSON object")
         if d.get("schema") != SCHEMA:
             raise CardError(f"{where}: not a leukedge model card (schema is {d.get('schema')!r}, expected {SCHEMA!r})")
         version = d.get("schema_version")
-        if not isinstance(version, int):
+        if not isinstance(version, int) or isinstance(version, bool):
             raise CardError(f"{where}: missing or invalid 'schema_version'")
         if version > SCHEMA_VERSION:
             raise CardError(
                 f"{where}: card schema version {version} is newer than this leukedge understands "
                 f"({SCHEMA_VERSION}); upgrade leukedge to use this model"
             )
+        if version not in READABLE_VERSIONS:
+            raise CardError(f"{where}: card schema version {version} is not one of {READABLE_VERSIONS}")
         missing = [k for k in ("model", "labels", "positive_label", "preprocessing", "threshold") if k not in d]
         if missing:
             raise CardError(f"{where}: missing required field(s): {', '.join(missing)}")
-        model = d["model"]
-        if not isinstance(model, dict) or not {"file", "format"} <= set(model):
-            raise CardError(f"{where}: 'model' needs 'file' and 'format'")
+        unknown = [f for f in _field(d, "requires", list, where, default=[]) if f not in KNOWN_FEATURES]
+        if unknown:
+            raise CardError(f"{where}: the model requires {', '.join(map(str, unknown))}, which this leukedge "
+                            f"does not understand (it knows {', '.join(KNOWN_FEATURES)}); upgrade leukedge on this device")
+        model = _field(d, "model", dict, where)
+        for key in ("file", "format"):
+            _field(model, key, str, where, prefix="model.")
+        sha = _field(model, "sha256", str, where, prefix="model.", default="")
+        if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+            raise CardError(f"{where}: 'model.sha256' is not a SHA-256 hex digest")
+        size_bytes = _field(model, "size_bytes", int, where, prefix="model.", default=0)
+        if size_bytes < 0:
+            raise CardError(f"{where}: 'model.size_bytes' must be >= 0")
+        labels = _field(d, "labels", list, where)
+        if not all(isinstance(x, str) for x in labels):
+            raise CardError(f"{where}: 'labels' must be a list of strings, got {labels!r}")
+        threshold = _field(d, "threshold", float, where)
+        prep_raw = _field(d, "preprocessing", dict, where)
         try:
-            prep = Preprocessing.from_dict(d["preprocessing"])
+            prep = Preprocessing.from_dict(prep_raw)
         except (KeyError, TypeError, ValueError) as exc:
             raise CardError(f"{where}: invalid 'preprocessing': {exc}") from None
-        try:
-            card = cls(
-                labels=[str(x) for x in d["labels"]],
-                positive_label=str(d["positive_label"]),
-                preprocessing=prep,
-                model_file=str(model["file"]),
-                model_format=str(model["format"]),
-                model_sha256=str(model.get("sha256", "")),
-                model_size_bytes=int(model.get("size_bytes", 0)),
-                threshold=float(d["threshold"]),
-                name=str(d.get("name", "leukedge")),
-                variant=str(d.get("variant", "float")),
-                created=str(d.get("created", "")),
-                quantization=d.get("quantization"),
-                optimization=dict(d.get("optimization") or {}),
-                provenance=dict(d.get("provenance") or {}),
-                metrics=dict(d.get("metrics") or {}),
-                verdict=d.get("verdict"),
-                schema_version=version,
-            )
-        except (TypeError, ValueError) as exc:
-            raise CardError(f"{where}: invalid field: {exc}") from None
+        card = cls(
+            labels=list(labels),
+            positive_label=_field(d, "positive_label", str, where),
+            preprocessing=prep,
+            model_file=model["file"],
+            model_format=model["format"],
+            model_sha256=sha,
+            model_size_bytes=size_bytes,
+            threshold=threshold,
+            name=_field(d, "name", str, where, default="leukedge"),
+            variant=_field(d, "variant", str, where, default="float"),
+            created=_field(d, "created", str, where, default=""),
+            quantization=_field(d, "quantization", dict, where, default=None),
+            optimization=_field(d, "optimization", dict, where, default=None) or {},
+            provenance=_field(d, "provenance", dict, where, default=None) or {},
+            metrics=_field(d, "metrics", dict, where, default=None) or {},
+            verdict=_field(d, "verdict", dict, where, default=None),
+            output=_field(d, "output", str, where, default="probabilities"),
+            calibration=_field(d, "calibration", dict, where, default=None),
+            input_statistics=_field(d, "input_statistics", dict, where, default=None),
+            golden=_field(d, "golden", dict, where, default=None),
+            onnx=_field(d, "onnx", dict, where, default=None),
+            schema_version=version,
+        )
         return card.validate(where)
 
     # -- files ---------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the card atomically; default path: beside the bound model (card_path_for)."""
+        if path is None:
+            if not self._bound_to:
+                raise CardError("card.save() needs a path, or bind() the card to its model file first")
+            path = card_path_for(self._bound_to)
         self.validate(str(path))
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
         return Path(path)
@@ -144,17 +216,67 @@ class ModelCard:
     def bind(self, model_path: str | os.PathLike) -> "ModelCard":
         """Point the card at a model file and record that file's SHA-256 and size."""
         p = Path(model_path)
+        self._bound_to = p
         self.model_file = p.name
         self.model_sha256 = sha256_file(p)
         self.model_size_bytes = p.stat().st_size
         return self
 
 
+_MISSING = object()
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _field(d: dict, key: str, typ: type, where: str, prefix: str = "", default: Any = _MISSING) -> Any:
+    """d[key] checked against `typ` (float accepts finite ints and floats, never bools); a missing
+    or null key gives `default` when one is given. Raises CardError naming the field."""
+    v = d.get(key, None)
+    if v is None:
+        if default is _MISSING:
+            raise CardError(f"{where}: missing required field '{prefix}{key}'")
+        return default
+    if typ is float:
+        if not _is_number(v):
+            raise CardError(f"{where}: '{prefix}{key}' must be a finite number, got {v!r}")
+        return float(v)
+    if typ is int:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise CardError(f"{where}: '{prefix}{key}' must be an integer, got {v!r}")
+        return v
+    if not isinstance(v, typ):
+        raise CardError(f"{where}: '{prefix}{key}' must be a {typ.__name__}, got {type(v).__name__} {v!r}"[:300])
+    return v
+
+
 def card_path_for(model_path: str | os.PathLike) -> Path:
-    return Path(model_path).with_suffix(".json")
+    """Where a model's card is written: beside it, named after the full file name (`int8.tflite.json`)."""
+    p = Path(model_path)
+    return p.with_name(p.name + ".json")
+
+
+def find_card_for(model_path: str | os.PathLike) -> Path:
+    """The card that describes `model_path`: `<file name>.json`, else a schema-1 `<stem>.json` that
+    names this model file. Raises CardError when neither exists."""
+    p = Path(model_path)
+    new = card_path_for(p)
+    if new.exists():
+        return new
+    legacy = p.with_suffix(".json")
+    if legacy.exists() and legacy != p:
+        try:
+            named = json.loads(legacy.read_text(encoding="utf-8")).get("model", {}).get("file")
+        except (OSError, ValueError, AttributeError):
+            named = None
+        if named in (None, p.name):
+            return legacy
+    raise CardError(f"{new}: model card not found (every model needs its card beside it, named {new.name})")
 
 
 def load_card(path: str | os.PathLike) -> ModelCard:
+    """Read and validate one card file; raises CardError (one line naming the file) on any problem."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -170,16 +292,22 @@ def load_card(path: str | os.PathLike) -> ModelCard:
 
 
 def load_card_for_model(model_path: str | os.PathLike, verify: bool = True) -> ModelCard:
-    """Find the card beside a model and check that it describes exactly this file."""
+    """Find the card beside a model file and check that it describes exactly this file.
+
+    model_path: a .keras/.tflite/.onnx file. verify: compare the file's SHA-256 with the card's.
+    Returns the validated ModelCard. Raises CardError (one line naming the file) when the model or
+    card is missing or invalid, or the hash differs.
+    """
     mp = Path(model_path)
     if not mp.exists():
         raise CardError(f"{mp}: model file not found")
     if mp.is_dir():
         raise CardError(f"{mp}: is a directory; give the model file (e.g. {mp}/int8.tflite)")
-    card = load_card(card_path_for(mp))
+    cp = find_card_for(mp)
+    card = load_card(cp)  # a renamed copy keeps its identity through the SHA-256, not the name
     if verify:
         if not card.model_sha256:
-            raise CardError(f"{card_path_for(mp)}: card has no model SHA-256 to verify {mp.name} against")
+            raise CardError(f"{cp}: card has no model SHA-256 to verify {mp.name} against")
         actual = sha256_file(mp)
         if actual != card.model_sha256:
             raise CardError(

@@ -1,29 +1,41 @@
-"""Classify cell images with a TFLite model and its card."""
+"""Classify cell images with a model (TFLite or ONNX) and its card.
+
+The classifier owns the device's whole path for one image: decode (edge.preprocess), the
+quality and out-of-distribution checks against the card's training statistics, the input
+tensor (a lookup table built from normalize+quantize, so bit-identical to them), the runtime
+(picked by the card's format), the output activation (softmax with the card's temperature for
+logit models) and the decision (`edge.decision.decide`).
+"""
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
 from .card import ModelCard, load_card_for_model
+from .decision import label_for
+from . import preprocess as _preprocess
 from .preprocess import ImageError, load_rgb, normalize, quantize
-from .runtime import ModelError, Runtime, open_interpreter
+from .runtime import ModelError, open_backend
 
 
 @dataclass
 class Prediction:
+    """One image's result. p_all is P(card's positive label), calibrated when the card has a temperature."""
+
     path: str | None
     label: str | None = None
-    p_all: float | None = None  # probability of the card's positive label
+    p_all: float | None = None
     preprocess_ms: float = 0.0
     invoke_ms: float = 0.0
     total_ms: float = 0.0
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -35,40 +47,72 @@ class Prediction:
             d.update(label=self.label, p_all=round(float(self.p_all), 6),
                      preprocess_ms=round(self.preprocess_ms, 3), invoke_ms=round(self.invoke_ms, 3),
                      total_ms=round(self.total_ms, 3))
+            if self.warnings:
+                d["warning"] = "; ".join(self.warnings)
         else:
             d["error"] = self.error
         return d
 
 
+@dataclass(frozen=True)
+class RuntimeInfo:
+    name: str
+    version: str
+    detail: str = ""
+
+
 class Classifier:
-    """A TFLite model plus its card: `Classifier.load(path).predict(paths_or_arrays)`."""
+    """A model plus its card: `Classifier.load(path).predict_one(path_or_rgb)`.
+
+    model_path: a .tflite or .onnx file whose card (edge.card) describes it.
+    threads: interpreter threads (None: all usable cores).
+    threshold: decision threshold on the card's (calibrated) P(positive) scale; None = the card's.
+    decode: how files are decoded (bit depth, page, pixel cap); None = the card's bit depth, defaults otherwise.
+    Raises ModelError (one line) when the model cannot be loaded or disagrees with its card.
+    """
 
     def __init__(self, model_path: str | os.PathLike, card: ModelCard, threads: int | None = None,
-                 runtime: Runtime | None = None):
+                 threshold: float | None = None, decode=None, backend=None):
         self.model_path = Path(model_path)
         self.card = card
-        if card.model_format != "tflite":
-            raise ModelError(f"{model_path}: card says format {card.model_format!r}; edge runs TFLite models")
-        self.interpreter, self.runtime = open_interpreter(self.model_path, threads, runtime)
-        inputs = self.interpreter.get_input_details()
-        outputs = self.interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelError(f"{model_path}: expected one input and one output, got {len(inputs)} and {len(outputs)}")
-        self._in, self._out = inputs[0], outputs[0]
+        self.backend = backend or open_backend(self.model_path, card.model_format, threads)
+        b = self.backend
+        self.runtime = RuntimeInfo(b.runtime_name, b.runtime_version, getattr(b, "detail", ""))
         size = card.preprocessing.size
-        shape = tuple(int(v) for v in self._in["shape"])
-        if shape[1:] != (size, size, 3):
-            raise ModelError(f"{model_path}: input shape {shape} does not match the card's {size}x{size}x3")
-        if int(self._out["shape"][-1]) != len(card.labels):
-            raise ModelError(f"{model_path}: {int(self._out['shape'][-1])} outputs but the card lists {len(card.labels)} labels")
-        self._in_dtype = np.dtype(self._in["dtype"])
-        self._in_q = self._in.get("quantization", (0.0, 0))
-        self._out_q = self._out.get("quantization", (0.0, 0))
+        if tuple(b.input_shape[1:]) != (size, size, 3):
+            raise ModelError(f"{model_path}: input shape {tuple(b.input_shape)} does not match the card's {size}x{size}x3")
+        if b.output_size != len(card.labels):
+            raise ModelError(f"{model_path}: {b.output_size} outputs but the card lists {len(card.labels)} labels")
+        self._in_dtype = np.dtype(b.input_dtype)
+        self._in_q = b.input_quantization
+        self._out_q = b.output_quantization
         self._pos = card.positive_index
-        self.threshold = float(card.threshold)
+        self._logits = card.output == "logits"
+        self.temperature = float((card.calibration or {}).get("temperature", 1.0))
+        self.threshold = float(card.threshold if threshold is None else threshold)
+        if decode is None and hasattr(_preprocess, "DecodeOptions"):  # TEMP until the decoder lands
+            decode = _preprocess.DecodeOptions(bit_depth=card.preprocessing.bit_depth)
+        self.decode = decode
         self._lut = self._pixel_table()
         # same scaling on every channel (the usual case): one flat lookup is cheaper
         self._flat_lut = self._lut[:, 0].copy() if (self._lut == self._lut[:, :1]).all() else None
+        self._assess = None
+        if card.input_statistics:
+            from .quality import assess
+
+            self._assess = assess
+
+    @classmethod
+    def load(cls, model_path: str | os.PathLike, threads: int | None = None, verify: bool = True,
+             threshold: float | None = None, decode=None) -> "Classifier":
+        """Read the card beside `model_path` (verifying the model's SHA-256 unless verify=False) and load the model.
+
+        Raises CardError for a missing/invalid card or hash mismatch, ModelError for an unloadable model.
+        """
+        card = load_card_for_model(model_path, verify=verify)
+        return cls(model_path, card, threads=threads, threshold=threshold, decode=decode)
+
+    # -- tensors ---------------------------------------------------------------
 
     def _pixel_table(self) -> np.ndarray:
         """Model-input value of every uint8 pixel value, per channel: (256, 3) in the input dtype.
@@ -79,16 +123,8 @@ class Classifier:
         levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
         return self.input_tensor_from_float(normalize(levels, self.card.preprocessing))[0]
 
-    @classmethod
-    def load(cls, model_path: str | os.PathLike, threads: int | None = None, verify: bool = True,
-             runtime: Runtime | None = None) -> "Classifier":
-        card = load_card_for_model(model_path, verify=verify)
-        return cls(model_path, card, threads=threads, runtime=runtime)
-
-    # -- tensors ---------------------------------------------------------------
-
     def input_tensor(self, rgb: np.ndarray) -> np.ndarray:
-        """uint8 RGB HxWx3 (already at the card's size) -> the exact tensor the model takes."""
+        """uint8 RGB HxWx3 (already at the card's size) -> the exact tensor the model takes, (1, H, W, 3)."""
         if self._flat_lut is not None:
             return np.take(self._flat_lut, rgb)[None]
         return self._lut[rgb, np.arange(3)][None]
@@ -100,14 +136,24 @@ class Classifier:
             return quantize(x, self._in_q[0], self._in_q[1], self._in_dtype)
         return x.astype(np.float32, copy=False)
 
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Run one prepared input tensor; returns float class probabilities (len(labels),)."""
-        self.interpreter.set_tensor(self._in["index"], x)
-        self.interpreter.invoke()
-        y = self.interpreter.get_tensor(self._out["index"])[0]
+    def raw_output(self, x: np.ndarray) -> np.ndarray:
+        """Run one prepared input tensor; returns the model's output dequantized to float32, (n_labels,)."""
+        y = self.backend.run(x)
         if y.dtype != np.float32:
             scale, zero = self._out_q
             y = (y.astype(np.float32) - zero) * np.float32(scale)
+        return y
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Run one prepared input tensor; returns class probabilities (n_labels,) float32.
+
+        A logit model's output goes through softmax with the card's temperature (calibrated P).
+        """
+        y = self.raw_output(x)
+        if self._logits:
+            z = y.astype(np.float64) / self.temperature
+            z = np.exp(z - z.max())
+            y = (z / z.sum()).astype(np.float32)
         return y
 
     def probabilities_for_inputs(self, xs: np.ndarray) -> np.ndarray:
@@ -117,14 +163,21 @@ class Classifier:
             out[i] = self.probabilities(self.input_tensor_from_float(x))
         return out
 
+    def p_positive_for_images(self, images: np.ndarray) -> np.ndarray:
+        """uint8 RGB images (N, S, S, 3) at the card's size -> (N,) P(positive), through the device's own path."""
+        out = np.empty(len(images), dtype=np.float64)
+        for i, rgb in enumerate(images):
+            out[i] = self.probabilities(self.input_tensor(rgb))[self._pos]
+        return out
+
     # -- images ----------------------------------------------------------------
 
-    def _decide(self, p_pos: float) -> str:
-        if p_pos >= self.threshold:
-            return self.card.positive_label
-        return self.card.labels[1 - self._pos]
-
     def predict_one(self, item: str | os.PathLike | np.ndarray) -> Prediction:
+        """Classify one image file (any supported format) or one uint8 RGB array at the card's size.
+
+        Never raises for a bad image: the Prediction carries `error` (one line) instead.
+        Quality/out-of-distribution findings go into `warnings`.
+        """
         t0 = time.perf_counter()
         prep = self.card.preprocessing
         path = None if isinstance(item, np.ndarray) else str(item)
@@ -134,8 +187,10 @@ class Classifier:
                 if rgb.shape != (prep.size, prep.size, 3) or rgb.dtype != np.uint8:
                     raise ValueError(f"array input must be uint8 {prep.size}x{prep.size}x3, got {rgb.dtype} {rgb.shape}")
             else:
-                rgb = load_rgb(item, prep.size, prep.resize)
+                rgb = (load_rgb(item, prep.size, prep.resize, self.decode) if self.decode is not None
+                       else load_rgb(item, prep.size, prep.resize))  # TEMP until the decoder lands
             x = self.input_tensor(rgb)
+            warnings = [f.message for f in self._assess(rgb, self.card.input_statistics)] if self._assess else []
         except ImageError as exc:
             return Prediction(path, error=exc.problem, total_ms=(time.perf_counter() - t0) * 1e3)
         except ValueError as exc:
@@ -144,21 +199,17 @@ class Classifier:
         probs = self.probabilities(x)
         t2 = time.perf_counter()
         p_pos = float(probs[self._pos])
-        return Prediction(path, label=self._decide(p_pos), p_all=p_pos,
-                          preprocess_ms=(t1 - t0) * 1e3, invoke_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3)
+        return Prediction(path, label=label_for(p_pos, self.threshold, self.card.labels, self._pos), p_all=p_pos,
+                          preprocess_ms=(t1 - t0) * 1e3, invoke_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3,
+                          warnings=warnings)
 
     def predict(self, items: Iterable[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray) -> list[Prediction]:
+        """predict_one over several items (a single path or HxWx3 array is taken as one item)."""
         if isinstance(items, (str, os.PathLike)) or (isinstance(items, np.ndarray) and items.ndim == 3):
             items = [items]
         return [self.predict_one(item) for item in items]
 
-
-def positive_probabilities(clf: Classifier, paths: Sequence[str | os.PathLike]) -> np.ndarray:
-    """P(positive) for each path; raises on the first unreadable image (for evaluation sets)."""
-    out = np.empty(len(paths), dtype=np.float64)
-    for i, p in enumerate(paths):
-        pred = clf.predict_one(p)
-        if not pred.ok:
-            raise ImageError(p, pred.error or "failed")
-        out[i] = pred.p_all
-    return out
+    # back-compat for callers that reach the interpreter (benchmarks of TFLite models)
+    @property
+    def interpreter(self):
+        return getattr(self.backend, "interpreter", None)

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .errors import LeukedgeError
 
 
@@ -67,3 +69,47 @@ def open_interpreter(model_path: str | os.PathLike, threads: int | None = None, 
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{model_path}: not a loadable TFLite model ({rt.name}): {msg}") from None
     return interp, rt
+
+
+class TFLiteBackend:
+    """A LiteRT / TFLite interpreter behind the small interface every runtime offers the Classifier.
+
+    The interface (shared with `edge.runtime_onnx.OnnxBackend`): runtime_name, runtime_version,
+    detail, input_shape (1, H, W, 3), input_dtype, input_quantization (scale, zero_point; (0.0, 0)
+    for float), output_size, output_dtype, output_quantization, and run(x) -> raw output (output_size,).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, threads: int | None = None, runtime: Runtime | None = None):
+        self.interpreter, rt = open_interpreter(model_path, threads, runtime)
+        self.runtime_name, self.runtime_version, self.detail = rt.name, rt.version, ""
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(f"{model_path}: expected one input and one output, got {len(inputs)} and {len(outputs)}")
+        self._in, self._out = inputs[0], outputs[0]
+        self.input_shape = tuple(int(v) for v in self._in["shape"])
+        self.input_dtype = np.dtype(self._in["dtype"])
+        self.input_quantization = tuple(self._in.get("quantization", (0.0, 0)))
+        self.output_size = int(self._out["shape"][-1])
+        self.output_dtype = np.dtype(self._out["dtype"])
+        self.output_quantization = tuple(self._out.get("quantization", (0.0, 0)))
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """x: (1, H, W, 3) in input_dtype -> (output_size,) raw output in output_dtype."""
+        self.interpreter.set_tensor(self._in["index"], x)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._out["index"])[0]
+
+
+def open_backend(model_path: str | os.PathLike, model_format: str, threads: int | None = None):
+    """The runtime for a model, chosen by its card's format: tflite -> LiteRT, onnx -> ONNX Runtime.
+
+    Raises ModelError (one line, naming the file) when no runtime for that format can load it.
+    """
+    if model_format == "tflite":
+        return TFLiteBackend(model_path, threads)
+    if model_format == "onnx":
+        from .runtime_onnx import open_onnx
+
+        return open_onnx(model_path, threads)
+    raise ModelError(f"{model_path}: the device runs TFLite and ONNX models, not {model_format!r}")

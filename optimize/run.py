@@ -16,7 +16,7 @@ from leukedge.edge.card import CardError, ModelCard, load_card_for_model
 from leukedge.edge.classifier import Classifier
 from leukedge.edge.errors import LeukedgeError
 from leukedge.edge.files import staged_dir, write_text_atomic
-from leukedge.edge.metrics import choose_threshold, report_at_threshold
+from leukedge.metrics import choose_threshold, report_at_threshold
 from leukedge.edge.preprocess import normalize
 from leukedge.train.datasets import Dataset, read_dataset
 from leukedge.train.fit import subsample
@@ -262,7 +262,7 @@ def _measure_variant(variant, path, blob, parent_card: ModelCard, parent_rep, p_
     card.metrics = {"validation": rep, "vs_parent": vs_parent}
     card.verdict = {"status": verdict, "reasons": reasons,
                     "budgets": {"max_f1_drop": opts.max_f1_drop, "max_recall_drop": opts.max_recall_drop}}
-    card.save(path.with_suffix(".json"))
+    card.save()
     return {"variant": variant, "file": path.name, "size_bytes": len(blob), "gzip_bytes": _gzip_size(blob),
             "f1": rep["f1_positive"], "recall": rep["sensitivity"], "specificity": rep["specificity"],
             "threshold": thr, "agreement": agreement, "max_abs_delta_p": vs_parent["max_abs_delta_p"],

@@ -55,7 +55,7 @@ def fit_briefly(model, images: np.ndarray, labels: np.ndarray, epochs: int = 8):
 
 def make_card(model_file: Path, size: int, variant: str, fmt: str, labels=("hem", "all"), positive="all",
               threshold=0.5, provenance=None):
-    from leukedge.edge.card import ModelCard
+    from leukedge.edge.card import ModelCard, card_path_for
     from leukedge.edge.preprocess import Preprocessing
 
     card = ModelCard(labels=list(labels), positive_label=positive,
@@ -63,7 +63,7 @@ def make_card(model_file: Path, size: int, variant: str, fmt: str, labels=("hem"
                      model_file=model_file.name, model_format=fmt, threshold=threshold, variant=variant,
                      provenance=provenance or {})
     card.bind(model_file)
-    card.save(model_file.with_suffix(".json"))
+    card.save(card_path_for(model_file))
     return card
 
 

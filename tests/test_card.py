@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from leukedge.edge.card import SCHEMA_VERSION, CardError, ModelCard, load_card, load_card_for_model
+from leukedge.edge.card import SCHEMA_VERSION, CardError, ModelCard, card_path_for, load_card, load_card_for_model
 from leukedge.edge.preprocess import Preprocessing
 
 
@@ -11,7 +11,8 @@ def _card(tmp_path):
     model.write_bytes(b"not really a model but hashed all the same")
     card = ModelCard(labels=["hem", "all"], positive_label="all", preprocessing=Preprocessing(size=96),
                      model_file="m.tflite", model_format="tflite", threshold=0.42)
-    card.bind(model).save(tmp_path / "m.json")
+    card.bind(model).save()
+    assert card_path_for(model).name == "m.tflite.json"
     return model, card
 
 
@@ -33,21 +34,21 @@ def test_sha_mismatch_is_refused(tmp_path):
 
 def test_newer_schema_is_refused_with_a_message(tmp_path):
     _card(tmp_path)
-    d = json.loads((tmp_path / "m.json").read_text())
+    d = json.loads((tmp_path / "m.tflite.json").read_text())
     d["schema_version"] = SCHEMA_VERSION + 1
-    (tmp_path / "m.json").write_text(json.dumps(d))
+    (tmp_path / "m.tflite.json").write_text(json.dumps(d))
     with pytest.raises(CardError, match="newer than this leukedge"):
-        load_card(tmp_path / "m.json")
+        load_card(tmp_path / "m.tflite.json")
 
 
 @pytest.mark.parametrize("field", ["labels", "preprocessing", "threshold", "model", "positive_label"])
 def test_missing_fields_are_named(tmp_path, field):
     _card(tmp_path)
-    d = json.loads((tmp_path / "m.json").read_text())
+    d = json.loads((tmp_path / "m.tflite.json").read_text())
     del d[field]
-    (tmp_path / "m.json").write_text(json.dumps(d))
+    (tmp_path / "m.tflite.json").write_text(json.dumps(d))
     with pytest.raises(CardError, match=field):
-        load_card(tmp_path / "m.json")
+        load_card(tmp_path / "m.tflite.json")
 
 
 def test_invalid_json_and_missing_card(tmp_path):
@@ -61,8 +62,75 @@ def test_invalid_json_and_missing_card(tmp_path):
 
 def test_invalid_values_are_rejected(tmp_path):
     _card(tmp_path)
-    d = json.loads((tmp_path / "m.json").read_text())
+    d = json.loads((tmp_path / "m.tflite.json").read_text())
     d["positive_label"] = "blast"
-    (tmp_path / "m.json").write_text(json.dumps(d))
+    (tmp_path / "m.tflite.json").write_text(json.dumps(d))
     with pytest.raises(CardError, match="positive label"):
-        load_card(tmp_path / "m.json")
+        load_card(tmp_path / "m.tflite.json")
+
+
+def test_cards_never_collide_and_legacy_stem_cards_still_load(tmp_path):
+    keras, onnx = tmp_path / "model.keras", tmp_path / "model.onnx"
+    for f, fmt in ((keras, "keras"), (onnx, "onnx")):
+        f.write_bytes(fmt.encode() * 10)
+        ModelCard(labels=["hem", "all"], positive_label="all", preprocessing=Preprocessing(size=96),
+                  model_file=f.name, model_format=fmt).bind(f).save()
+    assert load_card_for_model(keras).model_format == "keras" and load_card_for_model(onnx).model_format == "onnx"
+    # a schema-1 card named <stem>.json is read for the model it names, and only for that one
+    legacy = tmp_path / "old"
+    legacy.mkdir()
+    m = legacy / "int8.tflite"
+    m.write_bytes(b"weights")
+    d = ModelCard(labels=["hem", "all"], positive_label="all", preprocessing=Preprocessing(size=96),
+                  model_file="int8.tflite", model_format="tflite").bind(m).to_dict()
+    d["schema_version"] = 1
+    for k in ("output", "calibration", "input_statistics", "golden", "onnx", "requires"):
+        del d[k]
+    (legacy / "int8.json").write_text(json.dumps(d))
+    assert load_card_for_model(m).schema_version == 1
+    other = legacy / "int8.onnx"
+    other.write_bytes(b"x")
+    with pytest.raises(CardError, match="not found"):
+        load_card_for_model(other)
+
+
+def test_unknown_required_feature_is_refused_in_one_line(tmp_path):
+    model, _ = _card(tmp_path)
+    d = json.loads(card_path_for(model).read_text())
+    d["requires"] = ["temperature", "hyperspectral"]
+    card_path_for(model).write_text(json.dumps(d))
+    with pytest.raises(CardError, match="requires hyperspectral") as exc:
+        load_card_for_model(model)
+    assert "\n" not in str(exc.value)
+
+
+def test_requires_lists_what_the_device_must_do(tmp_path):
+    model, card = _card(tmp_path)
+    assert card.requires == []
+    card.output, card.calibration = "logits", {"temperature": 1.7}
+    card.save()
+    loaded = load_card_for_model(model)
+    assert loaded.requires == ["logits", "temperature"] and loaded.to_dict()["requires"] == ["logits", "temperature"]
+
+
+@pytest.mark.parametrize("path,value,needle", [
+    (("threshold",), float("nan"), "threshold"),
+    (("threshold",), True, "threshold"),
+    (("threshold",), "0.5", "threshold"),
+    (("labels",), "hem,all", "labels"),
+    (("model", "size_bytes"), 1.5, "size_bytes"),
+    (("model", "sha256"), "xyz", "sha256"),
+    (("calibration",), {"temperature": float("nan")}, "temperature"),
+    (("output",), "sigmoid", "output"),
+    (("verdict",), "pass", "verdict"),
+])
+def test_values_are_validated_not_coerced(tmp_path, path, value, needle):
+    model, _ = _card(tmp_path)
+    d = json.loads(card_path_for(model).read_text())
+    target = d
+    for k in path[:-1]:
+        target = target[k]
+    target[path[-1]] = value
+    card_path_for(model).write_text(json.dumps(d))
+    with pytest.raises(CardError, match=needle):
+        load_card_for_model(model)

@@ -18,7 +18,7 @@ def test_classifies_real_cnmc_images_with_float_and_int8(tiny_models, cnmc_dir):
     paths = sorted(cnmc_dir.glob("training_data/fold_1/*/*.bmp"))[:6]
     f32 = Classifier.load(tiny_models["float32"])
     i8 = Classifier.load(tiny_models["int8"])
-    assert np.dtype(i8._in["dtype"]) == np.int8
+    assert i8.backend.input_dtype == np.int8 and i8.runtime.name == "ai-edge-litert"
     for p in paths:
         a, b = f32.predict_one(p), i8.predict_one(p)
         assert a.ok and b.ok, (a.error, b.error)
@@ -64,3 +64,19 @@ def test_corrupt_model_file_is_a_model_error(tmp_path, tiny_models):
     make_card(bad, 64, "float32", "tflite")
     with pytest.raises(ModelError, match="bad.tflite"):
         Classifier.load(bad)
+
+
+def test_threshold_in_constructor_and_logit_models_get_softmax_with_temperature(tiny_models, synth_arrays):
+    """A logit card makes the device apply softmax(z / T); the threshold is the constructor's, not patched."""
+    from leukedge.edge.card import load_card_for_model
+
+    _, _, paths = synth_arrays
+    clf = Classifier.load(tiny_models["float32"], threshold=0.0)
+    assert clf.threshold == 0.0 and clf.predict_one(paths[0]).label == "all"
+    card = load_card_for_model(tiny_models["float32"])
+    card.output, card.calibration = "logits", {"temperature": 2.0}
+    as_logits = Classifier(tiny_models["float32"], card)
+    x = as_logits.input_tensor(load_rgb(paths[0], card.preprocessing.size))
+    z = as_logits.raw_output(x).astype(np.float64) / 2.0  # this tiny model outputs probabilities; treat them as logits
+    expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    np.testing.assert_allclose(as_logits.probabilities(x), expected, rtol=1e-6)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 from helpers import write_image
+from leukedge.edge.card import card_path_for
 
 EDGE = [sys.executable, "-m", "leukedge.edge.cli"]
 
@@ -103,7 +104,7 @@ def test_model_errors_exit_2_with_one_line(tiny_models, tmp_path, synth_arrays):
     assert r.returncode == 2 and "no model" in r.stderr
     copy = tmp_path / "m.tflite"
     shutil.copy(tiny_models["float32"], copy)
-    shutil.copy(tiny_models["float32"].with_suffix(".json"), copy.with_suffix(".json"))
+    shutil.copy(card_path_for(tiny_models["float32"]), card_path_for(copy))
     with open(copy, "ab") as fh:
         fh.write(b"tamper")
     r = run_edge("--model", copy, paths[0])
@@ -115,10 +116,11 @@ def test_model_errors_exit_2_with_one_line(tiny_models, tmp_path, synth_arrays):
     make_card(corrupt, 64, "float32", "tflite")
     r = run_edge("--model", corrupt, paths[0])
     assert r.returncode == 2 and "corrupt.tflite" in r.stderr and "Traceback" not in r.stderr
-    card = json.loads(tiny_models["float32"].with_suffix(".json").read_text())
+    card = json.loads(card_path_for(tiny_models["float32"]).read_text())
     del card["labels"]
     shutil.copy(tiny_models["float32"], tmp_path / "nolabels.tflite")
-    (tmp_path / "nolabels.json").write_text(json.dumps(card))
+    card["model"]["file"] = "nolabels.tflite"
+    card_path_for(tmp_path / "nolabels.tflite").write_text(json.dumps(card))
     r = run_edge("--model", tmp_path / "nolabels.tflite", paths[0])
     assert r.returncode == 2 and "labels" in r.stderr
 

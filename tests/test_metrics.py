@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from leukedge.edge.metrics import auroc, binary_report, choose_threshold, confusion_matrix, report_at_threshold
+from leukedge.metrics import auroc, binary_report, choose_threshold, confusion_matrix, report_at_threshold
 
 
 def test_confusion_matrix_and_report_by_hand():
@@ -49,3 +49,36 @@ def test_threshold_best_f1_and_min_recall():
 def test_mismatched_lengths_are_rejected():
     with pytest.raises(ValueError):
         confusion_matrix([0, 1], [0])
+
+
+def _brute_force_threshold(y, p, min_recall=None):
+    """The rule as the docstring states it, one candidate at a time (the old O(N * unique) code)."""
+    t = np.asarray(y) == 1
+    best, best_key = None, None
+    for thr in np.unique(np.concatenate([p, [0.5]])):
+        pred = p >= thr
+        tp, fp = int((pred & t).sum()), int((pred & ~t).sum())
+        if min_recall is not None and tp / t.sum() + 1e-12 < min_recall:
+            continue
+        f1 = 2 * tp / (2 * tp + fp + (t.sum() - tp))
+        key = (round(f1, 12), -abs(thr - 0.5))
+        if best_key is None or key > best_key:
+            best, best_key = float(thr), key
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sorted_threshold_search_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 300)
+    p = np.round(np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1), 2)  # rounded: many ties
+    for min_recall in (None, 0.9, 0.99):
+        assert choose_threshold(y, p, min_recall=min_recall) == _brute_force_threshold(y, p, min_recall)
+
+
+def test_one_decision_rule():
+    from leukedge.edge.decision import decide, label_for
+
+    assert decide(0.5, 0.5) is True and decide(0.4999, 0.5) is False
+    assert decide(np.array([0.2, 0.7]), 0.5).tolist() == [False, True]
+    assert label_for(0.9, 0.5, ["all", "hem"], 0) == "all" and label_for(0.1, 0.5, ["all", "hem"], 0) == "hem"

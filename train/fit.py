@@ -15,7 +15,7 @@ import numpy as np
 from leukedge import __version__
 from leukedge.edge.card import ModelCard
 from leukedge.edge.files import staged_dir, write_text_atomic
-from leukedge.edge.metrics import choose_threshold, report_at_threshold
+from leukedge.metrics import choose_threshold, report_at_threshold
 from leukedge.edge.preprocess import Preprocessing
 
 from .config import TrainConfig, to_toml
@@ -287,7 +287,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     with staged_dir(out) as stage:
         export_model(model, stage / "model.keras")
         card.bind(stage / "model.keras")
-        card.save(stage / "model.json")
+        card.save()
         write_text_atomic(stage / "history.csv", _history_csv(state["history"]))
         write_text_atomic(stage / "config.toml", to_toml(cfg.to_dict()))
         _write_plots(stage, state["history"], metrics["validation"], ds.labels)

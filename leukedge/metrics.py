@@ -1,10 +1,16 @@
-"""Binary screening metrics in plain numpy: confusion matrix, F1, sensitivity, AUROC, thresholds."""
+"""Binary screening metrics in plain numpy: confusion matrix, F1, sensitivity, AUROC, thresholds.
+
+Workstation side (train, optimize, benchmark); the device needs none of this, so it lives
+outside `leukedge.edge`. Decisions go through `leukedge.edge.decision.decide`.
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+
+from leukedge.edge.decision import decide
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int = 2) -> np.ndarray:
@@ -35,23 +41,21 @@ def per_class(cm: np.ndarray) -> list[dict]:
 
 
 def auroc(y_true: Sequence[int], scores: Sequence[float]) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U, ties counted half); None if one class is absent."""
-    t = np.asarray(y_true, dtype=np.int64)
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties).
+
+    y_true: (N,) 0/1 or bool, 1 = positive; scores: (N,) any real scores, higher = more positive.
+    Returns a float in [0, 1], or None if one class is absent. O(N log N).
+    """
+    t = np.asarray(y_true).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
-    n_pos, n_neg = int((t == 1).sum()), int((t == 0).sum())
+    n_pos, n_neg = int(t.sum()), int((~t).sum())
     if n_pos == 0 or n_neg == 0:
         return None
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[t == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    uniq, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    first_rank = np.cumsum(counts) - counts + 1  # 1-based rank of each distinct value's first occurrence
+    avg_rank = first_rank + (counts - 1) / 2.0
+    ranks = avg_rank[inverse]
+    return float((ranks[t].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def binary_report(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str] = ("hem", "all"),
@@ -83,8 +87,12 @@ def binary_report(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence
 
 def report_at_threshold(y_true: Sequence[int], p_positive: Sequence[float], threshold: float,
                         labels: Sequence[str] = ("hem", "all"), positive: int = 1) -> dict:
+    """`binary_report` of the decisions `decide(p_positive, threshold)`, with AUROC from the scores.
+
+    y_true: (N,) class indices into `labels`; p_positive: (N,) P(labels[positive]).
+    """
     p = np.asarray(p_positive, dtype=np.float64)
-    pred = np.where(p >= threshold, positive, 1 - positive)
+    pred = np.where(decide(p, threshold), positive, 1 - positive)
     rep = binary_report(y_true, pred, labels, positive, scores=p)
     rep["threshold"] = float(threshold)
     return rep
@@ -92,31 +100,39 @@ def report_at_threshold(y_true: Sequence[int], p_positive: Sequence[float], thre
 
 def choose_threshold(y_true: Sequence[int], p_positive: Sequence[float], positive: int = 1,
                      min_recall: float | None = None) -> float:
-    """Decision threshold on P(positive).
+    """Decision threshold on P(positive), chosen on one split (normally validation).
 
-    Default: the threshold with the best F1 of the positive class. With `min_recall`,
-    the best-F1 threshold among those keeping positive-class recall >= min_recall
-    (the highest threshold that does, if none reaches it otherwise).
+    Candidates are every distinct score plus 0.5. Default: the candidate with the best F1 of
+    the positive class. With `min_recall`, the best-F1 candidate among those whose
+    positive-class recall is >= min_recall; if none reaches it (only possible for
+    min_recall > 1), the lowest candidate. Ties in F1 go to the candidate nearest 0.5
+    (least fitted to this split). If one class is absent, 0.5.
+
+    y_true: (N,) class indices; p_positive: (N,) probabilities. O(N log N): scores are
+    sorted once and TP/FP counted by cumulative sums.
     """
     t = np.asarray(y_true) == positive
     p = np.asarray(p_positive, dtype=np.float64)
-    if t.sum() == 0 or t.sum() == len(t):
+    n_pos = int(t.sum())
+    if n_pos == 0 or n_pos == len(t):
         return 0.5
-    candidates = np.unique(np.concatenate([p, [0.5]]))
-    best, best_key = 0.5, None
-    n_pos = t.sum()
-    for thr in candidates:
-        pred = p >= thr
-        tp = int((pred & t).sum())
-        fp = int((pred & ~t).sum())
-        recall = tp / n_pos
-        if min_recall is not None and recall + 1e-12 < min_recall:
-            continue
-        f1 = _div(2 * tp, 2 * tp + fp + (n_pos - tp))
-        # Prefer higher F1; on ties, the threshold nearest 0.5 (least overfit to this split).
-        key = (round(f1, 12), -abs(thr - 0.5))
-        if best_key is None or key > best_key:
-            best, best_key = float(thr), key
-    if best_key is None:  # unreachable recall: take the loosest threshold that still separates
-        best = float(candidates.min())
-    return best
+    candidates = np.unique(np.concatenate([p, [0.5]]))  # ascending
+    order = np.argsort(-p, kind="mergesort")
+    p_desc, t_desc = p[order], t[order]
+    tp_cum = np.concatenate([[0], np.cumsum(t_desc)])
+    fp_cum = np.concatenate([[0], np.cumsum(~t_desc)])
+    # number of scores >= each candidate, found on the descending scores
+    n_at_or_above = np.searchsorted(-p_desc, -candidates, side="right")
+    tp = tp_cum[n_at_or_above]
+    fp = fp_cum[n_at_or_above]
+    recall = tp / n_pos
+    denom = 2 * tp + fp + (n_pos - tp)
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    ok = np.ones(len(candidates), bool) if min_recall is None else recall + 1e-12 >= min_recall
+    if not ok.any():
+        return float(candidates.min())
+    # best F1 (rounded, so float noise does not break ties), then nearest 0.5
+    key_f1 = np.where(ok, np.round(f1, 12), -1.0)
+    best_f1 = key_f1.max()
+    tied = np.flatnonzero(key_f1 == best_f1)
+    return float(candidates[tied[np.argmin(np.abs(candidates[tied] - 0.5))]])
