@@ -1,0 +1,378 @@
+"""What the device needs to turn logits into a calibrated P(ALL) and to summarise a patient's sample.
+
+Device side: numpy and the standard library only (no TensorFlow, no scipy), so `edge-classify`
+can apply the card's temperature, give a Wilson interval and correct a flagged fraction on a
+Raspberry Pi. The workstation re-exports these from `leukedge.stats` and fits the temperature there.
+
+- `softmax`, `p_positive_from_logits`: temperature scaling applied on the device (Guo et al. 2017,
+  "On Calibration of Modern Neural Networks", ICML): P = softmax(logits / T).
+- `wilson_interval`: Wilson score interval for a binomial proportion (Wilson 1927, JASA 22:209).
+- `rogan_gladen`, `rogan_gladen_interval`: apparent (test-positive) fraction corrected for an
+  imperfect test's sensitivity and specificity (Rogan & Gladen 1978, Am J Epidemiol 107:71).
+- `SampleSummary`: per-sample (per-subject, per-folder, or per-regex-group) counts of cells flagged
+  positive, for `edge-classify --summary-by`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+from typing import Sequence
+
+import numpy as np
+
+from .errors import LeukedgeError
+from .files import write_text_atomic
+
+# C-NMC training file names: UID_<subject>_<image>_<cell>_<all|hem>.bmp; the release mixes case
+# ('UID_h3_' and 'UID_H3_' are one subject). Same rule as leukedge.train.datasets.subject_from_name,
+# repeated here because the device never imports the training package.
+_CNMC_SUBJECT = re.compile(r"^UID_([A-Za-z]?\d+)_", re.IGNORECASE)
+
+UNKNOWN_GROUP = "unknown"
+SUMMARY_FORMATS = (".json", ".csv")
+SUMMARY_FIELDS = ("group", "cells", "flagged", "flagged_fraction", "flagged_low", "flagged_high",
+                  "corrected_fraction", "corrected_low", "corrected_high", "mean_p_positive",
+                  "failures", "quality_warnings", "confidence", "sensitivity", "specificity")
+
+
+class SummaryError(LeukedgeError, ValueError):
+    """A bad `--summary-by` or `--summary-out` value; the message names the option and the problem."""
+
+
+# -- temperature scaling ---------------------------------------------------------------------------
+
+def _check_temperature(temperature: float) -> float:
+    t = float(temperature)
+    if not math.isfinite(t) or t <= 0.0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return t
+
+
+def softmax(logits, temperature: float = 1.0) -> np.ndarray:
+    """Softmax of `logits / temperature` over the last axis, computed stably in float64.
+
+    logits: array of shape (..., K), any real values (dequantized model outputs).
+    temperature: T > 0; T = 1 is the plain softmax, T > 1 softens an over-confident model.
+    Returns float64 probabilities of the same shape, summing to 1 over the last axis.
+    The maximum is subtracted before exponentiating, so large logits do not overflow.
+    Raises ValueError for T <= 0 or a non-finite T, or a 0-d input.
+    Float64 on purpose: the workstation re-expresses the threshold with these very numbers
+    (`leukedge.stats.threshold_on_calibrated_scale`), so device and workstation decide alike.
+    """
+    t = _check_temperature(temperature)
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 0:
+        raise ValueError("logits must have at least one axis (the classes)")
+    z = z / t
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def p_positive_from_logits(logits, positive_index: int, temperature: float = 1.0):
+    """Calibrated P(positive class) = softmax(logits / T)[..., positive_index].
+
+    logits: (..., K) array; positive_index: the card's positive label index; temperature: the
+    card's `calibration["temperature"]` (1.0 when the card has none).
+    Returns a float for a 1-d input (one cell), else a float64 array of shape logits.shape[:-1].
+    """
+    p = softmax(logits, temperature)
+    if not -p.shape[-1] <= positive_index < p.shape[-1]:
+        raise ValueError(f"positive_index {positive_index} out of range for {p.shape[-1]} classes")
+    out = p[..., positive_index]
+    return float(out) if out.ndim == 0 else out
+
+
+# -- intervals and prevalence ----------------------------------------------------------------------
+
+def _z(confidence: float) -> float:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)  # 1.959964 for 0.95
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n.
+
+    k: successes (e.g. cells flagged ALL, true positives), 0 <= k <= n; n: trials.
+    confidence: two-sided level, 0.95 gives z = 1.959964 (normal quantile, stdlib NormalDist).
+    Returns (low, high) within [0, 1]; n = 0 gives (0.0, 1.0) (nothing is known).
+    Formula (Wilson 1927; Brown, Cai & DasGupta 2001 recommend it over the Wald interval for
+    small n and proportions near 0 or 1):
+        centre = (p + z^2/2n) / (1 + z^2/n),  half = z/(1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2).
+    Example: k = 8, n = 10 gives (0.4902, 0.9433).
+    Raises ValueError for k or n negative, non-integer, or k > n.
+    """
+    if int(k) != k or int(n) != n:
+        raise ValueError(f"k and n must be whole counts, got k={k!r}, n={n!r}")
+    k, n = int(k), int(n)
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    z = _z(confidence)
+    p = k / n
+    z2n = z * z / n
+    denom = 1.0 + z2n
+    centre = (p + z2n / 2.0) / denom
+    half = z / denom * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
+
+
+def _check_rate(name: str, value: float) -> float:
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return v
+
+
+def rogan_gladen(apparent: float, sensitivity: float, specificity: float) -> float:
+    """True prevalence estimated from the apparent (test-positive) fraction of an imperfect test.
+
+    apparent: fraction of cells the model flagged positive, in [0, 1];
+    sensitivity, specificity: the model's validated rates (from its card), in [0, 1].
+    Returns (apparent + specificity - 1) / (sensitivity + specificity - 1), clipped to [0, 1]
+    (Rogan & Gladen 1978). Example: apparent 0.30, sensitivity 0.90, specificity 0.80 gives 1/7.
+    Raises ValueError when sensitivity + specificity <= 1: such a test is no better than chance
+    and the correction is undefined (or flips sign).
+    """
+    a = _check_rate("apparent fraction", apparent)
+    se = _check_rate("sensitivity", sensitivity)
+    sp = _check_rate("specificity", specificity)
+    youden = se + sp - 1.0
+    if youden <= 0.0:
+        raise ValueError(f"sensitivity + specificity must exceed 1 for the Rogan-Gladen correction, "
+                         f"got {se:g} + {sp:g}")
+    return min(1.0, max(0.0, (a + sp - 1.0) / youden))
+
+
+def rogan_gladen_interval(k: int, n: int, sensitivity: float, specificity: float,
+                          confidence: float = 0.95) -> tuple[float, float]:
+    """Interval of the Rogan-Gladen corrected fraction: the Wilson bounds of k/n, each corrected.
+
+    k cells flagged out of n classified. The correction is increasing in the apparent fraction,
+    so transforming the bounds gives an interval for the corrected fraction. It ignores the
+    uncertainty of sensitivity and specificity themselves (they are treated as known), so it is
+    too narrow when they were measured on few cells (Lang & Reiczigel 2014 widen it).
+    Returns (low, high) in [0, 1]; raises ValueError like `rogan_gladen` and `wilson_interval`.
+    """
+    low, high = wilson_interval(k, n, confidence)
+    return rogan_gladen(low, sensitivity, specificity), rogan_gladen(high, sensitivity, specificity)
+
+
+# -- per-sample summary -------------------------------------------------------------------------------
+
+def _compile_group_pattern(by: str) -> re.Pattern:
+    try:
+        pattern = re.compile(by)
+    except re.error as exc:
+        raise SummaryError(f"--summary-by {by!r}: not a regular expression ({exc})") from None
+    if pattern.groups != 1:
+        raise SummaryError(f"--summary-by {by!r}: the regular expression must have exactly one group "
+                           f"(the sample id), it has {pattern.groups}")
+    return pattern
+
+
+def _key_for(path: str | os.PathLike, by: str, pattern: re.Pattern | None) -> str:
+    p = Path(path)
+    if by == "folder":
+        return Path(os.path.abspath(p)).parent.name or UNKNOWN_GROUP
+    if by == "subject":
+        m = _CNMC_SUBJECT.match(p.name)
+        return m.group(1).upper() if m else UNKNOWN_GROUP
+    m = pattern.search(p.as_posix())
+    return m.group(1) if m and m.group(1) else UNKNOWN_GROUP
+
+
+def group_key(path: str | os.PathLike, by: str) -> str:
+    """The sample a cell image belongs to.
+
+    by = "folder": the name of the file's parent folder (one folder per sample).
+    by = "subject": the C-NMC subject of a training file name `UID_<subject>_<image>_<cell>_...`,
+    upper-cased ('UID_h3_' and 'UID_H3_' are one subject), else "unknown".
+    Anything else: a regular expression with exactly one group, searched in the path (with '/'
+    separators); the group is the sample id, "unknown" when it does not match.
+    Example: by = r"(P\\d+)_" maps "scans/P042_cell7.png" to "P042".
+    Raises SummaryError (one line) for an invalid expression or one without exactly one group.
+    """
+    pattern = None if by in ("folder", "subject") else _compile_group_pattern(by)
+    return _key_for(path, by, pattern)
+
+
+def check_summary_output(path: str | os.PathLike) -> str:
+    """'json' or 'csv' from the file extension of `--summary-out`; SummaryError for any other.
+
+    Call it before classifying, so a typo fails at once and not after a long batch.
+    """
+    ext = Path(path).suffix.lower()
+    if ext not in SUMMARY_FORMATS:
+        raise SummaryError(f"{path}: --summary-out must end in .json or .csv, not {ext or 'no extension'!r}")
+    return ext[1:]
+
+
+@dataclass(frozen=True)
+class _Cell:
+    key: str
+    positive: bool | None
+    p_positive: float | None
+    failed: bool
+    warned: bool
+
+
+class SampleSummary:
+    """Per-sample counts of cells flagged positive, for `edge-classify --summary-by`.
+
+    A lab acts on a patient's sample, not on one cell: each group (subject, folder or regex group)
+    gets the number of cells classified and flagged, the flagged fraction with its Wilson interval,
+    the fraction corrected for the model's sensitivity and specificity (Rogan-Gladen), the mean
+    P(positive), failures and quality warnings.
+
+    Cells are keyed by their absolute path: adding the same path again (a re-read in --watch mode,
+    or a rebuild after a restart) replaces its earlier contribution, so every cell counts once.
+    """
+
+    def __init__(self, by: str = "subject", confidence: float = 0.95, positive_label: str = "all"):
+        """by: "folder", "subject" or a one-group regular expression (see `group_key`);
+        confidence: level of the Wilson and Rogan-Gladen intervals; positive_label: for the text table.
+        Raises SummaryError for a bad `by`, ValueError for a confidence outside (0, 1)."""
+        self.by = by
+        self._pattern = None if by in ("folder", "subject") else _compile_group_pattern(by)
+        _z(confidence)
+        self.confidence = float(confidence)
+        self.positive_label = positive_label
+        self._cells: dict[str, _Cell] = {}
+
+    def __len__(self) -> int:
+        return len(self._cells)
+
+    def group_key(self, path: str | os.PathLike) -> str:
+        """This summary's group of `path` (see the module-level `group_key`)."""
+        return _key_for(path, self.by, self._pattern)
+
+    def add(self, path: str | os.PathLike, label_is_positive: bool | None, p_positive: float | None,
+            failed: bool, warned: bool, key: str | None = None) -> None:
+        """Record one cell's result (replacing an earlier result for the same path).
+
+        label_is_positive: the device's decision (True = flagged positive); None when failed.
+        p_positive: the calibrated P(positive) in [0, 1]; None when failed.
+        failed: the image could not be classified; warned: it got at least one quality warning.
+        key: the group, when the caller knows it better than the path does (else `group_key`).
+        Raises ValueError for a classified cell without a decision or with p outside [0, 1].
+        """
+        if not failed:
+            if label_is_positive is None:
+                raise ValueError(f"{path}: a classified cell needs a decision (label_is_positive)")
+            if p_positive is not None and not 0.0 <= float(p_positive) <= 1.0:
+                raise ValueError(f"{path}: P(positive) must lie in [0, 1], got {p_positive!r}")
+        cell = _Cell(key if key is not None else self.group_key(path),
+                     None if failed else bool(label_is_positive),
+                     None if failed or p_positive is None else float(p_positive),
+                     bool(failed), bool(warned))
+        self._cells[os.path.normpath(os.path.abspath(path))] = cell
+
+    def add_record(self, record: dict, positive_label: str) -> None:
+        """Record one result dict as `Prediction.to_dict()` writes it (path, label, p_all, error,
+        warnings); used both live and to rebuild a summary from an earlier run's output."""
+        failed = bool(record.get("error"))
+        label = record.get("label")
+        self.add(record["path"], None if failed or label is None else label == positive_label,
+                 None if failed else record.get("p_all"), failed, bool(record.get("warnings")))
+
+    def rows(self, sensitivity: float | None = None, specificity: float | None = None) -> list[dict]:
+        """One dict per group, sorted by group name.
+
+        sensitivity, specificity: the model's validated rates from its card; when either is None,
+        or their sum is <= 1, the corrected fraction and its interval are None.
+        Keys: group, cells (classified), flagged, flagged_fraction, flagged_low, flagged_high (Wilson),
+        corrected_fraction, corrected_low, corrected_high (Rogan-Gladen; the interval ignores the
+        uncertainty of sensitivity/specificity), mean_p_positive, failures, quality_warnings,
+        confidence, sensitivity, specificity. Fractions are None for a group with no classified cell.
+        """
+        correct = (sensitivity is not None and specificity is not None
+                   and float(sensitivity) + float(specificity) > 1.0)
+        groups: dict[str, list[_Cell]] = {}
+        for cell in self._cells.values():
+            groups.setdefault(cell.key, []).append(cell)
+        out = []
+        for key in sorted(groups):
+            cells = groups[key]
+            done = [c for c in cells if not c.failed]
+            n, k = len(done), sum(1 for c in done if c.positive)
+            low, high = wilson_interval(k, n, self.confidence)
+            ps = [c.p_positive for c in done if c.p_positive is not None]
+            row = {
+                "group": key, "cells": n, "flagged": k,
+                "flagged_fraction": k / n if n else None, "flagged_low": low, "flagged_high": high,
+                "corrected_fraction": None, "corrected_low": None, "corrected_high": None,
+                "mean_p_positive": float(np.mean(ps)) if ps else None,
+                "failures": sum(1 for c in cells if c.failed),
+                "quality_warnings": sum(1 for c in cells if c.warned),
+                "confidence": self.confidence, "sensitivity": sensitivity, "specificity": specificity,
+            }
+            if correct and n:
+                row["corrected_fraction"] = rogan_gladen(k / n, sensitivity, specificity)
+                row["corrected_low"], row["corrected_high"] = rogan_gladen_interval(
+                    k, n, sensitivity, specificity, self.confidence)
+            out.append(row)
+        return out
+
+    def write(self, path: str | os.PathLike, rows: Sequence[dict]) -> None:
+        """Write `rows` atomically to `path`: JSON (an object with the settings and "groups") or CSV
+        (one line per group, the keys of `rows` as header), chosen by the extension.
+        Floats are rounded to 6 decimals; None is null in JSON and empty in CSV.
+        Raises SummaryError for another extension."""
+        fmt = check_summary_output(path)
+        clean = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+        if fmt == "json":
+            text = json.dumps({"summary_by": self.by, "positive_label": self.positive_label,
+                               "confidence": self.confidence,
+                               "interval": "Wilson score; corrected = Rogan-Gladen on the Wilson bounds, "
+                                           "sensitivity and specificity taken as known",
+                               "groups": clean}, indent=2) + "\n"
+        else:
+            buf = io.StringIO()
+            fields = list(clean[0]) if clean else list(SUMMARY_FIELDS)
+            writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+            writer.writeheader()
+            for r in clean:
+                writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
+            text = buf.getvalue()
+        write_text_atomic(path, text)
+
+    def format_text(self, rows: Sequence[dict]) -> str:
+        """A fixed-width table of `rows` for the terminal (one line per group, a header, a legend)."""
+        pct = f"{self.confidence * 100:g} %"
+
+        def frac(v, lo, hi):
+            return "-" if v is None else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+        head = ["group", "cells", f"flagged {self.positive_label}", f"fraction [{pct} CI]",
+                f"corrected [{pct} CI]", f"mean P({self.positive_label})", "failed", "warned"]
+        table = [head]
+        for r in rows:
+            table.append([str(r["group"]), str(r["cells"]), str(r["flagged"]),
+                          frac(r["flagged_fraction"], r["flagged_low"], r["flagged_high"]),
+                          frac(r["corrected_fraction"], r["corrected_low"], r["corrected_high"]),
+                          "-" if r["mean_p_positive"] is None else f"{r['mean_p_positive']:.3f}",
+                          str(r["failures"]), str(r["quality_warnings"])])
+        widths = [max(len(line[i]) for line in table) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                 for line in table]
+        se = rows[0]["sensitivity"] if rows else None
+        sp = rows[0]["specificity"] if rows else None
+        if se is not None and sp is not None and se + sp > 1:
+            legend = (f"corrected = Rogan-Gladen with sensitivity {se:.3f}, specificity {sp:.3f} "
+                      f"(its interval treats them as exact)")
+        else:
+            legend = "corrected: not available (the card gives no usable sensitivity and specificity)"
+        return "\n".join([f"summary by {self.by} ({pct} Wilson intervals)", *lines, legend])

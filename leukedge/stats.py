@@ -1,0 +1,541 @@
+"""Screening-grade statistics for the workstation: calibration, temperature fitting, intervals.
+
+numpy only (matplotlib, lazily, for the reliability diagram). The device-side pieces (softmax with
+a temperature, Wilson, Rogan-Gladen) live in `leukedge.edge.calibration` and are re-exported here,
+so there is one implementation of each.
+
+Conventions: `y_true` holds class indices (0/1 for the binary task) unless a function says it takes
+0/1 "is positive" flags; `p` is P(positive) in [0, 1]; `logits` are (N, K) pre-softmax outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from leukedge.edge.calibration import (  # re-exported for workstation callers
+    p_positive_from_logits,
+    rogan_gladen,
+    rogan_gladen_interval,
+    softmax,
+    wilson_interval,
+)
+from leukedge.edge.decision import decide
+
+wilson = wilson_interval
+
+__all__ = [
+    "softmax", "p_positive_from_logits", "wilson", "wilson_interval", "rogan_gladen", "rogan_gladen_interval",
+    "expected_calibration_error", "brier_score", "reliability_curve", "plot_reliability",
+    "negative_log_likelihood", "fit_temperature", "calibration_report", "threshold_on_calibrated_scale",
+    "bootstrap_ci", "paired_bootstrap_diff", "screening_intervals", "paired_differences", "subject_level",
+]
+
+ECE_BINS = 15  # Guo et al. 2017 use 15 equal-width bins; kept so figures compare with the literature
+
+
+# -- calibration measures -----------------------------------------------------------------------------
+
+def _binary_inputs(y_true, p) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    q = np.asarray(p, dtype=np.float64)
+    if y.ndim != 1 or q.shape != y.shape:
+        raise ValueError(f"y_true and p must be 1-d of the same length, got {y.shape} and {q.shape}")
+    if y.size == 0:
+        raise ValueError("no samples")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must hold 0/1 (is the positive class) for a binary calibration measure")
+    if not (np.isfinite(q).all() and (q >= 0).all() and (q <= 1).all()):
+        raise ValueError("p must hold probabilities in [0, 1]")
+    return y.astype(np.float64), q
+
+
+def _bin_members(p: np.ndarray, y: np.ndarray, bins: int, strategy: str) -> list[np.ndarray]:
+    if int(bins) != bins or bins < 1:
+        raise ValueError(f"bins must be a whole number >= 1, got {bins!r}")
+    bins = int(bins)
+    if strategy == "uniform":
+        # [k/B, (k+1)/B), the last bin closed at 1
+        idx = np.minimum((p * bins).astype(np.int64), bins - 1)
+        return [np.flatnonzero(idx == b) for b in range(bins)]
+    if strategy == "quantile":
+        # equal mass: sort by (p, y) so ties split the same way whatever the input order
+        order = np.lexsort((y, p))
+        return list(np.array_split(order, min(bins, len(p))))
+    raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
+
+
+def reliability_curve(y_true, p, bins: int = ECE_BINS, strategy: str = "uniform") -> dict:
+    """Observed positive fraction against mean predicted P(positive), per bin.
+
+    y_true: (N,) 0/1, 1 = positive; p: (N,) P(positive) in [0, 1].
+    strategy "uniform": `bins` equal-width bins [k/B, (k+1)/B) (the last one closed);
+    "quantile": `bins` equal-mass bins of consecutive sorted scores (Nixon et al. 2019), sizes
+    differing by at most one. Empty bins are left out.
+    Returns {"strategy", "bins", "lower", "upper", "count", "mean_p", "fraction_positive"}, lists
+    of equal length (lower/upper: the bin's edges for uniform bins, its smallest/largest score
+    for quantile bins). Raises ValueError for mismatched or out-of-range input.
+    """
+    y, q = _binary_inputs(y_true, p)
+    out = {"strategy": strategy, "bins": int(bins), "lower": [], "upper": [], "count": [], "mean_p": [],
+           "fraction_positive": []}
+    for b, members in enumerate(_bin_members(q, y, bins, strategy)):
+        if members.size == 0:
+            continue
+        if strategy == "uniform":
+            lo, hi = b / bins, (b + 1) / bins
+        else:
+            lo, hi = float(q[members].min()), float(q[members].max())
+        out["lower"].append(lo)
+        out["upper"].append(hi)
+        out["count"].append(int(members.size))
+        out["mean_p"].append(float(q[members].mean()))
+        out["fraction_positive"].append(float(y[members].mean()))
+    return out
+
+
+def expected_calibration_error(y_true, p, bins: int = ECE_BINS, strategy: str = "uniform") -> float:
+    """Expected calibration error of P(positive): sum over bins of (n_b / N) * |fraction_b - mean_p_b|.
+
+    y_true: (N,) 0/1, 1 = positive; p: (N,) P(positive) in [0, 1]; bins, strategy: as in
+    `reliability_curve` (15 equal-width bins by default, after Guo et al. 2017; "quantile" for the
+    equal-mass variant). Measured on P(positive), the number the device reports (like scikit-learn's
+    calibration_curve), not on the top-label confidence Guo et al. use. Returns a float in [0, 1].
+    """
+    curve = reliability_curve(y_true, p, bins, strategy)
+    n = sum(curve["count"])
+    return float(sum(c / n * abs(f - m) for c, f, m in
+                     zip(curve["count"], curve["fraction_positive"], curve["mean_p"])))
+
+
+def brier_score(y_true, p) -> float:
+    """Brier score of P(positive): mean of (p - y)^2 over the N samples (Brier 1950); 0 is perfect.
+
+    y_true: (N,) 0/1, 1 = positive; p: (N,) P(positive) in [0, 1]. Returns a float in [0, 1].
+    """
+    y, q = _binary_inputs(y_true, p)
+    return float(np.mean((q - y) ** 2))
+
+
+def plot_reliability(path: str | os.PathLike, curves: Mapping[str, tuple], bins: int = ECE_BINS,
+                     strategy: str = "uniform", title: str | None = None) -> Path:
+    """Reliability diagram PNG: one line per named (y_true, p) pair, the diagonal, and a histogram of p.
+
+    curves: {name: (y_true 0/1, p)}, e.g. {"before (T=1)": (y, p_raw), "after (T=1.8)": (y, p_cal)};
+    the legend gives each curve's ECE and Brier score. Written atomically; matplotlib (Agg) is
+    imported only here. Returns the path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from leukedge.edge.files import atomic_path
+
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for name, (y, p) in curves.items():
+        c = reliability_curve(y, p, bins, strategy)
+        ece = expected_calibration_error(y, p, bins, strategy)
+        line, = ax.plot(c["mean_p"], c["fraction_positive"], marker="o", markersize=4,
+                        label=f"{name}: ECE {ece:.3f}, Brier {brier_score(y, p):.3f}")
+        hist.hist(np.asarray(p, dtype=np.float64), bins=bins if strategy == "uniform" else 30, range=(0, 1),
+                  histtype="step", color=line.get_color())
+    ax.set_ylabel("observed fraction positive")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title or f"Reliability ({bins} {'equal-width' if strategy == 'uniform' else 'equal-mass'} bins)")
+    ax.legend(fontsize=8, loc="upper left")
+    hist.set_xlabel("predicted P(positive)")
+    hist.set_ylabel("cells")
+    hist.set_yscale("log")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+# -- temperature scaling ------------------------------------------------------------------------------
+
+def _logits_and_labels(logits, y_true) -> tuple[np.ndarray, np.ndarray]:
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y_true)
+    if z.ndim != 2 or z.shape[1] < 2:
+        raise ValueError(f"logits must be (N, K) with K >= 2, got shape {z.shape}")
+    if y.shape != (z.shape[0],):
+        raise ValueError(f"y_true must be ({z.shape[0]},) class indices, got shape {y.shape}")
+    if z.shape[0] == 0:
+        raise ValueError("no samples")
+    if not np.isfinite(z).all():
+        raise ValueError("logits must be finite")
+    if not np.issubdtype(y.dtype, np.integer) and not np.array_equal(y, np.round(y)):
+        raise ValueError("y_true must hold class indices")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= z.shape[1]:
+        raise ValueError(f"y_true must lie in 0..{z.shape[1] - 1}")
+    return z, y
+
+
+def negative_log_likelihood(logits, y_true, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood -mean(log softmax(logits / T)[y]) in nats.
+
+    logits: (N, K) pre-softmax outputs; y_true: (N,) class indices; temperature: T > 0.
+    """
+    z, y = _logits_and_labels(logits, y_true)
+    zt = z / float(temperature)
+    m = zt.max(axis=1, keepdims=True)
+    log_norm = (m + np.log(np.exp(zt - m).sum(axis=1, keepdims=True)))[:, 0]
+    return float(np.mean(log_norm - zt[np.arange(len(y)), y]))
+
+
+def fit_temperature(logits, y_true, bounds: tuple[float, float] = (0.05, 20.0), tol: float = 1e-7) -> float:
+    """Temperature T that minimises the negative log-likelihood of softmax(logits / T) on a split.
+
+    Why: modern networks are over-confident; dividing the logits by one scalar T > 0 fitted on
+    held-out data (the validation split) repairs most of the miscalibration without changing any
+    ranking or accuracy (temperature scaling, Guo et al. 2017, "On Calibration of Modern Neural
+    Networks", ICML). NLL is the proper scoring rule they fit it with.
+
+    logits: (N, K) pre-softmax outputs of the model being calibrated (one fit per variant: an int8
+    model's logits differ from its float parent's); y_true: (N,) class indices.
+    bounds: the search range of T. Method: golden-section search on log T (no scipy). NLL is convex
+    in 1/T (a log-sum-exp of linear functions minus a linear one), hence unimodal in log T, so the
+    search finds the global minimum within the bounds; `tol` is the final bracket width in log T.
+    Returns T (float). A split the model separates perfectly drives T towards the lower bound,
+    which is then returned. Raises ValueError for bad shapes, labels or bounds.
+    """
+    z, y = _logits_and_labels(logits, y_true)
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not 0 < lo < hi or not math.isfinite(hi):
+        raise ValueError(f"bounds must satisfy 0 < low < high, got {bounds!r}")
+    rows = np.arange(len(y))
+    target = z[rows, y]
+
+    def nll(u: float) -> float:
+        t = math.exp(u)
+        zt = z / t
+        m = zt.max(axis=1, keepdims=True)
+        return float(np.mean(m[:, 0] + np.log(np.exp(zt - m).sum(axis=1)) - target / t))
+
+    a, b = math.log(lo), math.log(hi)
+    inv_phi = (math.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - inv_phi * (b - a), a + inv_phi * (b - a)
+    fc, fd = nll(c), nll(d)
+    while b - a > tol:
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - inv_phi * (b - a)
+            fc = nll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + inv_phi * (b - a)
+            fd = nll(d)
+    u = (a + b) / 2.0
+    # the minimum may sit on an end of the range (e.g. perfectly separated data)
+    best = min((nll(u), u), (nll(math.log(lo)), math.log(lo)), (nll(math.log(hi)), math.log(hi)))
+    return float(math.exp(best[1]))
+
+
+def calibration_report(logits, y_true, temperature: float, positive_index: int = 1,
+                       bins: int = ECE_BINS) -> dict:
+    """Calibration figures before (T = 1) and after (T = temperature) for a card or report.
+
+    logits: (N, 2) pre-softmax outputs; y_true: (N,) class indices; positive_index: the positive
+    class. Returns {"method", "temperature", "n", "bins", "nll_before", "nll_after", "ece_before",
+    "ece_after", "ece_quantile_before", "ece_quantile_after", "brier_before", "brier_after"}
+    (ECE with `bins` equal-width and equal-mass bins on P(positive)). The caller adds which split it
+    was measured on.
+    """
+    z, y = _logits_and_labels(logits, y_true)
+    is_pos = (y == positive_index).astype(np.int64)
+    out = {"method": "temperature scaling (Guo et al. 2017), NLL fit", "temperature": float(temperature),
+           "n": int(len(y)), "bins": int(bins)}
+    for tag, t in (("before", 1.0), ("after", float(temperature))):
+        p = p_positive_from_logits(z, positive_index, t)
+        out[f"nll_{tag}"] = negative_log_likelihood(z, y, t)
+        out[f"ece_{tag}"] = expected_calibration_error(is_pos, p, bins, "uniform")
+        out[f"ece_quantile_{tag}"] = expected_calibration_error(is_pos, p, bins, "quantile")
+        out[f"brier_{tag}"] = brier_score(is_pos, p)
+    return out
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def threshold_on_calibrated_scale(threshold: float, temperature: float, logits=None,
+                                  positive_index: int = 1) -> float:
+    """Re-express a threshold on P = softmax(logits) as one on P_T = softmax(logits / T), same decisions.
+
+    For two classes P(positive) = sigmoid(d), d = logit_pos - logit_neg, and P_T = sigmoid(d / T).
+    Both increase with d, so  sigmoid(d) >= t  <=>  d >= logit(t)  <=>  sigmoid(d / T) >= sigmoid(logit(t) / T).
+    threshold: t on the uncalibrated scale, in [0, 1] (0 and 1 map to themselves);
+    temperature: T > 0.
+    logits: optional (N, 2) outputs the threshold was chosen on (the validation split). When given,
+    the result is checked against them with the device's arithmetic (`softmax` in float64 and
+    `decide`) and, if rounding would flip a cell lying exactly on the threshold, moved onto the
+    nearest calibrated score that keeps every decision. Raises ValueError when no threshold can
+    (two cells with different decisions round to the same calibrated score).
+    Returns the calibrated threshold (float).
+    """
+    t = float(threshold)
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
+    temp = float(temperature)
+    if not math.isfinite(temp) or temp <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if 0.0 < t < 1.0:
+        t_cal = _sigmoid((math.log(t) - math.log1p(-t)) / temp)
+    else:
+        t_cal = t
+    if logits is None:
+        return t_cal
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] != 2:
+        raise ValueError(f"logits must be (N, 2), got shape {z.shape}")
+    before = np.asarray(decide(p_positive_from_logits(z, positive_index, 1.0), t), dtype=bool)
+    p_cal = np.atleast_1d(p_positive_from_logits(z, positive_index, temp))
+    if np.array_equal(np.asarray(decide(p_cal, t_cal), dtype=bool), before):
+        return t_cal
+    if before.any() and t_cal > p_cal[before].min():
+        t_cal = float(p_cal[before].min())
+    if (~before).any() and t_cal <= p_cal[~before].max():
+        t_cal = float(np.nextafter(p_cal[~before].max(), np.inf))
+    changed = int((np.asarray(decide(p_cal, t_cal), dtype=bool) != before).sum())
+    if changed:
+        raise ValueError(f"no threshold on the calibrated scale (T={temp:g}) keeps all decisions: "
+                         f"{changed} cells tie across it after rounding")
+    return t_cal
+
+
+# -- bootstrap ------------------------------------------------------------------------------------------
+
+def _units(y_true, groups) -> list[list[np.ndarray]]:
+    """Resampling units per stratum: one list per class of index arrays (an image, or a subject)."""
+    y = np.asarray(y_true)
+    if y.ndim != 1 or y.size == 0:
+        raise ValueError(f"y_true must be a non-empty 1-d array, got shape {y.shape}")
+    if groups is None:
+        return [[np.flatnonzero(y == c)] for c in np.unique(y)]
+    g = np.asarray(groups)
+    if g.shape != y.shape:
+        raise ValueError(f"groups must have one entry per sample, got {g.shape} for {y.shape}")
+    keys, inverse = np.unique(g, return_inverse=True)
+    members = [np.flatnonzero(inverse == i) for i in range(len(keys))]
+    # a subject's stratum is its majority class (C-NMC subjects are single-class); it stays whole
+    strata: dict = {}
+    for m in members:
+        vals, counts = np.unique(y[m], return_counts=True)
+        strata.setdefault(vals[np.argmax(counts)], []).append(m)
+    return [strata[c] for c in sorted(strata)]
+
+
+def _resample_indices(units: list[list[np.ndarray]], rng: np.random.Generator, by_group: bool) -> np.ndarray:
+    parts = []
+    for stratum in units:
+        if not by_group:
+            idx = stratum[0]
+            parts.append(idx[rng.integers(0, len(idx), len(idx))])
+        else:
+            draw = rng.integers(0, len(stratum), len(stratum))
+            parts.extend(stratum[i] for i in draw)
+    return np.concatenate(parts)
+
+
+def _bootstrap_matrix(fn: Callable[[np.ndarray], Sequence[float | None]], y_true, groups, n_resamples: int,
+                      seed: int) -> np.ndarray:
+    """(n_resamples, m) values of fn(indices) on seeded stratified resamples; None becomes NaN."""
+    if int(n_resamples) != n_resamples or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a whole number >= 1, got {n_resamples!r}")
+    units = _units(y_true, groups)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(int(n_resamples)):
+        idx = _resample_indices(units, rng, groups is not None)
+        rows.append([np.nan if v is None else float(v) for v in fn(idx)])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _percentile(values: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return None, None
+    low, high = np.quantile(v, [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0])
+    return float(low), float(high)
+
+
+def bootstrap_ci(metric_fn: Callable[..., float | None], y_true, *arrays, groups=None, n_resamples: int = 1000,
+                 seed: int = 0, confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval of metric_fn(y_true, *arrays).
+
+    y_true: (N,) class indices; arrays: per-sample arrays of length N (scores or decisions), passed
+    to metric_fn resampled with y_true. groups: (N,) subject ids or None.
+    With groups, whole subjects are resampled with replacement within each class (a subject's class
+    is its majority class; C-NMC subjects are single-class), so cells of one subject, which are not
+    independent, stay together. Without, images are resampled within each class. Either way every
+    resample keeps the split's class balance. One numpy Generator seeded with `seed` draws all
+    resamples, so the same seed gives the same interval.
+    metric_fn returns a float, or None where undefined (such resamples are left out).
+    Returns (low, high) at `confidence` (percentiles (1-c)/2 and (1+c)/2), or (None, None) if no
+    resample gave a value.
+    """
+    y = np.asarray(y_true)
+    arrs = [np.asarray(a) for a in arrays]
+    for a in arrs:
+        if len(a) != len(y):
+            raise ValueError(f"every array needs one entry per sample: {len(a)} vs {len(y)}")
+    vals = _bootstrap_matrix(lambda idx: [metric_fn(y[idx], *(a[idx] for a in arrs))], y, groups,
+                             n_resamples, seed)
+    return _percentile(vals[:, 0], confidence)
+
+
+def paired_bootstrap_diff(metric_fn: Callable[..., float | None], y_true, a, b, groups=None,
+                          n_resamples: int = 1000, seed: int = 0,
+                          confidence: float = 0.95) -> tuple[float, float | None, float | None]:
+    """Difference metric(y, a) - metric(y, b) with a paired percentile bootstrap interval.
+
+    a: the variant's per-sample scores or decisions, b: its parent's, on the same N samples.
+    Both are scored on the very same resamples (drawn as in `bootstrap_ci`), so what the two share
+    cancels and the interval is much narrower than two separate intervals would suggest.
+    Returns (point, low, high); point is on the full set. A gate on a drop budget fails the variant
+    when low < -budget (the worst plausible drop exceeds it).
+    """
+    y, xa, xb = np.asarray(y_true), np.asarray(a), np.asarray(b)
+    if not len(xa) == len(xb) == len(y):
+        raise ValueError(f"y_true, a and b differ in length: {len(y)}, {len(xa)}, {len(xb)}")
+
+    def diff(yy, aa, bb):
+        ma, mb = metric_fn(yy, aa), metric_fn(yy, bb)
+        return None if ma is None or mb is None else ma - mb
+
+    point = diff(y, xa, xb)
+    vals = _bootstrap_matrix(lambda idx: [diff(y[idx], xa[idx], xb[idx])], y, groups, n_resamples, seed)
+    low, high = _percentile(vals[:, 0], confidence)
+    return (None if point is None else float(point)), low, high
+
+
+def _report(y, p, threshold, positive) -> dict:
+    from leukedge.metrics import report_at_threshold
+
+    rep = report_at_threshold(y, p, threshold, positive=positive)
+    rep["precision"] = rep["per_class"][rep["labels"][positive]]["precision"]
+    return rep
+
+
+_BOOTSTRAP_METRICS = ("f1_positive", "weighted_f1", "auroc")
+_DIFF_METRICS = ("f1_positive", "sensitivity", "weighted_f1", "auroc")
+
+
+def screening_intervals(y_true, p_positive, threshold: float, groups=None, positive: int = 1,
+                        n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """Every interval a screening report gives, for results.json, cards and train/optimize reports.
+
+    y_true: (N,) class indices; p_positive: (N,) calibrated P(positive); threshold on the same scale;
+    groups: (N,) subject ids (C-NMC) or None (images). Wilson intervals for sensitivity,
+    specificity and precision (k/n counts from the confusion matrix); percentile bootstrap (see
+    `bootstrap_ci`) for F1 of the positive class, weighted F1 and AUROC, all three on the same
+    resamples. Returns
+    {"confidence", "bootstrap": {"n_resamples", "seed", "unit": "subject"|"image", "stratified_by": "class",
+     "interval": "percentile"},
+     "sensitivity"|"specificity"|"precision": {"value", "low", "high", "k", "n", "method": "wilson"},
+     "f1_positive"|"weighted_f1"|"auroc": {"value", "low", "high", "method": "bootstrap"}}.
+    """
+    y = np.asarray(y_true)
+    p = np.asarray(p_positive, dtype=np.float64)
+    if p.shape != y.shape:
+        raise ValueError(f"y_true and p_positive differ in shape: {y.shape} vs {p.shape}")
+    rep = _report(y, p, threshold, positive)
+    cm = np.asarray(rep["confusion_matrix"])
+    neg = 1 - positive
+    tp, fn, fp, tn = int(cm[positive, positive]), int(cm[positive, neg]), int(cm[neg, positive]), int(cm[neg, neg])
+    out: dict = {"confidence": float(confidence),
+                 "bootstrap": {"n_resamples": int(n_resamples), "seed": int(seed),
+                               "unit": "image" if groups is None else "subject", "stratified_by": "class",
+                               "interval": "percentile"}}
+    for name, k, n in (("sensitivity", tp, tp + fn), ("specificity", tn, tn + fp), ("precision", tp, tp + fp)):
+        low, high = wilson_interval(k, n, confidence)
+        out[name] = {"value": k / n if n else None, "low": low, "high": high, "k": k, "n": n, "method": "wilson"}
+
+    def fn_(idx):
+        r = _report(y[idx], p[idx], threshold, positive)
+        return [r[m] for m in _BOOTSTRAP_METRICS]
+
+    mat = _bootstrap_matrix(fn_, y, groups, n_resamples, seed)
+    for j, name in enumerate(_BOOTSTRAP_METRICS):
+        low, high = _percentile(mat[:, j], confidence)
+        out[name] = {"value": rep[name], "low": low, "high": high, "method": "bootstrap"}
+    return out
+
+
+def paired_differences(y_true, p_variant, threshold_variant: float, p_parent, threshold_parent: float,
+                       groups=None, positive: int = 1, n_resamples: int = 1000, seed: int = 0,
+                       confidence: float = 0.95) -> dict:
+    """Variant minus parent for F1 (positive class), sensitivity, weighted F1 and AUROC, paired bootstrap.
+
+    Both models scored on the same N samples (each at its own threshold, each on its own calibrated
+    scale). Returns {"confidence", "bootstrap": {...}, metric: {"point", "low", "high"}}; for
+    `optimize --gate ci`, a variant fails a drop budget B on a metric when its "low" < -B.
+    """
+    y = np.asarray(y_true)
+    pv, pp = np.asarray(p_variant, dtype=np.float64), np.asarray(p_parent, dtype=np.float64)
+    if not pv.shape == pp.shape == y.shape:
+        raise ValueError(f"y_true, p_variant and p_parent differ in shape: {y.shape}, {pv.shape}, {pp.shape}")
+
+    def diffs(idx):
+        rv = _report(y[idx], pv[idx], threshold_variant, positive)
+        rp = _report(y[idx], pp[idx], threshold_parent, positive)
+        return [None if rv[m] is None or rp[m] is None else rv[m] - rp[m] for m in _DIFF_METRICS]
+
+    full = diffs(np.arange(len(y)))
+    mat = _bootstrap_matrix(diffs, y, groups, n_resamples, seed)
+    out: dict = {"confidence": float(confidence),
+                 "bootstrap": {"n_resamples": int(n_resamples), "seed": int(seed),
+                               "unit": "image" if groups is None else "subject", "stratified_by": "class",
+                               "interval": "percentile", "paired": True}}
+    for j, name in enumerate(_DIFF_METRICS):
+        low, high = _percentile(mat[:, j], confidence)
+        out[name] = {"point": full[j], "low": low, "high": high}
+    return out
+
+
+def subject_level(y_true, p_positive, threshold: float, groups, positive: int = 1,
+                  confidence: float = 0.95) -> dict:
+    """Per-subject flagged fraction and how well it separates subjects (AUROC across subjects).
+
+    y_true: (N,) class indices; p_positive: (N,) calibrated P(positive); groups: (N,) subject ids.
+    A subject's true class is its majority class. Returns {"subjects": [{"subject", "label", "cells",
+    "flagged", "flagged_fraction", "flagged_low", "flagged_high" (Wilson), "mean_p_positive"}...],
+    "n_subjects", "auroc_flagged_fraction", "auroc_mean_p"} (AUROC None when a class has no subject).
+    """
+    from leukedge.metrics import auroc
+
+    y = np.asarray(y_true)
+    p = np.asarray(p_positive, dtype=np.float64)
+    g = np.asarray(groups)
+    if not y.shape == p.shape == g.shape:
+        raise ValueError(f"y_true, p_positive and groups differ in shape: {y.shape}, {p.shape}, {g.shape}")
+    flagged = np.asarray(decide(p, threshold), dtype=bool)
+    rows = []
+    for key in np.unique(g):
+        m = g == key
+        vals, counts = np.unique(y[m], return_counts=True)
+        n, k = int(m.sum()), int(flagged[m].sum())
+        low, high = wilson_interval(k, n, confidence)
+        rows.append({"subject": key.item() if hasattr(key, "item") else key, "label": int(vals[np.argmax(counts)]),
+                     "cells": n, "flagged": k, "flagged_fraction": k / n, "flagged_low": low, "flagged_high": high,
+                     "mean_p_positive": float(p[m].mean())})
+    is_pos = [r["label"] == positive for r in rows]
+    return {"subjects": rows, "n_subjects": len(rows),
+            "auroc_flagged_fraction": auroc(is_pos, [r["flagged_fraction"] for r in rows]),
+            "auroc_mean_p": auroc(is_pos, [r["mean_p_positive"] for r in rows])}
