@@ -1,0 +1,166 @@
+"""Golden set (workstation) and device self-test, on the tiny float32 and int8 TFLite models."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from leukedge.edge.classifier import Classifier
+from leukedge.edge.selftest import golden_path_for, load_golden, output_quantization, self_test
+from leukedge.optimize.golden import GoldenError, make_golden
+
+
+def _copy_model(src: Path, dest_dir: Path) -> Path:
+    """The model and every card-like file beside it (`int8.json`, `int8.tflite.json`) into dest_dir."""
+    for f in src.parent.glob(f"{src.stem}.*"):
+        shutil.copy2(f, dest_dir / f.name)
+    return dest_dir / src.name
+
+
+@pytest.fixture(params=["float32", "int8"])
+def golden_model(request, tiny_models, tmp_path):
+    """(classifier, golden entry) for a private copy of a tiny model, its golden set made."""
+    path = _copy_model(tiny_models[request.param], tmp_path)
+    clf = Classifier.load(path)
+    entry = make_golden(clf, n=12, seed=3)
+    clf.card.golden = entry  # the card field (schema 2); plain attribute until then
+    return clf, entry
+
+
+def _rewrite(path: Path, **arrays) -> str:
+    """Rewrite some arrays of a golden .npz; returns the new file's SHA-256."""
+    with np.load(path, allow_pickle=False) as z:
+        content = {k: z[k] for k in z.files}
+    content.update(arrays)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **content)
+    path.write_bytes(buf.getvalue())
+    return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def test_golden_set_spans_both_classes_with_margin_and_passes(golden_model):
+    clf, entry = golden_model
+    path = golden_path_for(clf.model_path)
+    assert entry["file"] == path.name and entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    meta, inputs, p = load_golden(path, entry["sha256"])
+    assert entry["n"] == len(inputs) == 12
+    assert inputs.dtype == np.dtype(clf.interpreter.get_input_details()[0]["dtype"])
+    assert entry["positives"] >= 1 and entry["negatives"] >= 1
+    thr = entry["threshold"]
+    assert np.all(np.abs(p - thr) >= entry["margin"] - 1e-6)
+    assert entry["margin"] >= 3 * entry["tolerance"]["max_abs_delta_p"]
+    kind, scale = output_quantization(clf)
+    assert entry["output_kind"] == kind and meta["output_kind"] == kind
+    if kind == "integer":
+        assert entry["tolerance"]["max_abs_delta_p"] == pytest.approx(2 * scale)
+    else:
+        assert entry["tolerance"]["max_abs_delta_p"] == pytest.approx(1e-4)
+    assert all(not s.startswith("/") for s in meta["sources"])  # descriptions, never file paths
+    rep = self_test(clf)
+    assert rep.ok, rep.message
+    assert rep.n == 12 and rep.agreement == 1.0 and rep.max_abs_delta_p <= rep.tolerance
+    assert "passed" in rep.message and "\n" not in rep.message
+
+
+def test_golden_set_is_reproducible_from_the_seed(golden_model, tmp_path):
+    clf, entry = golden_model
+    again = make_golden(clf, tmp_path / "again.npz", n=12, seed=3)
+    a = np.load(golden_path_for(clf.model_path))["inputs"]
+    b = np.load(tmp_path / "again.npz")["inputs"]
+    assert np.array_equal(a, b)
+    other = make_golden(clf, tmp_path / "other.npz", n=12, seed=4)
+    assert not np.array_equal(a, np.load(tmp_path / "other.npz")["inputs"])
+    assert again["n"] == other["n"] == 12
+
+
+def test_tampered_golden_file_is_refused(golden_model):
+    clf, _ = golden_model
+    path = golden_path_for(clf.model_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    rep = self_test(clf)
+    assert not rep.ok and "SHA-256" in rep.message and path.name in rep.message
+
+
+def test_outputs_beyond_tolerance_fail_and_within_pass(golden_model):
+    clf, entry = golden_model
+    path = golden_path_for(clf.model_path)
+    with np.load(path) as z:
+        p = z["p_positive"].copy()
+    tol = entry["tolerance"]["max_abs_delta_p"]
+    # just inside the tolerance: still a pass (the margin keeps every decision)
+    shift = np.where(p >= entry["threshold"], -1.0, 1.0).astype(np.float32) * np.float32(0.9 * tol)
+    entry["sha256"] = _rewrite(path, p_positive=(p + shift).astype(np.float32))
+    rep = self_test(clf)
+    assert rep.ok, rep.message
+    # one output moved by 1.5x the tolerance: fails on |dP| although every decision still agrees
+    q = p.copy()
+    q[0] += np.float32(1.5 * tol) * (1 if q[0] < 0.5 else -1)
+    entry["sha256"] = _rewrite(path, p_positive=q)
+    rep = self_test(clf)
+    assert not rep.ok and rep.agreement == 1.0 and rep.max_abs_delta_p > rep.tolerance
+    assert "FAILED" in rep.message
+
+
+def test_flipped_decision_fails(golden_model):
+    clf, entry = golden_model
+    path = golden_path_for(clf.model_path)
+    with np.load(path) as z:
+        p = z["p_positive"].copy()
+    p[1] = 1.0 - p[1] if abs((1.0 - p[1]) - entry["threshold"]) > 0.01 else p[1] + 0.5
+    entry["sha256"] = _rewrite(path, p_positive=p.astype(np.float32))
+    rep = self_test(clf)
+    assert not rep.ok and rep.agreement < 1.0
+
+
+def test_missing_golden_set_is_reported(golden_model):
+    clf, _ = golden_model
+    golden_path_for(clf.model_path).unlink()
+    rep = self_test(clf)
+    assert not rep.ok and "not found" in rep.message
+    clf.card.golden = None
+    rep = self_test(clf)
+    assert not rep.ok and "no golden set" in rep.message
+
+
+def test_golden_set_of_another_model_is_refused(tiny_models, tmp_path):
+    f32 = Classifier.load(_copy_model(tiny_models["float32"], tmp_path))
+    i8 = Classifier.load(_copy_model(tiny_models["int8"], tmp_path))
+    entry = make_golden(f32, n=4)
+    rep = self_test(i8, golden=dict(entry, file=Path(entry["file"]).name))
+    assert not rep.ok and "different model" in rep.message
+
+
+def test_golden_survives_a_card_round_trip(tiny_models, tmp_path):
+    from leukedge.edge.card import ModelCard
+
+    if "golden" not in ModelCard.__dataclass_fields__:
+        pytest.skip("ModelCard has no 'golden' field yet (card schema 2)")
+    from leukedge.edge.card import card_path_for
+
+    path = _copy_model(tiny_models["int8"], tmp_path)
+    clf = Classifier.load(path)
+    clf.card.golden = make_golden(clf, n=6)
+    clf.card.save(card_path_for(path))
+    rep = self_test(Classifier.load(path))
+    assert rep.ok, rep.message
+
+
+def test_too_small_golden_set_is_an_error(golden_model, tmp_path):
+    clf, _ = golden_model
+    with pytest.raises(GoldenError, match="n >= 2"):
+        make_golden(clf, tmp_path / "g.npz", n=1)
+
+
+def test_golden_meta_is_json_without_pickles(golden_model):
+    clf, _ = golden_model
+    with np.load(golden_path_for(clf.model_path), allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"][()]))
+    assert meta["schema"] == "leukedge.golden" and meta["model_sha256"] == clf.card.model_sha256
