@@ -32,23 +32,61 @@ _CANDIDATES = (
 )
 
 
+def _import_failure(name: str, exc: BaseException, printed: str) -> str:
+    """One line for a runtime that failed to import, naming the fix where one is known."""
+    text = f"{type(exc).__name__}: {exc}".strip()
+    both = f"{text} {printed}"
+    if "_ARRAY_API" in both or "numpy.core.multiarray" in both or "compiled using NumPy 1" in both:
+        return f"{name}: built for NumPy 1.x but NumPy {_numpy_version()} is installed; fix: pip install 'numpy<2'"
+    if any(k in both for k in ("GLIBC", "undefined symbol", "wrong ELF class", "cannot open shared object",
+                               "invalid ELF header", "Exec format error", "illegal instruction")):
+        first = " ".join(text.split())[:200]
+        return (f"{name}: binary not compatible with this system ({first}); fix: pip install --force-reinstall "
+                f"the wheel built for this CPU and Python")
+    if isinstance(exc, ModuleNotFoundError):
+        return f"{name}: not installed"
+    return f"{name}: " + " ".join(text.split())[:200]
+
+
+def _numpy_version() -> str:
+    try:
+        import numpy
+
+        return numpy.__version__
+    except Exception:  # noqa: BLE001 - only for the message
+        return "2.x"
+
+
 def find_runtime(prefer: str | None = None) -> Runtime:
+    """The first TFLite runtime that imports: ai-edge-litert, then tflite-runtime, then TensorFlow.
+
+    prefer: only try this one (a name from `_CANDIDATES`). Any failure while importing one
+    (missing, NumPy 1/2 ABI mismatch, wrong CPU or glibc, a crash in its init) is caught, and
+    what the module printed while failing is swallowed, so the user sees one line.
+    Raises ModelError naming each runtime tried and the fix (e.g. pip install 'numpy<2'
+    for tflite-runtime under NumPy 2); the CLI turns it into exit 2.
+    """
+    import contextlib
+    import io
+
     errors = []
     for name, module, top in _CANDIDATES:
         if prefer and name != prefer:
             continue
+        printed = io.StringIO()
         try:
-            mod = importlib.import_module(module)
-        except ImportError as exc:
-            errors.append(f"{name}: {exc}")
+            with contextlib.redirect_stderr(printed):
+                mod = importlib.import_module(module)
+                interp = getattr(mod, "Interpreter")
+                version = getattr(importlib.import_module(top), "__version__", "unknown")
+        except Exception as exc:  # noqa: BLE001 - binary incompatibility shows up as any exception type
+            errors.append(_import_failure(name, exc, printed.getvalue()))
             continue
-        interp = getattr(mod, "Interpreter")
-        version = getattr(importlib.import_module(top), "__version__", "unknown")
         return Runtime(name, str(version), interp)
+    fixes = [e for e in errors if "fix:" in e]
     raise ModelError(
-        "no TFLite runtime found; install one: pip install ai-edge-litert "
-        "(or tflite-runtime on older devices). Tried: " + "; ".join(errors)
-    )
+        "no usable TFLite runtime: " + "; ".join(fixes or errors)
+        + ("" if fixes else "; install one: pip install ai-edge-litert (or tflite-runtime on older devices)"))
 
 
 def default_threads() -> int:
