@@ -5,8 +5,9 @@ Every optimized model ships `<model file>.golden.npz` (written by
 a few input tensors exactly as the model takes them and the outputs the workstation
 measured. Integer kernels differ between CPU architectures (x86 vs the Pi's aarch64), so
 this is how a device proves that it computes what was validated. Rule (issue 14): the
-same decisions at the card's threshold, and |dP(positive)| <= 2 output quantization steps
-for integer outputs, <= 1e-4 for float outputs.
+same decisions at the card's threshold, and every model output within 2 output quantization
+steps for integer outputs, within 1e-4 for float outputs (for a probability-output model the
+output is P itself; for a logit model the rule applies to the logits, and P is reported).
 
 Runs on the device: numpy and the classifier only, never TensorFlow.
 """
@@ -24,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .decision import decide
+
 GOLDEN_SCHEMA = "leukedge.golden"
 GOLDEN_SCHEMA_VERSION = 1
 OUTPUT_STEPS = 2  # integer outputs: allowed |dP| in output quantization steps (issue 14)
@@ -36,45 +39,39 @@ def golden_path_for(model_path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".golden.npz")
 
 
-def decide(p_positive, threshold: float):
-    """The project's decision rule, p >= threshold (leukedge.edge.decision once it exists)."""
-    try:
-        from .decision import decide as _decide
-    except ImportError:
-        return np.asarray(p_positive) >= threshold
-    return _decide(p_positive, threshold)
-
-
 def output_quantization(clf) -> tuple[str, float]:
     """("integer", scale) for a model with a quantized output tensor, else ("float", 0.0).
 
-    Read from the classifier's runtime backend (`clf.backend.output_dtype/output_quantization`)
-    or, for the plain TFLite classifier, from its interpreter's output details.
+    Read from the classifier's runtime backend (`clf.backend.output_dtype/output_quantization`),
+    so it holds for every runtime the classifier can use.
     """
-    backend = getattr(clf, "backend", None)
-    if backend is not None and hasattr(backend, "output_dtype"):
-        dtype, q = np.dtype(backend.output_dtype), tuple(backend.output_quantization)
-    else:
-        det = clf.interpreter.get_output_details()[0]
-        dtype, q = np.dtype(det["dtype"]), tuple(det.get("quantization", (0.0, 0)))
+    dtype, q = np.dtype(clf.backend.output_dtype), tuple(clf.backend.output_quantization)
     if np.issubdtype(dtype, np.integer) and q and float(q[0]) > 0:
         return "integer", float(q[0])
     return "float", 0.0
 
 
 def tolerance_for(output_kind: str, output_scale: float) -> dict[str, Any]:
-    """The allowed |dP|: {"max_abs_delta_p": float, "output_steps": 2 or None}; rule of issue 14."""
+    """The allowed difference of each model output (dequantized), rule of issue 14:
+    {"max_abs_delta": 2 * scale for integer outputs, 1e-4 for float; "output_steps": 2 or None}."""
     if output_kind == "integer":
-        return {"max_abs_delta_p": OUTPUT_STEPS * float(output_scale), "output_steps": OUTPUT_STEPS}
-    return {"max_abs_delta_p": FLOAT_TOLERANCE, "output_steps": None}
+        return {"max_abs_delta": OUTPUT_STEPS * float(output_scale), "output_steps": OUTPUT_STEPS}
+    return {"max_abs_delta": FLOAT_TOLERANCE, "output_steps": None}
+
+
+def raw_outputs(clf, x: np.ndarray) -> np.ndarray:
+    """The model's own output for one prepared tensor (dequantized; logits for a logit model), (labels,)."""
+    fn = getattr(clf, "raw_output", None) or clf.probabilities
+    return np.asarray(fn(x), dtype=np.float32)
 
 
 @dataclass
 class SelfTestReport:
     """Outcome of `self_test`. agreement: share of golden inputs whose decision matches (0..1);
-    max_abs_delta_p: largest |P_device - P_workstation| of the positive class; tolerance: the
-    allowed |dP|; max_delta_steps: the same in output quantization steps (integer outputs only);
-    message: one line for a person."""
+    max_abs_delta_p: largest |P_device - P_workstation| of the positive class; max_abs_delta_output:
+    largest difference of any model output (dequantized; = |dP| for a probability-output model);
+    tolerance: the allowed output difference; max_delta_steps: max_abs_delta_output in output
+    quantization steps (integer outputs only); message: one line for a person."""
 
     ok: bool
     n: int = 0
@@ -82,6 +79,7 @@ class SelfTestReport:
     max_abs_delta_p: float | None = None
     tolerance: float | None = None
     message: str = ""
+    max_abs_delta_output: float | None = None
     max_delta_steps: float | None = None
     golden_file: str | None = None
 
@@ -94,8 +92,8 @@ def _golden_entry(card) -> dict | None:
     return g if isinstance(g, dict) and g.get("file") else None
 
 
-def load_golden(path: str | os.PathLike, sha256: str | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Read a golden file; returns (meta, inputs (n,H,W,3), p_positive (n,) float32).
+def load_golden(path: str | os.PathLike, sha256: str | None = None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """Read a golden file; returns (meta, inputs (n,H,W,3), outputs (n,labels) float32, p_positive (n,) float32).
 
     Checks the file's SHA-256 against `sha256` when given. Raises ValueError with a one-line
     reason (missing file, hash mismatch, not a golden set).
@@ -115,16 +113,17 @@ def load_golden(path: str | os.PathLike, sha256: str | None = None) -> tuple[dic
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             meta = json.loads(str(z["meta"][()]))
-            inputs, p_pos = z["inputs"], z["p_positive"].astype(np.float32)
+            inputs, outputs = z["inputs"], z["outputs"].astype(np.float32)
+            p_pos = z["p_positive"].astype(np.float32)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise ValueError(f"golden set {p} is not a leukedge golden file: {exc}") from None
     if meta.get("schema") != GOLDEN_SCHEMA or not isinstance(meta.get("schema_version"), int):
         raise ValueError(f"golden set {p}: schema {meta.get('schema')!r} is not {GOLDEN_SCHEMA!r}")
     if meta["schema_version"] > GOLDEN_SCHEMA_VERSION:
         raise ValueError(f"golden set {p}: version {meta['schema_version']} is newer than this leukedge understands")
-    if inputs.ndim != 4 or len(inputs) != len(p_pos) or len(inputs) == 0:
-        raise ValueError(f"golden set {p}: inputs {inputs.shape} and outputs {p_pos.shape} do not match")
-    return meta, inputs, p_pos
+    if inputs.ndim != 4 or not len(inputs) == len(outputs) == len(p_pos) or len(inputs) == 0:
+        raise ValueError(f"golden set {p}: inputs {inputs.shape} and outputs {outputs.shape} do not match")
+    return meta, inputs, outputs, p_pos
 
 
 def self_test(clf, golden: dict | None = None) -> SelfTestReport:
@@ -145,41 +144,49 @@ def self_test(clf, golden: dict | None = None) -> SelfTestReport:
     if not entry.get("sha256"):
         return SelfTestReport(False, golden_file=str(path), message=f"{path}: the card gives no SHA-256 for the golden set")
     try:
-        meta, inputs, p_ref = load_golden(path, entry["sha256"])
+        meta, inputs, ref_out, p_ref = load_golden(path, entry["sha256"])
     except ValueError as exc:
         return SelfTestReport(False, golden_file=str(path), message=str(exc))
+
+    def refuse(problem: str) -> SelfTestReport:
+        return SelfTestReport(False, n=len(inputs), golden_file=str(path), message=f"{path}: {problem}")
+
     card = clf.card
     if meta.get("model_sha256") and card.model_sha256 and meta["model_sha256"] != card.model_sha256:
-        return SelfTestReport(False, golden_file=str(path),
-                              message=f"{path}: measured on a different model (SHA-256 {meta['model_sha256'][:12]}…, "
-                                      f"card says {card.model_sha256[:12]}…)")
+        return refuse(f"measured on a different model (SHA-256 {meta['model_sha256'][:12]}…, "
+                      f"card says {card.model_sha256[:12]}…)")
     kind, scale = output_quantization(clf)
     if kind != meta.get("output_kind"):
-        return SelfTestReport(False, golden_file=str(path),
-                              message=f"{path}: made for {meta.get('output_kind')} outputs, the model has {kind} outputs")
-    tol = tolerance_for(kind, scale)["max_abs_delta_p"]
+        return refuse(f"made for {meta.get('output_kind')} outputs, the model has {kind} outputs")
+    temperature = float(getattr(clf, "temperature", 1.0))
+    if card.output == "logits" and abs(float(meta.get("temperature", 1.0)) - temperature) > 1e-9:
+        return refuse(f"made with temperature {meta.get('temperature')}, the card says {temperature}; "
+                      "make the golden set after calibration")
+    tol = tolerance_for(kind, scale)["max_abs_delta"]
     threshold = float(meta.get("threshold", card.threshold))
     pos = card.positive_index
     n = len(inputs)
+    out = np.empty(ref_out.shape, dtype=np.float32)
     p_dev = np.empty(n, dtype=np.float32)
     try:
         for i in range(n):
+            out[i] = raw_outputs(clf, inputs[i:i + 1])
             p_dev[i] = clf.probabilities(inputs[i:i + 1])[pos]
     except (ValueError, RuntimeError, TypeError) as exc:
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return SelfTestReport(False, n=n, golden_file=str(path),
-                              message=f"{path}: the model cannot run the golden inputs {inputs.dtype} {inputs.shape[1:]}: {line}")
-    delta = np.abs(p_dev.astype(np.float64) - p_ref.astype(np.float64))
-    max_delta = float(delta.max())
+        return refuse(f"the model cannot run the golden inputs ({inputs.dtype} {inputs.shape[1:]}): {line}")
+    max_out = float(np.abs(out.astype(np.float64) - ref_out).max())
+    max_dp = float(np.abs(p_dev.astype(np.float64) - p_ref).max())
     same = np.asarray(decide(p_dev, threshold)) == np.asarray(decide(p_ref, threshold))
     agreement = float(same.mean())
-    steps = max_delta / scale if kind == "integer" else None
-    # 1e-9: P values are float32 multiples of the output scale; their difference can round past 2 steps
-    within = max_delta <= tol + 1e-9
-    ok = bool(within and same.all())
-    size = f"{steps:.1f} output steps, tolerance {OUTPUT_STEPS}" if steps is not None else f"tolerance {tol:g}"
-    verdict = "passed" if ok else "FAILED"
-    message = (f"self-test {verdict}: {int(same.sum())}/{n} decisions agree, max |dP| {max_delta:.6f} ({size}) "
-               f"on {path.name}")
-    return SelfTestReport(ok, n=n, agreement=agreement, max_abs_delta_p=max_delta, tolerance=tol, message=message,
-                          max_delta_steps=steps, golden_file=str(path))
+    steps = max_out / scale if kind == "integer" else None
+    # 1e-9: outputs are float32 multiples of the output scale; their difference can round past 2 steps
+    ok = bool(max_out <= tol + 1e-9 and same.all())
+    if steps is not None:
+        size = f"max output delta {steps:.1f} quantization steps (tolerance {OUTPUT_STEPS})"
+    else:
+        size = f"max output delta {max_out:.2g} (tolerance {tol:g})"
+    message = (f"self-test {'passed' if ok else 'FAILED'}: {int(same.sum())}/{n} decisions agree, "
+               f"max |dP| {max_dp:.6f}, {size}, golden set {path.name}")
+    return SelfTestReport(ok, n=n, agreement=agreement, max_abs_delta_p=max_dp, tolerance=tol, message=message,
+                          max_abs_delta_output=max_out, max_delta_steps=steps, golden_file=str(path))

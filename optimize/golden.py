@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from leukedge.edge.errors import LeukedgeError
+from leukedge.edge.decision import decide
 from leukedge.edge.files import write_bytes_atomic
-from leukedge.edge.selftest import (GOLDEN_SCHEMA, GOLDEN_SCHEMA_VERSION, decide, golden_path_for, output_quantization,
-                                    tolerance_for)
+from leukedge.edge.selftest import (GOLDEN_SCHEMA, GOLDEN_SCHEMA_VERSION, golden_path_for, output_quantization,
+                                    raw_outputs, tolerance_for)
 from leukedge.train.synth import _cell
 
 DEFAULT_MARGIN = 0.05
@@ -117,7 +118,8 @@ def make_golden(clf, out_path: str | os.PathLike | None = None, n: int = 16, see
     threshold: the decision threshold the golden decisions are taken at; default the card's
       (pass it when the card's threshold was changed after `clf` was built, as optimize does).
     margin: least |P - threshold| of a chosen input; default min(0.05, thr/2, (1-thr)/2), and at
-      least 3x the self-test tolerance, so that any output within tolerance keeps its decision.
+      least 3x the largest |dP| the self-test tolerance allows, so that outputs within tolerance
+      keep their decisions.
     search_budget: most model invocations spent pushing noise towards a class that the drawn
       candidates do not reach.
 
@@ -127,12 +129,14 @@ def make_golden(clf, out_path: str | os.PathLike | None = None, n: int = 16, see
     the set is filled from the other and the returned counts say so.
 
     The file (numpy .npz, compressed, no pickles) holds `inputs` (n,H,W,3) in the model's input
-    dtype, `probabilities` (n,labels) float32 and `p_positive` (n,) float32 exactly as the
-    workstation's runtime returned them, and `meta` (JSON: schema, model SHA-256, threshold,
-    positive index, output kind/scale, tolerance, sources).
+    dtype; `outputs` (n,labels) float32, the model's own output dequantized (logits for a logit
+    model), `probabilities` (n,labels) and `p_positive` (n,) float32, exactly as the workstation's
+    runtime returned them; and `meta` (JSON: schema, model SHA-256, threshold, positive index,
+    output kind/scale, output activation and temperature, tolerance, sources).
+    Make it after the card's threshold and temperature are final: both are recorded.
 
     Returns {"file": name relative to the model's folder, "sha256", "n", "output_kind":
-    "integer"|"float", "output_scale", "tolerance": {"max_abs_delta_p", "output_steps"},
+    "integer"|"float", "output_scale", "tolerance": {"max_abs_delta", "output_steps"},
     "threshold", "margin", "positives", "negatives", "inputs": description}.
     Raises GoldenError if n < 2 or the classifier cannot prepare inputs.
     """
@@ -147,7 +151,11 @@ def make_golden(clf, out_path: str | os.PathLike | None = None, n: int = 16, see
     tol = tolerance_for(kind, scale)
     if margin is None:
         margin = min(DEFAULT_MARGIN, thr / 2, (1 - thr) / 2)
-    margin = max(float(margin), 3 * tol["max_abs_delta_p"])
+    temperature = float(getattr(clf, "temperature", 1.0))
+    # |dP| an output difference within tolerance can cause: the same for probability outputs;
+    # for logits softmax's slope is at most 1/4 per unit of (z_pos - z_neg)/T, so <= tol/(2T) (bounded by tol/T)
+    tol_p = tol["max_abs_delta"] / (temperature if card.output == "logits" else 1.0)
+    margin = max(float(margin), 3 * tol_p)
     size = int(card.preprocessing.size)
     rng = np.random.default_rng(seed)
 
@@ -191,6 +199,7 @@ def make_golden(clf, out_path: str | os.PathLike | None = None, n: int = 16, see
         chosen += rest[: n - len(chosen)]
 
     inputs = np.concatenate([clf.input_tensor(img) for _, img, _ in chosen])
+    outputs = np.stack([raw_outputs(clf, x[None]) for x in inputs])
     probs = np.stack([np.asarray(clf.probabilities(x[None]), dtype=np.float32) for x in inputs])
     p_pos = probs[:, pos].astype(np.float32)
     decisions = np.asarray(decide(p_pos, thr), dtype=bool)
@@ -200,12 +209,14 @@ def make_golden(clf, out_path: str | os.PathLike | None = None, n: int = 16, see
         "model_file": card.model_file, "model_sha256": card.model_sha256,
         "threshold": thr, "positive_index": pos, "labels": list(card.labels),
         "output_kind": kind, "output_scale": scale, "tolerance": tol, "margin": margin, "seed": seed,
+        "output": card.output, "temperature": temperature,
         "sources": [src for src, _, _ in chosen],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "note": "synthetic cells, blends and optimised noise; no patient images",
     }
     buf = io.BytesIO()
-    np.savez_compressed(buf, inputs=inputs, probabilities=probs, p_positive=p_pos, meta=np.array(json.dumps(meta)))
+    np.savez_compressed(buf, inputs=inputs, outputs=outputs, probabilities=probs, p_positive=p_pos,
+                        meta=np.array(json.dumps(meta)))
     data = buf.getvalue()
     write_bytes_atomic(out, data)
     try:

@@ -48,19 +48,20 @@ def test_golden_set_spans_both_classes_with_margin_and_passes(golden_model):
     clf, entry = golden_model
     path = golden_path_for(clf.model_path)
     assert entry["file"] == path.name and entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    meta, inputs, p = load_golden(path, entry["sha256"])
+    meta, inputs, outputs, p = load_golden(path, entry["sha256"])
     assert entry["n"] == len(inputs) == 12
-    assert inputs.dtype == np.dtype(clf.interpreter.get_input_details()[0]["dtype"])
+    assert inputs.dtype == np.dtype(clf.backend.input_dtype)
     assert entry["positives"] >= 1 and entry["negatives"] >= 1
     thr = entry["threshold"]
     assert np.all(np.abs(p - thr) >= entry["margin"] - 1e-6)
-    assert entry["margin"] >= 3 * entry["tolerance"]["max_abs_delta_p"]
+    assert entry["margin"] >= 3 * entry["tolerance"]["max_abs_delta"]
+    assert np.array_equal(outputs[:, clf.card.positive_index], p)  # a probability-output model: output = P
     kind, scale = output_quantization(clf)
     assert entry["output_kind"] == kind and meta["output_kind"] == kind
     if kind == "integer":
-        assert entry["tolerance"]["max_abs_delta_p"] == pytest.approx(2 * scale)
+        assert entry["tolerance"]["max_abs_delta"] == pytest.approx(2 * scale)
     else:
-        assert entry["tolerance"]["max_abs_delta_p"] == pytest.approx(1e-4)
+        assert entry["tolerance"]["max_abs_delta"] == pytest.approx(1e-4)
     assert all(not s.startswith("/") for s in meta["sources"])  # descriptions, never file paths
     rep = self_test(clf)
     assert rep.ok, rep.message
@@ -92,21 +93,28 @@ def test_tampered_golden_file_is_refused(golden_model):
 def test_outputs_beyond_tolerance_fail_and_within_pass(golden_model):
     clf, entry = golden_model
     path = golden_path_for(clf.model_path)
+    pos = clf.card.positive_index
     with np.load(path) as z:
-        p = z["p_positive"].copy()
-    tol = entry["tolerance"]["max_abs_delta_p"]
-    # just inside the tolerance: still a pass (the margin keeps every decision)
-    shift = np.where(p >= entry["threshold"], -1.0, 1.0).astype(np.float32) * np.float32(0.9 * tol)
-    entry["sha256"] = _rewrite(path, p_positive=(p + shift).astype(np.float32))
+        out, p = z["outputs"].copy(), z["p_positive"].copy()
+    tol = entry["tolerance"]["max_abs_delta"]
+    # every output moved just inside the tolerance, away from the threshold: still a pass
+    shift = (np.where(p >= entry["threshold"], 1.0, -1.0) * 0.9 * tol).astype(np.float32)
+    signs = np.where(np.arange(out.shape[1]) == pos, 1.0, -1.0).astype(np.float32)
+    entry["sha256"] = _rewrite(path, outputs=out + shift[:, None] * signs, p_positive=p + shift)
     rep = self_test(clf)
     assert rep.ok, rep.message
-    # one output moved by 1.5x the tolerance: fails on |dP| although every decision still agrees
-    q = p.copy()
-    q[0] += np.float32(1.5 * tol) * (1 if q[0] < 0.5 else -1)
-    entry["sha256"] = _rewrite(path, p_positive=q)
+    assert rep.max_abs_delta_output == pytest.approx(0.9 * tol, rel=1e-3)
+    # one output moved by 1.5x the tolerance: fails although every decision still agrees
+    o2, p2 = out.copy(), p.copy()
+    d = np.float32(1.5 * tol) * (1 if p2[0] >= entry["threshold"] else -1)
+    o2[0, pos] += d
+    p2[0] += d
+    entry["sha256"] = _rewrite(path, outputs=o2, p_positive=p2)
     rep = self_test(clf)
-    assert not rep.ok and rep.agreement == 1.0 and rep.max_abs_delta_p > rep.tolerance
+    assert not rep.ok and rep.agreement == 1.0 and rep.max_abs_delta_output > rep.tolerance
     assert "FAILED" in rep.message
+    if entry["output_kind"] == "integer":
+        assert rep.max_delta_steps == pytest.approx(3.0, abs=0.01)
 
 
 def test_flipped_decision_fails(golden_model):
@@ -114,10 +122,12 @@ def test_flipped_decision_fails(golden_model):
     path = golden_path_for(clf.model_path)
     with np.load(path) as z:
         p = z["p_positive"].copy()
-    p[1] = 1.0 - p[1] if abs((1.0 - p[1]) - entry["threshold"]) > 0.01 else p[1] + 0.5
+    thr = entry["threshold"]
+    p[1] = thr - 0.2 if p[1] >= thr else min(1.0, thr + 0.2)
     entry["sha256"] = _rewrite(path, p_positive=p.astype(np.float32))
     rep = self_test(clf)
-    assert not rep.ok and rep.agreement < 1.0
+    assert not rep.ok and rep.agreement == pytest.approx(1 - 1 / 12)
+    assert rep.max_abs_delta_output <= rep.tolerance  # the outputs agree; the decision does not
 
 
 def test_missing_golden_set_is_reported(golden_model):
