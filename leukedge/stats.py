@@ -283,8 +283,11 @@ def threshold_on_calibrated_scale(threshold: float, temperature: float, logits=N
     logits: optional (N, 2) outputs the threshold was chosen on (the validation split). When given,
     the result is checked against them with the device's arithmetic (`softmax` in float64 and
     `decide`) and, if rounding would flip a cell lying exactly on the threshold, moved onto the
-    nearest calibrated score that keeps every decision. Raises ValueError when no threshold can
-    (two cells with different decisions round to the same calibrated score).
+    nearest calibrated score that keeps every decision. Pass them: training picks thresholds among
+    the observed scores, so a cell lies exactly on the threshold, and the closed form alone flips
+    it in about a quarter of such cases (the logit/sigmoid round trip rounds). Raises ValueError
+    when no threshold can keep them (cells with different decisions round to the same calibrated
+    score: only with T < 1 and a threshold within ~1e-6 of 0 or 1, where float64 P saturates).
     Returns the calibrated threshold (float).
     """
     t = float(threshold)
@@ -293,6 +296,8 @@ def threshold_on_calibrated_scale(threshold: float, temperature: float, logits=N
     temp = float(temperature)
     if not math.isfinite(temp) or temp <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if temp == 1.0:
+        return t  # nothing to re-express; also spares the logit/sigmoid round trip its rounding
     if 0.0 < t < 1.0:
         t_cal = _sigmoid((math.log(t) - math.log1p(-t)) / temp)
     else:
@@ -329,6 +334,8 @@ def _units(y_true, groups) -> list[list[np.ndarray]]:
     g = np.asarray(groups)
     if g.shape != y.shape:
         raise ValueError(f"groups must have one entry per sample, got {g.shape} for {y.shape}")
+    if any(v is None for v in g.tolist()):
+        raise ValueError("groups holds None for some samples: pass groups only when every sample has a subject")
     keys, inverse = np.unique(g, return_inverse=True)
     members = [np.flatnonzero(inverse == i) for i in range(len(keys))]
     # a subject's stratum is its majority class (C-NMC subjects are single-class); it stays whole
