@@ -220,6 +220,12 @@ def check_summary_output(path: str | os.PathLike) -> str:
     return ext[1:]
 
 
+def _natural_key(group: str) -> tuple:
+    """Sort groups as a person would: subject 2 before 10, H3 before h10, "unknown" last."""
+    parts = re.split(r"(\d+)", group)
+    return (group == UNKNOWN_GROUP, [int(t) if i % 2 else t.lower() for i, t in enumerate(parts)])
+
+
 @dataclass(frozen=True)
 class _Cell:
     key: str
@@ -289,7 +295,7 @@ class SampleSummary:
                  None if failed else record.get("p_all"), failed, bool(record.get("warnings")))
 
     def rows(self, sensitivity: float | None = None, specificity: float | None = None) -> list[dict]:
-        """One dict per group, sorted by group name.
+        """One dict per group, in natural order (2 before 10), "unknown" last.
 
         sensitivity, specificity: the model's validated rates from its card; when either is None,
         or their sum is <= 1, the corrected fraction and its interval are None.
@@ -304,7 +310,7 @@ class SampleSummary:
         for cell in self._cells.values():
             groups.setdefault(cell.key, []).append(cell)
         out = []
-        for key in sorted(groups):
+        for key in sorted(groups, key=_natural_key):
             cells = groups[key]
             done = [c for c in cells if not c.failed]
             n, k = len(done), sum(1 for c in done if c.positive)

@@ -205,6 +205,7 @@ def test_regex_groups_explicit_keys_and_no_correction_without_card_rates(tmp_pat
     s.add("run/other.png", False, 0.3, False, False)
     s.add("run/odd_name.png", True, 0.7, False, False, key="P02")  # caller knows better
     rows = {r["group"]: r for r in s.rows()}
+    assert list(rows) == ["P01", "P02", "unknown"]
     assert {k: (r["cells"], r["flagged"]) for k, r in rows.items()} == {"P01": (2, 1), "P02": (2, 1), "unknown": (1, 0)}
     assert all(r["corrected_fraction"] is None for r in rows.values())
     assert all(r["corrected_fraction"] is None for r in s.rows(0.5, 0.5))  # no better than chance: no correction
@@ -273,3 +274,10 @@ def test_device_calibration_imports_neither_tensorflow_nor_scipy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.stdout.strip() == "[]"
+
+
+def test_groups_come_in_natural_order_with_unknown_last():
+    s = SampleSummary("subject")
+    for name in ("UID_10_1_1_all.bmp", "UID_2_1_1_all.bmp", "1002.bmp", "UID_H10_1_1_hem.bmp", "UID_h3_1_1_hem.bmp"):
+        s.add("/d/" + name, False, 0.1, False, False)
+    assert [r["group"] for r in s.rows()] == ["2", "10", "H3", "H10", "unknown"]
