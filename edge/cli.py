@@ -1,34 +1,46 @@
-"""`edge-classify`: classify segmented blood-cell images on the device.
+"""`edge-classify`: classify segmented blood-cell images on the device, in a batch or watching a folder.
 
-Exit codes: 0 every input classified; 1 some inputs failed (each is reported,
-the rest are still classified); 2 usage or model error (nothing classified).
+Exit codes: 0 every input classified; 1 some inputs failed or hit an internal error (each is
+reported as its own row; the others are still classified); 2 usage, model or output-location
+error (a batch with -o keeps every finished row in the temporary file the message names).
+
+Rows: edge.outputs (one versioned field list). Watch mode and its journal: edge.ingest.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import glob
-import io
-import json
 import os
 import signal
 import sys
-import time
+import threading
 from pathlib import Path
 
 import click
 
 from leukedge import __version__
 
+from .files import is_ignored_name
 from .preprocess import IMAGE_EXTENSIONS, is_image_name
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 _GLOB_CHARS = set("*?[")
 
 
+def _log(msg: str) -> None:
+    from .outputs import escape_text
+
+    click.echo(f"edge-classify: {escape_text(msg)}", err=True)
+
+
 def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
-    """Turn files, folders and glob patterns into a file list plus (input, problem) errors."""
+    """Turn files, folders and glob patterns into a file list plus (input, problem) errors.
+
+    Folders and patterns yield image names (IMAGE_EXTENSIONS) that are not temp/OS-metadata
+    files (edge.files.is_ignored_name: AppleDouble `._*` sidecars and the like); a file named
+    explicitly is classified whatever its name, except those metadata files, which are skipped
+    with a note. Never raises for unreadable folders: they become errors.
+    """
     files: list[str] = []
     errors: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -40,146 +52,134 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
 
     for raw in inputs:
         path = Path(raw)
-        if path.is_dir():
-            walker = path.rglob("*") if recursive else path.iterdir()
-            found = sorted(str(p) for p in walker if p.is_file() and is_image_name(p))
-            if not found:
-                hint = "" if recursive else " (use --recursive for subfolders)"
-                errors.append((raw, f"folder has no images ({', '.join(IMAGE_EXTENSIONS)}){hint}"))
-            for f in found:
-                add(f)
-        elif path.exists():
-            add(raw)
-        elif _GLOB_CHARS & set(raw):
-            matches = sorted(m for m in glob.glob(raw, recursive=True) if os.path.isfile(m))
-            if not matches:
-                errors.append((raw, "pattern matches no files"))
-            for m in matches:
-                add(m)
-        else:
-            errors.append((raw, "no such file or folder"))
+        try:
+            if path.is_dir():
+                walker = path.rglob("*") if recursive else path.iterdir()
+                found = sorted(str(p) for p in walker
+                               if is_image_name(p) and not is_ignored_name(p.name) and p.is_file())
+                if not found:
+                    hint = "" if recursive else " (use --recursive for subfolders)"
+                    errors.append((raw, f"folder has no images ({', '.join(IMAGE_EXTENSIONS)}){hint}"))
+                for f in found:
+                    add(f)
+            elif path.exists():
+                if is_ignored_name(path.name):
+                    _log(f"{raw}: skipped: a temporary or OS metadata file, not an image")
+                else:
+                    add(raw)
+            elif _GLOB_CHARS & set(raw):
+                matches = sorted(m for m in glob.glob(raw, recursive=True)
+                                 if os.path.isfile(m) and not is_ignored_name(m))
+                if not matches:
+                    errors.append((raw, "pattern matches no files"))
+                for m in matches:
+                    add(m)
+            else:
+                errors.append((raw, "no such file or folder"))
+        except OSError as exc:
+            errors.append((raw, f"cannot read: {exc.strerror or exc}"))
     return files, errors
 
 
-class ResultWriter:
-    """Formats predictions as text, JSON lines or CSV, to stdout or (atomically) to a file."""
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
+    from .outputs import escape_text
 
-    CSV_FIELDS = ("path", "label", "p_all", "preprocess_ms", "invoke_ms", "total_ms", "error")
-
-    def __init__(self, fmt: str, output: str | None):
-        self.fmt = fmt
-        self.output = output
-        self.rows: list[dict] = []
-        self._csv_header_done = False
-
-    def render(self, row: dict) -> str:
-        if self.fmt == "json":
-            return json.dumps(row)
-        if self.fmt == "csv":
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=self.CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-            w.writerow({k: row.get(k, "") for k in self.CSV_FIELDS})
-            return buf.getvalue().rstrip("\n")
-        if "error" in row:
-            return f"{row['path']}\tERROR\t{row['error']}"
-        return f"{row['path']}\t{row['label']}\tp_all={row['p_all']:.4f}"
-
-    def header(self) -> str | None:
-        return ",".join(self.CSV_FIELDS) if self.fmt == "csv" else None
-
-    def emit(self, row: dict) -> None:
-        self.rows.append(row)
-        if self.output is None:
-            if not self._csv_header_done and self.header():
-                click.echo(self.header())
-            self._csv_header_done = True
-            click.echo(self.render(row))
-
-    def flush_file(self) -> None:
-        if self.output is None:
-            return
-        from .files import write_text_atomic
-
-        lines = ([self.header()] if self.header() else []) + [self.render(r) for r in self.rows]
-        write_text_atomic(self.output, "\n".join(lines) + ("\n" if lines else ""))
+    click.echo(f"edge-classify: error: {escape_text(message)}", err=True)
+    sys.exit(code)
 
 
-def _fail(message: str) -> None:
-    click.echo(f"edge-classify: error: {message}", err=True)
-    sys.exit(EXIT_USAGE)
+def _decode_options(bit_depth, page, max_pixels):
+    if bit_depth is None and page is None and max_pixels is None:
+        return None
+    from .preprocess import DecodeOptions
 
-
-def _load(model: str, threads: int | None, threshold: float | None):
-    from .card import CardError
-    from .classifier import Classifier
-    from .runtime import ModelError
-
+    kw = {"bit_depth": bit_depth, "page": page}
+    if max_pixels is not None:
+        kw["max_pixels"] = max_pixels
     try:
-        clf = Classifier.load(model, threads=threads)
-    except (CardError, ModelError) as exc:
+        return DecodeOptions(**kw)
+    except ValueError as exc:
         _fail(str(exc))
-    if threshold is not None:
-        clf.threshold = threshold
-    return clf
 
 
-def _file_is_settled(path: Path, sizes: dict[str, tuple[int, float]], settle: float) -> bool:
-    """True once a file's size and mtime held still across two polls and for `settle` seconds.
+def _load(model: str, threads: int | None, threshold: float | None, decode, require_signature: str | None,
+          quiet: bool):
+    """Check the signature (if asked), load the classifier; every failure is one line and exit 2."""
+    from .errors import LeukedgeError
 
-    A microscope's writer may pause mid-file; a file untouched for `settle` seconds is done.
-    """
     try:
-        st = path.stat()
-    except OSError:
-        return False
-    now = (st.st_size, st.st_mtime)
-    before = sizes.get(str(path))
-    sizes[str(path)] = now
-    return before == now and st.st_size > 0 and time.time() - st.st_mtime >= settle
+        if require_signature:
+            from .signature import verify_model_signature
+            from .card import card_path_for
+
+            verify_model_signature(model, card_path_for(model), require_signature)
+        elif not quiet:
+            try:
+                from .signature import signature_status
+            except ImportError:
+                signature_status = None
+            if signature_status is not None:
+                _log(signature_status(model))
+        from .classifier import Classifier
+
+        return Classifier.load(model, threads=threads, threshold=threshold, decode=decode)
+    except LeukedgeError as exc:
+        _fail(str(exc))
 
 
-def watch_folder(clf, folder: Path, writer: ResultWriter, recursive: bool, poll: float,
-                 include_existing: bool, settle: float = 1.0) -> int:
-    """Classify each image that appears in `folder` until Ctrl-C / SIGTERM; returns the failure count."""
-    stop = {"now": False}
+def _self_test(clf, required: bool) -> bool:
+    """Run the golden-set self-test; returns ok. Not required (watch start) and no golden set: a note, ok."""
+    from .selftest import self_test
 
-    def _stop(signum, frame):
-        stop["now"] = True
+    if not required and not getattr(clf.card, "golden", None):
+        _log("self-test skipped: the model's card has no golden set")
+        return True
+    report = self_test(clf)
+    _log(("self-test passed: " if report.ok else "self-test FAILED: ") + report.message)
+    return bool(report.ok)
 
-    old_int = signal.signal(signal.SIGINT, _stop)
-    old_term = signal.signal(signal.SIGTERM, _stop)
-    done: set[str] = set()
-    sizes: dict[str, tuple[int, float]] = {}
-    failures = 0
 
-    def listing() -> list[Path]:
-        walker = folder.rglob("*") if recursive else folder.iterdir()
-        return sorted(p for p in walker if p.is_file() and is_image_name(p) and not p.name.startswith("."))
+def _open_batch_sink(output: str | None):
+    """Check the output location before any work; returns the sink (temp file beside -o, or stdout)."""
+    from .outputs import StreamSink, TempFileSink
 
-    if not include_existing:
-        done.update(str(p) for p in listing())
-    click.echo(f"edge-classify: watching {folder} (Ctrl-C to stop)", err=True)
+    if output is None:
+        return StreamSink(sys.stdout.buffer)
+    target = Path(output)
+    if target.is_dir():
+        _fail(f"{output}: --output is a folder; give a file name")
     try:
-        while not stop["now"]:
-            for p in listing():
-                if stop["now"]:
-                    break
-                if str(p) in done or not _file_is_settled(p, sizes, settle):
-                    continue
-                done.add(str(p))
-                pred = clf.predict_one(p)
-                if not pred.ok:
-                    failures += 1
-                    click.echo(f"edge-classify: {p}: {pred.error}", err=True)
-                writer.emit(pred.to_dict())
-                writer.flush_file()
-                sys.stdout.flush()
-            time.sleep(poll)
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-    click.echo(f"edge-classify: stopped; {len(writer.rows)} classified, {failures} failed", err=True)
-    return failures
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return TempFileSink(target)
+    except OSError as exc:
+        _fail(f"{output}: cannot write results there: {exc.strerror or exc}")
+
+
+def run_batch(clf, files: list[str], input_errors, emitter, model, strict_quality: bool, show_bar: bool,
+              workers: int = 1, model_path: str | None = None, threads: int | None = None, decode=None) -> None:
+    """Classify `files` in order, one row each (input errors first); raises OutputError if rows cannot be written."""
+    from .ingest import classify_file
+    from .outputs import make_row
+
+    for raw, problem in input_errors:
+        _log(f"{raw}: {problem}")
+        emitter.emit(make_row(raw, model, error=problem, error_type="InputError"))
+    if workers > 1 and len(files) > 1:
+        from .throughput import ordered_rows
+
+        rows = ordered_rows(model_path, files, model, workers=workers, threads=threads, decode=decode,
+                            threshold=clf.threshold, strict_quality=strict_quality)
+    else:
+        rows = (classify_file(clf, f, model, strict_quality=strict_quality) for f in files)
+    bar = click.progressbar(length=len(files), label="classifying", file=sys.stderr) if show_bar else None
+    for row in rows:
+        if row["status"] != "ok":
+            _log(f"{row['path']}: {row['error']}")
+        emitter.emit(row)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.render_finish()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -187,16 +187,40 @@ def watch_folder(clf, folder: Path, writer: ResultWriter, recursive: bool, poll:
 @click.option("--model", "-m", envvar="LEUKEDGE_MODEL", help="Model .tflite (its card .json beside it). Env: LEUKEDGE_MODEL.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), help="Override the card's decision threshold on P(ALL).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write results to FILE (atomically) instead of stdout.")
-@click.option("--threads", type=click.IntRange(1, 256), help="Interpreter threads [default: all cores].")
-@click.option("--recursive", "-r", is_flag=True, help="Descend into subfolders of folder inputs.")
-@click.option("--watch", "watch_dir", type=click.Path(file_okay=False), help="Classify each new image saved into DIR until Ctrl-C.")
-@click.option("--include-existing", is_flag=True, help="With --watch: also classify images already in DIR.")
-@click.option("--poll-interval", type=click.FloatRange(0.01, 60.0), default=0.5, show_default=True, help="With --watch: seconds between folder scans.")
-@click.option("--settle", type=click.FloatRange(0.0, 600.0), default=1.0, show_default=True, help="With --watch: seconds a file must stay unchanged before it is read.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Results FILE. Batch: written to a temporary file beside it, renamed at the end. "
+                   "Watch: appended, with a journal FILE.journal for restarts.")
+@click.option("--threads", type=click.IntRange(1, 256), help="Interpreter threads per worker [default: all cores with one worker, 1 with several].")
+@click.option("--workers", type=click.IntRange(1, 256),
+              help="Parallel workers, each with its own interpreter [default: one per core for several files, 1 for one file].")
+@click.option("--recursive", "-r", is_flag=True, help="Descend into subfolders of folder inputs (and of --watch DIR).")
+@click.option("--watch", "watch_dir", type=click.Path(file_okay=False), help="Classify each image saved into DIR until Ctrl-C / SIGTERM.")
+@click.option("--include-existing", is_flag=True, help="With --watch, first start: also classify images already in DIR.")
+@click.option("--state", "state_file", type=click.Path(dir_okay=False),
+              help="With --watch: journal FILE for restarts [default: beside --output; needed when results go to stdout].")
+@click.option("--reclassify", is_flag=True, help="With --watch: classify again what another model already classified.")
+@click.option("--poll", "poll_mode", is_flag=True, help="With --watch: poll instead of inotify (network shares: inotify misses remote writes).")
+@click.option("--poll-interval", type=click.FloatRange(0.01, 60.0), default=0.5, show_default=True, help="With --watch: seconds between checks.")
+@click.option("--full-scan-interval", type=click.FloatRange(1.0, 86400.0),
+              help="With --watch: seconds between full sweeps [default: 30 with --poll, 300 with inotify].")
+@click.option("--settle", type=click.FloatRange(0.0, 600.0), default=1.0, show_default=True,
+              help="With --watch: seconds a file's size and mtime must hold still before it is read.")
+@click.option("--heartbeat", "heartbeat_file", type=click.Path(dir_okay=False),
+              help="With --watch: status FILE rewritten every few seconds [default: beside the journal].")
+@click.option("--fsync-interval", type=click.FloatRange(0.0, 3600.0), default=1.0, show_default=True,
+              help="Seconds between fsyncs of results and journal (0: every row).")
+@click.option("--strict-quality", is_flag=True, help="An image with quality warnings is a failed input, not a result.")
+@click.option("--bit-depth", type=click.IntRange(1, 32), help="Significant bits of integer samples when the file does not say (e.g. 12).")
+@click.option("--page", type=click.IntRange(1), help="Page of multi-page files to classify (1-based).")
+@click.option("--max-pixels", type=click.IntRange(1), help="Refuse images with more pixels than this [default: 16 Mpx].")
+@click.option("--self-test", "self_test_flag", is_flag=True, help="Run the model's golden-set self-test first; exit 1 if it fails.")
+@click.option("--require-signature", type=click.Path(exists=True, dir_okay=False),
+              help="Refuse a model and card not signed with this Ed25519 public key.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary or runtime line on stderr.")
 @click.version_option(__version__, "--version", prog_name="edge-classify (leukedge)")
-def main(inputs, model, threshold, fmt, output, threads, recursive, watch_dir, include_existing, poll_interval, settle, quiet):
+def main(inputs, model, threshold, fmt, output, threads, workers, recursive, watch_dir, include_existing, state_file,
+         reclassify, poll_mode, poll_interval, full_scan_interval, settle, heartbeat_file, fsync_interval,
+         strict_quality, bit_depth, page, max_pixels, self_test_flag, require_signature, quiet):
     """Classify segmented blood-cell images as ALL (leukemic blast) or HEM (normal).
 
     INPUTS are image files (BMP, PNG, JPEG, TIFF), folders, or glob patterns.
@@ -205,45 +229,145 @@ def main(inputs, model, threshold, fmt, output, threads, recursive, watch_dir, i
     Exit codes:
       0  every input was classified
       1  some inputs failed (each is reported; the others are still classified)
-      2  usage or model error (nothing was classified)
+      2  usage, model or output error (a batch's finished rows are kept; the message says where)
     """
     if not model:
         _fail("no model given: pass --model FILE.tflite or set LEUKEDGE_MODEL")
-    if not inputs and not watch_dir:
+    if not inputs and not watch_dir and not self_test_flag:
         _fail("no inputs: give image files, folders or patterns, or --watch DIR")
     if watch_dir and not Path(watch_dir).is_dir():
         _fail(f"{watch_dir}: watch folder does not exist")
+    if output and watch_dir and inputs:
+        _fail("give either INPUTS or --watch with --output, not both")
+    decode = _decode_options(bit_depth, page, max_pixels)
 
-    clf = _load(model, threads, threshold)
+    # output location first: no work is done for results that could not be kept
+    batch_sink = _open_batch_sink(output) if inputs else None
+    try:
+        files, input_errors = expand_inputs(inputs, recursive) if inputs else ([], [])
+        n_workers = workers or 1  # TODO throughput default
+        if n_workers is None:
+            from .runtime import default_threads
+
+            n_workers = default_threads()
+        clf = _load(model, threads if (threads or n_workers == 1) else 1, threshold, decode, require_signature, quiet)
+    except SystemExit:
+        if batch_sink is not None and batch_sink.path is not None:
+            batch_sink.close()
+            Path(batch_sink.path).unlink(missing_ok=True)
+        raise
+    from .ingest import Counts, Emitter
+    from .outputs import ModelInfo, OutputError, RowWriter
+
+    minfo = ModelInfo.from_classifier(clf)
     if not quiet:
-        click.echo(f"edge-classify: {Path(model).name} ({clf.card.variant}) on {clf.runtime.name} "
-                   f"{clf.runtime.version}, threshold {clf.threshold:.4f}", err=True)
-    writer = ResultWriter(fmt, output)
+        _log(f"{Path(model).name} ({clf.card.variant}, sha256 {minfo.model_sha256}) on {clf.runtime.name} "
+             f"{clf.runtime.version}, threshold {clf.threshold:.4f}"
+             + (f", {n_workers} workers" if inputs and n_workers > 1 else ""))
+    if self_test_flag and not _self_test(clf, required=True):
+        sys.exit(EXIT_SOME_FAILED)
+    if self_test_flag and not inputs and not watch_dir:
+        sys.exit(EXIT_OK)
 
-    failures: list[tuple[str, str]] = []
+    failed = False
     if inputs:
-        files, failures = expand_inputs(inputs, recursive)
-        for raw, problem in failures:
-            click.echo(f"edge-classify: {raw}: {problem}", err=True)
-            writer.emit({"path": raw, "error": problem})
+        counts = Counts()
+        writer = RowWriter(fmt, batch_sink, minfo)
+        emitter = Emitter(writer, None, counts)
         show_bar = len(files) > 1 and sys.stderr.isatty() and not quiet
-        with click.progressbar(files, label="classifying", file=sys.stderr) if show_bar else contextlib.nullcontext(files) as bar:
-            for f in bar:
-                pred = clf.predict_one(f)
-                if not pred.ok:
-                    failures.append((f, pred.error or "failed"))
-                    click.echo(f"edge-classify: {f}: {pred.error}", err=True)
-                writer.emit(pred.to_dict())
-        if not quiet and (len(files) > 1 or failures):
-            click.echo(f"edge-classify: {len(writer.rows) - len(failures)} classified, {len(failures)} failed", err=True)
-            for raw, problem in failures:
-                click.echo(f"  failed: {raw}: {problem}", err=True)
-    writer.flush_file()
+        try:
+            run_batch(clf, files, input_errors, emitter, minfo, strict_quality, show_bar,
+                      workers=n_workers, model_path=model, threads=threads, decode=decode)
+            if output:
+                batch_sink.commit()
+            else:
+                batch_sink.close()
+        except OutputError as exc:
+            where = f"; every finished row is in {batch_sink.path}" if batch_sink.path else ""
+            _fail(f"{exc.strerror or exc}{where}")
+        except BrokenPipeError:
+            sys.exit(EXIT_SOME_FAILED)
+        except KeyboardInterrupt:
+            if batch_sink.path is not None:
+                batch_sink.close()
+                _fail(f"interrupted; every finished row is in {batch_sink.path}", 130)
+            raise
+        if not quiet and (len(files) > 1 or counts.any_failed or input_errors):
+            _log(counts.summary())
+        failed = counts.any_failed
 
-    watch_failures = 0
     if watch_dir:
-        watch_failures = watch_folder(clf, Path(watch_dir), writer, recursive, poll_interval, include_existing, settle)
-    sys.exit(EXIT_SOME_FAILED if (failures or watch_failures) else EXIT_OK)
+        failed = _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recursive, include_existing,
+                        reclassify, poll_mode, poll_interval, full_scan_interval, settle, fsync_interval,
+                        strict_quality, quiet) or failed
+    sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recursive, include_existing, reclassify,
+           poll_mode, poll_interval, full_scan_interval, settle, fsync_interval, strict_quality, quiet) -> bool:
+    """Run the watcher until SIGINT/SIGTERM; returns True if any input failed."""
+    from .ingest import Counts, Emitter, Journal, JournalError, WatchOptions, Watcher, default_journal_path
+    from .outputs import AppendFileSink, RowWriter, StreamSink, check_csv_header
+
+    if not _self_test(clf, required=False):
+        sys.exit(EXIT_SOME_FAILED)
+    if output:
+        try:
+            sink = AppendFileSink(output, fsync_interval)
+        except OSError as exc:
+            _fail(f"{output}: cannot write results there: {exc.strerror or exc}")
+        if fmt == "csv":
+            problem = check_csv_header(sink)
+            if problem:
+                _fail(problem)
+        if sink.repaired:
+            _log(f"{output}: cut a half-written last line ({sink.repaired} bytes) left by a crash")
+    else:
+        sink = StreamSink(sys.stdout.buffer)
+    journal_path = state_file or (default_journal_path(output) if output else None)
+    journal = None
+    if journal_path:
+        try:
+            journal = Journal(journal_path, watch_dir, minfo, output, fmt, reclassify, fsync_interval).open(
+                sink if output else None)
+        except (JournalError, OSError) as exc:
+            _fail(f"{journal_path}: cannot use journal: {exc.strerror or exc}")
+        for note in journal.notes:
+            _log(note)
+    elif not quiet:
+        _log("results go to stdout and no --state FILE is given: a restart will not resume")
+    heartbeat = heartbeat_file
+    if heartbeat is None and journal_path:
+        jp = Path(journal_path)
+        heartbeat = str(jp.with_suffix(".heartbeat") if jp.suffix == ".journal" else jp.with_name(jp.name + ".heartbeat"))
+    counts = Counts()
+    emitter = Emitter(RowWriter(fmt, sink, minfo, header_each_run=bool(output)), journal, counts)
+    opts = WatchOptions(recursive=recursive, settle=settle, poll_interval=poll_interval,
+                        mode="poll" if poll_mode else "inotify", full_scan_interval=full_scan_interval,
+                        include_existing=include_existing, strict_quality=strict_quality, heartbeat=heartbeat)
+    stop = threading.Event()
+
+    def _stop(signum, frame):
+        stop.set()
+
+    old_int = signal.signal(signal.SIGINT, _stop)
+    old_term = signal.signal(signal.SIGTERM, _stop)
+    watcher = Watcher(clf, watch_dir, emitter, minfo, opts, _log, stop)
+    try:
+        try:
+            watcher.start()  # lists what is there first, so anything written after the next line is new
+            _log(f"watching {watch_dir} ({'polling' if poll_mode else 'inotify'}; Ctrl-C to stop)")
+            watcher.run(started=True)
+        except FileNotFoundError:
+            _fail(f"{watch_dir}: watch folder vanished before the first scan")
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        sink.close()
+        if journal is not None:
+            journal.close()
+    _log(f"stopped; {counts.summary()}")
+    return counts.any_failed
 
 
 if __name__ == "__main__":
