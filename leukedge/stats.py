@@ -272,22 +272,24 @@ def _sigmoid(x: float) -> float:
     return e / (1.0 + e)
 
 
-def threshold_on_calibrated_scale(threshold: float, temperature: float, logits=None,
-                                  positive_index: int = 1) -> float:
+def threshold_on_calibrated_scale(threshold: float, temperature: float, logits=None, positive_index: int = 1,
+                                  p_before=None, p_after=None) -> float:
     """Re-express a threshold on P = softmax(logits) as one on P_T = softmax(logits / T), same decisions.
 
     For two classes P(positive) = sigmoid(d), d = logit_pos - logit_neg, and P_T = sigmoid(d / T).
     Both increase with d, so  sigmoid(d) >= t  <=>  d >= logit(t)  <=>  sigmoid(d / T) >= sigmoid(logit(t) / T).
-    threshold: t on the uncalibrated scale, in [0, 1] (0 and 1 map to themselves);
+    threshold: t on the uncalibrated scale, in [0, 1] (0 and 1 map to themselves; T = 1 returns t);
     temperature: T > 0.
-    logits: optional (N, 2) outputs the threshold was chosen on (the validation split). When given,
-    the result is checked against them with the device's arithmetic (`softmax` in float64 and
-    `decide`) and, if rounding would flip a cell lying exactly on the threshold, moved onto the
-    nearest calibrated score that keeps every decision. Pass them: training picks thresholds among
-    the observed scores, so a cell lies exactly on the threshold, and the closed form alone flips
-    it in about a quarter of such cases (the logit/sigmoid round trip rounds). Raises ValueError
-    when no threshold can keep them (cells with different decisions round to the same calibrated
-    score: only with T < 1 and a threshold within ~1e-6 of 0 or 1, where float64 P saturates).
+    logits: optional (N, 2) outputs the threshold was chosen on (the validation split); p_before,
+    p_after: optional (N,) P(positive) at T = 1 and at T exactly as the device computes them (any
+    float dtype), by default `p_positive_from_logits(logits, positive_index, 1 or T)` in float64.
+    When these are available the result is checked with `decide` and, if rounding would flip a cell
+    lying exactly on the threshold, moved onto the nearest calibrated score (in p_after's dtype)
+    that keeps every decision. Pass them: training picks thresholds among the observed scores, so a
+    cell lies exactly on the threshold, and the closed form alone flips it in about a quarter of
+    such cases (the logit/sigmoid round trip rounds; a float32 P rounds more).
+    Raises ValueError when no threshold can keep them (cells with different decisions round to the
+    same calibrated score: with float64 P only for T < 1 and a threshold within ~1e-6 of 0 or 1).
     Returns the calibrated threshold (float).
     """
     t = float(threshold)
@@ -296,26 +298,33 @@ def threshold_on_calibrated_scale(threshold: float, temperature: float, logits=N
     temp = float(temperature)
     if not math.isfinite(temp) or temp <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if temp == 1.0:
-        return t  # nothing to re-express; also spares the logit/sigmoid round trip its rounding
-    if 0.0 < t < 1.0:
-        t_cal = _sigmoid((math.log(t) - math.log1p(-t)) / temp)
+    if temp == 1.0 or t in (0.0, 1.0):
+        t_cal = t  # nothing to re-express (and no logit/sigmoid round trip to round)
     else:
-        t_cal = t
-    if logits is None:
+        t_cal = _sigmoid((math.log(t) - math.log1p(-t)) / temp)
+    if logits is not None:
+        z = np.asarray(logits, dtype=np.float64)
+        if z.ndim != 2 or z.shape[1] != 2:
+            raise ValueError(f"logits must be (N, 2), got shape {z.shape}")
+        if p_before is None:
+            p_before = p_positive_from_logits(z, positive_index, 1.0)
+        if p_after is None:
+            p_after = p_positive_from_logits(z, positive_index, temp)
+    if p_before is None or p_after is None:
         return t_cal
-    z = np.asarray(logits, dtype=np.float64)
-    if z.ndim != 2 or z.shape[1] != 2:
-        raise ValueError(f"logits must be (N, 2), got shape {z.shape}")
-    before = np.asarray(decide(p_positive_from_logits(z, positive_index, 1.0), t), dtype=bool)
-    p_cal = np.atleast_1d(p_positive_from_logits(z, positive_index, temp))
-    if np.array_equal(np.asarray(decide(p_cal, t_cal), dtype=bool), before):
+    p_before, p_after = np.atleast_1d(np.asarray(p_before)), np.atleast_1d(np.asarray(p_after))
+    if p_before.shape != p_after.shape or p_before.ndim != 1:
+        raise ValueError(f"p_before and p_after must be (N,) alike, got {p_before.shape} and {p_after.shape}")
+    if not np.issubdtype(p_after.dtype, np.floating):
+        p_after = p_after.astype(np.float64)
+    before = np.asarray(decide(p_before, t), dtype=bool)
+    if np.array_equal(np.asarray(decide(p_after, t_cal), dtype=bool), before):
         return t_cal
-    if before.any() and t_cal > p_cal[before].min():
-        t_cal = float(p_cal[before].min())
-    if (~before).any() and t_cal <= p_cal[~before].max():
-        t_cal = float(np.nextafter(p_cal[~before].max(), np.inf))
-    changed = int((np.asarray(decide(p_cal, t_cal), dtype=bool) != before).sum())
+    if before.any() and t_cal > p_after[before].min():
+        t_cal = float(p_after[before].min())
+    if (~before).any() and t_cal <= p_after[~before].max():
+        t_cal = float(np.nextafter(p_after[~before].max(), p_after.dtype.type(np.inf)))
+    changed = int((np.asarray(decide(p_after, t_cal), dtype=bool) != before).sum())
     if changed:
         raise ValueError(f"no threshold on the calibrated scale (T={temp:g}) keeps all decisions: "
                          f"{changed} cells tie across it after rounding")

@@ -144,6 +144,23 @@ def test_threshold_re_expression_keeps_every_decision(temperature):
     assert (closed_form_flips > 0) == (temperature != 1.0)
 
 
+def test_threshold_re_expression_checks_the_devices_own_float32_scores():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 3, (3000, 2)).astype(np.float32)
+    z = logits.astype(np.float64)
+    e = np.exp(z - z.max(1, keepdims=True))
+    p_raw = (e / e.sum(1, keepdims=True))[:, 1].astype(np.float32)  # a float32 device path
+    zt = z / 2.5
+    e = np.exp(zt - zt.max(1, keepdims=True))
+    p_cal = (e / e.sum(1, keepdims=True))[:, 1].astype(np.float32)
+    flips = 0
+    for t in np.sort(p_raw)[np.linspace(50, 2950, 60).astype(int)].tolist():
+        t_cal = stats.threshold_on_calibrated_scale(t, 2.5, p_before=p_raw, p_after=p_cal)
+        assert np.array_equal(decide(p_raw, t), decide(p_cal, t_cal)), t
+        flips += not np.array_equal(decide(p_raw, t), decide(p_cal, stats.threshold_on_calibrated_scale(t, 2.5)))
+    assert flips > 0
+
+
 def test_threshold_re_expression_refuses_when_calibrated_scores_saturate():
     # T < 1 sharpens: cells just below and just above a threshold of 1 - 1e-6 all round to P = 1.0
     logits = np.array([[0.0, 13.0], [0.0, 13.5], [0.0, 14.0], [0.0, 0.0]])
