@@ -71,7 +71,8 @@ class SelfTestReport:
     max_abs_delta_p: largest |P_device - P_workstation| of the positive class; max_abs_delta_output:
     largest difference of any model output (dequantized; = |dP| for a probability-output model);
     tolerance: the allowed output difference; max_delta_steps: max_abs_delta_output in output
-    quantization steps (integer outputs only); message: one line for a person."""
+    quantization steps (integer outputs only); message: one line for a person, without a
+    "passed"/"FAILED" prefix (the caller adds it from `ok`)."""
 
     ok: bool
     n: int = 0
@@ -186,7 +187,7 @@ def self_test(clf, golden: dict | None = None) -> SelfTestReport:
         size = f"max output delta {steps:.1f} quantization steps (tolerance {OUTPUT_STEPS})"
     else:
         size = f"max output delta {max_out:.2g} (tolerance {tol:g})"
-    message = (f"self-test {'passed' if ok else 'FAILED'}: {int(same.sum())}/{n} decisions agree, "
+    message = (f"{int(same.sum())}/{n} decisions agree, "
                f"max |dP| {max_dp:.6f}, {size}, golden set {path.name}")
     return SelfTestReport(ok, n=n, agreement=agreement, max_abs_delta_p=max_dp, tolerance=tol, message=message,
                           max_abs_delta_output=max_out, max_delta_steps=steps, golden_file=str(path))
