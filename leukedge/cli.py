@@ -289,9 +289,41 @@ def benchmark(models, data_path, part, out, baseline, fail_on_regression, max_f1
 @_one_line_errors
 def flow(data_path, out, quick, image_size):
     """The whole flow on DATA (default: the sample data if at hand, else a generated synthetic set)."""
-    from leukedge.benchmarks.flow import run_flow
+    from leukedge.flow import run_flow
 
     run_flow(data_path, out, quick=quick, image_size=image_size)
+
+
+# -- sign / keygen ---------------------------------------------------------------
+
+@main.command()
+@click.argument("private_path", metavar="PRIVATE", type=click.Path(dir_okay=False))
+@click.option("--public", "public_path", type=click.Path(dir_okay=False),
+              help="Public key file [default: PRIVATE with .pub, e.g. signing.key -> signing.pub].")
+@_one_line_errors
+def keygen(private_path, public_path):
+    """Make an Ed25519 key pair: PRIVATE (mode 0600, keep it on the workstation) and its public key for devices."""
+    from pathlib import Path
+
+    from leukedge.edge.signature import generate_keypair
+
+    public_path = public_path or str(Path(private_path).with_suffix(".pub"))
+    kid = generate_keypair(private_path, public_path)
+    click.echo(f"key {kid}: private {private_path} (keep secret), public {public_path} "
+               "(give to devices: edge-classify --require-signature)")
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Ed25519 private key (leukedge keygen).")
+@click.option("--card", "card_path", type=click.Path(dir_okay=False), help="The model's card [default: the one beside MODEL].")
+@_one_line_errors
+def sign(model_path, key_path, card_path):
+    """Sign MODEL and its card together (Ed25519); writes MODEL.sig beside the model."""
+    from leukedge.edge.signature import sign_model, signature_status
+
+    out = sign_model(model_path, card_path, key_path)
+    click.echo(f"{out}: {signature_status(model_path).split(',')[0]} over {model_path} and its card")
 
 
 if __name__ == "__main__":
