@@ -357,10 +357,12 @@ def _single_band_to_l(im: Image.Image, path: Path, opts: DecodeOptions) -> Image
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
-def _to_rgb(im: Image.Image, path: Path, opts: DecodeOptions) -> Image.Image:
-    """One decoded page -> mode RGB (8 bits) by the module's rules, ICC profile applied."""
+def _to_rgb(im: Image.Image, path: Path, opts: DecodeOptions, raw: str) -> Image.Image:
+    """One decoded page -> mode RGB (8 bits) by the module's rules, ICC profile applied.
+
+    raw: the page's raw mode as Pillow reported it before loading (e.g. "RGB;16B").
+    """
     mode = im.mode
-    raw = _rawmode(im)
     if ";16" in raw and mode in ("RGB", "RGBA"):
         # Pillow keeps the high byte of 16-bit colour samples: the container rule, within 1 level.
         bits = _significant_bits(im, 16, opts)
@@ -465,7 +467,6 @@ def _page_plan(im: Image.Image, path: Path, n: int) -> str:
 def _decode(im: Image.Image, path: Path, size: int | None, resize: str, opts: DecodeOptions) -> Image.Image:
     _check_cap(im, path, opts)
     n = _frames(im)
-    orientation = _orientation(im)
     if opts.page is not None:
         if opts.page > n:
             raise ImageError(path, f"page {opts.page} requested, but the file has {n} page(s)")
@@ -481,13 +482,17 @@ def _decode(im: Image.Image, path: Path, size: int | None, resize: str, opts: De
             im.seek(i)
             _check_cap(im, path, opts, f"page {i + 1}")
             im.load()
+            if i == 0:
+                orientation = _orientation(im)
             planes.append(_single_band_to_l(im, path, opts))
         rgb = Image.merge("RGB", planes)
     else:
         if size is not None and im.format in ("JPEG", "MPO") and min(im.size) >= 4 * size:
             im.draft(im.mode, (2 * size, 2 * size))  # reduced-size DCT decode, still >= 2x the target
+        raw = _rawmode(im)
         im.load()
-        rgb = _to_rgb(im, path, opts)
+        orientation = _orientation(im)  # after load: TIFF tags and PNG eXIf are complete only then
+        rgb = _to_rgb(im, path, opts, raw)
     if orientation != 1:
         rgb = rgb.transpose(_ORIENTATION[orientation])
     if size is not None and rgb.size != (size, size):

@@ -1,0 +1,263 @@
+"""Input quality and out-of-distribution checks on decoded images, relative to the training images.
+
+A model answers for every input; this module says when an input is not like anything it was
+trained on, so the answer is not given silently. `train` stores `reference_statistics` of its
+training inputs in the model card (`input_statistics`); the device computes `image_statistics`
+on each decoded, resized image (the very uint8 array the model sees) and `assess` compares them.
+
+Statistics (all cheap: one pass of numpy over a 224x224 image, measured well under 1 ms):
+- mean_r/g/b: mean of each channel; lum_std: standard deviation of luminance (BT.601 weights).
+- bg_fraction: the background's share, background being every pixel within 40 levels (max over
+  channels) of the median colour of the image's outermost 4-pixel ring (at half resolution: 2 pixels). Dataset-neutral: a C-NMC
+  cell sits on black (bg ~0.8), a PBC cell in a pale smear (bg ~0.5).
+- fg_{r,g,b}_{p05,p50,p95}: per-channel quantiles of the foreground (the other pixels) colour.
+- fg_r_minus_g, fg_b_minus_g: mean opponent colour of the foreground (hue of the stain).
+- dark_fraction (max channel < 20), clipped_fraction (any channel at 255).
+- centre_fg: foreground share of the central box (middle half of each side), where a
+  single-cell crop has its cell and a tiled or wide-field image does not.
+- focus: log10 of the variance of the 4-neighbour Laplacian of luminance (the classic
+  variance-of-Laplacian focus measure); sharpness: the same variance over the luminance variance
+  (independent of contrast); fine_coarse: log10 ratio of the Laplacian variance at full size and
+  at half size (detail scale: higher when cells are smaller than in training, lower when blurred).
+
+The rule ("far" from training), documented and measured in benchmarks/ood_probe.py:
+- quality flags (kind "quality"):
+  * constant: the luminance and every channel vary by less than 0.5 levels (standard
+    deviation) -- absolute, also without a reference;
+  * too dark / too bright: mean luminance below half the training's 0.5th percentile, or above
+    the training's 99.5th percentile plus half the remaining headroom to 255;
+  * saturated: more than half the pixels clipped at 255 and more than 0.25 above the
+    training's 99.5th percentile of that share.
+- out-of-distribution flag (kind "ood"): any statistic outside the training's 0.5..99.5 %
+  range widened by `margin` times that range on each side, or a Mahalanobis distance (on the
+  robustly standardised statistics, shrunk covariance) above the training's 99.9th percentile of
+  distances times `mahalanobis_factor`. The defaults are the values tuned on the PBC sample.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+STATISTICS = (
+    "mean_r", "mean_g", "mean_b", "lum_std", "bg_fraction",
+    "fg_r_p05", "fg_r_p50", "fg_r_p95", "fg_g_p05", "fg_g_p50", "fg_g_p95", "fg_b_p05", "fg_b_p50", "fg_b_p95",
+    "fg_r_minus_g", "fg_b_minus_g", "dark_fraction", "clipped_fraction", "centre_fg",
+    "focus", "sharpness", "fine_coarse",
+)
+REFERENCE_VERSION = 1
+DEFAULT_MARGIN = 0.25
+DEFAULT_MAHALANOBIS_FACTOR = 1.5
+_BG_TOLERANCE = 40
+_QUANTILES = (5, 50, 95)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One reason an image is suspicious. code: short identifier (e.g. "too_dark", "ood");
+    kind: "quality" (the picture itself is bad) or "ood" (unlike the training images);
+    message: one human line naming the reason and the numbers."""
+
+    code: str
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+def _laplacian_var(lum: np.ndarray) -> float:
+    c = lum[1:-1, 1:-1]
+    lap = lum[:-2, 1:-1] + lum[2:, 1:-1] + lum[1:-1, :-2] + lum[1:-1, 2:] - 4.0 * c
+    return float(lap.var()) if lap.size else 0.0
+
+
+def _quantiles_from_hist(hist: np.ndarray, qs=_QUANTILES) -> list[float]:
+    total = hist.sum()
+    if total == 0:
+        return [0.0] * len(qs)
+    cdf = np.cumsum(hist)
+    return [float(np.searchsorted(cdf, total * q / 100.0)) for q in qs]
+
+
+def image_statistics(rgb: np.ndarray) -> dict[str, float]:
+    """Cheap statistics of one uint8 HxWx3 RGB image (H, W >= 8), named as in `STATISTICS`.
+
+    Returns plain floats. Raises ValueError for an array of the wrong shape or dtype.
+    """
+    a = np.asarray(rgb)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or min(a.shape[:2]) < 8:
+        raise ValueError(f"image_statistics needs a uint8 HxWx3 array (H, W >= 8), got {a.dtype} {a.shape}")
+    full = np.moveaxis(a, 2, 0).astype(np.float32)  # 3 x H x W, contiguous per channel
+    lum_full = 0.299 * full[0] + 0.587 * full[1] + 0.114 * full[2]
+    # Colour statistics on every second pixel of every second row: a quarter of the cost, same figures
+    # within sampling noise; the focus measures below use every pixel.
+    planes = np.ascontiguousarray(full[:, ::2, ::2])
+    h, w = planes.shape[1:]
+    r, g, b = planes[0], planes[1], planes[2]
+    lum = 0.299 * r + 0.587 * g + 0.114 * b
+    mx = np.maximum(np.maximum(r, g), b)
+    # Background: close to the median colour of the outer 4-pixel ring.
+    ring = np.concatenate([planes[:, :2].reshape(3, -1), planes[:, -2:].reshape(3, -1),
+                           planes[:, 2:-2, :2].reshape(3, -1), planes[:, 2:-2, -2:].reshape(3, -1)], axis=1)
+    bg_colour = np.median(ring, axis=1)
+    tol = np.float32(_BG_TOLERANCE)
+    fg = (np.abs(r - bg_colour[0]) > tol) | (np.abs(g - bg_colour[1]) > tol) | (np.abs(b - bg_colour[2]) > tol)
+    n_fg = int(np.count_nonzero(fg))
+    stats = {
+        "mean_r": float(r.mean()), "mean_g": float(g.mean()), "mean_b": float(b.mean()),
+        "lum_std": float(lum_full.std()),
+        "bg_fraction": 1.0 - n_fg / (h * w),
+    }
+    if n_fg:
+        fgp = planes[:, fg]  # 3 x n_fg
+        for k, name in enumerate("rgb"):
+            hist = np.bincount(fgp[k].astype(np.uint8), minlength=256)
+            for q, v in zip(_QUANTILES, _quantiles_from_hist(hist)):
+                stats[f"fg_{name}_p{q:02d}"] = v
+        fmean = fgp.mean(axis=1)
+        stats["fg_r_minus_g"] = float(fmean[0] - fmean[1])
+        stats["fg_b_minus_g"] = float(fmean[2] - fmean[1])
+    else:
+        for k, name in enumerate("rgb"):
+            for q in _QUANTILES:
+                stats[f"fg_{name}_p{q:02d}"] = float(bg_colour[k])
+        stats["fg_r_minus_g"] = float(bg_colour[0] - bg_colour[1])
+        stats["fg_b_minus_g"] = float(bg_colour[2] - bg_colour[1])
+    stats["dark_fraction"] = float(np.count_nonzero(mx < 20)) / (h * w)
+    stats["clipped_fraction"] = float(np.count_nonzero(mx == 255)) / (h * w)
+    cy, cx = h // 4, w // 4
+    stats["centre_fg"] = float(fg[cy:h - cy, cx:w - cx].mean())
+    lv = _laplacian_var(lum_full)
+    stats["focus"] = math.log10(lv + 1.0)
+    stats["sharpness"] = lv / (float(lum_full.var()) + 1.0)
+    fh, fw = lum_full.shape
+    h2, w2 = fh // 2 * 2, fw // 2 * 2
+    lf = lum_full[:h2, :w2]
+    half = (lf[0::2, 0::2] + lf[1::2, 0::2] + lf[0::2, 1::2] + lf[1::2, 1::2]) * 0.25
+    stats["fine_coarse"] = math.log10((lv + 1.0) / (_laplacian_var(half) + 1.0))
+    return stats
+
+
+def _vector(stats: dict[str, float]) -> np.ndarray:
+    return np.array([stats[k] for k in STATISTICS], dtype=np.float64)
+
+
+def _luminance_mean(stats: dict[str, float]) -> float:
+    return 0.299 * stats["mean_r"] + 0.587 * stats["mean_g"] + 0.114 * stats["mean_b"]
+
+
+def reference_statistics(images, margin: float = DEFAULT_MARGIN,
+                         mahalanobis_factor: float = DEFAULT_MAHALANOBIS_FACTOR) -> dict:
+    """Reference statistics of training images, stored in the card as `input_statistics`.
+
+    images: uint8 array N x H x W x 3 (or any iterable of uint8 HxWx3 arrays), N >= 20, decoded and
+    resized exactly as the model's inputs. Returns a JSON-serialisable dict: per statistic the
+    0.5/25/50/75/99.5 % quantiles, the Mahalanobis model (median, scale, inverse covariance and the
+    99.9 % distance), the training's mean-luminance and clipped-share quantiles, and the rule's
+    parameters. Raises ValueError with fewer than 20 images.
+    """
+    rows, shape = [], None
+    for im in images:
+        rows.append(_vector(image_statistics(im)))
+        shape = shape or [int(v) for v in np.asarray(im).shape[:2]]
+    if len(rows) < 20:
+        raise ValueError(f"reference statistics need at least 20 images, got {len(rows)}")
+    x = np.stack(rows)
+    q = np.percentile(x, [0.5, 25, 50, 75, 99.5], axis=0)
+    med = q[2]
+    scale = (q[3] - q[1]) / 1.349  # IQR of a normal distribution = 1.349 sigma
+    scale = np.where(scale > 1e-9, scale, np.maximum(np.abs(med) * 1e-3, 1e-3))
+    z = (x - med) / scale
+    cov = np.cov(z, rowvar=False)
+    cov = 0.9 * cov + 0.1 * np.diag(np.diag(cov)) + 1e-6 * np.eye(len(STATISTICS))  # shrink: stable inverse
+    inv = np.linalg.inv(cov)
+    d = np.sqrt(np.einsum("ij,jk,ik->i", z - z.mean(0), inv, z - z.mean(0)))
+    lum = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    clipped = x[:, STATISTICS.index("clipped_fraction")]
+    return {
+        "version": REFERENCE_VERSION,
+        "n_images": int(len(x)),
+        "image_size": shape,
+        "statistics": list(STATISTICS),
+        "quantiles": {
+            name: {"p0.5": float(q[0, i]), "p25": float(q[1, i]), "p50": float(q[2, i]),
+                   "p75": float(q[3, i]), "p99.5": float(q[4, i])}
+            for i, name in enumerate(STATISTICS)
+        },
+        "mahalanobis": {
+            "center": [float(v) for v in med], "scale": [float(v) for v in scale],
+            "mean_z": [float(v) for v in z.mean(0)], "inv_cov": [[float(v) for v in row] for row in inv],
+            "p99.9": float(np.percentile(d, 99.9)),
+        },
+        "luminance": {"p0.5": float(np.percentile(lum, 0.5)), "p99.5": float(np.percentile(lum, 99.5))},
+        "clipped": {"p99.5": float(np.percentile(clipped, 99.5))},
+        "rule": {"margin": float(margin), "mahalanobis_factor": float(mahalanobis_factor)},
+    }
+
+
+def _check_reference(ref: dict) -> None:
+    if not isinstance(ref, dict) or ref.get("version") != REFERENCE_VERSION:
+        raise ValueError(f"input_statistics: unsupported version {ref.get('version') if isinstance(ref, dict) else ref!r}")
+    if list(ref.get("statistics", [])) != list(STATISTICS):
+        raise ValueError("input_statistics: statistics differ from this leukedge's (recompute them with train)")
+
+
+def assess(rgb: np.ndarray, reference: dict | None = None, stats: dict[str, float] | None = None) -> list[Flag]:
+    """Quality and out-of-distribution flags for one decoded uint8 HxWx3 image (the model's input).
+
+    reference: the card's `input_statistics` (from `reference_statistics`); None = only the absolute
+    check (constant image). stats: precomputed `image_statistics(rgb)` (then rgb may be None). Returns an empty
+    list for an unremarkable image. Quality flags come first; the OOD flag is added only when no
+    quality flag explains the image. Raises ValueError for a reference of another version.
+    """
+    s = stats if stats is not None else image_statistics(rgb)
+    flags: list[Flag] = []
+    if s["lum_std"] < 0.5 and all(s[f"fg_{c}_p95"] - s[f"fg_{c}_p05"] < 1 for c in "rgb"):
+        return [Flag("constant", "quality", f"constant image (every pixel ~RGB "
+                                            f"{s['mean_r']:.0f},{s['mean_g']:.0f},{s['mean_b']:.0f})")]
+    if reference is None:
+        return flags
+    _check_reference(reference)
+    lum = _luminance_mean(s)
+    lo, hi = reference["luminance"]["p0.5"], reference["luminance"]["p99.5"]
+    if lum < 0.5 * lo:
+        flags.append(Flag("too_dark", "quality", f"far darker than training: mean luminance {lum:.1f}, "
+                                                 f"training's 0.5th percentile {lo:.1f}"))
+    elif lum > hi + 0.5 * (255.0 - hi):
+        flags.append(Flag("too_bright", "quality", f"far brighter than training: mean luminance {lum:.1f}, "
+                                                   f"training's 99.5th percentile {hi:.1f}"))
+    clip_hi = reference["clipped"]["p99.5"]
+    if s["clipped_fraction"] > 0.5 and s["clipped_fraction"] > clip_hi + 0.25:
+        flags.append(Flag("saturated", "quality", f"mostly saturated: {100 * s['clipped_fraction']:.0f} % of pixels "
+                                                  f"at 255 (training at most {100 * clip_hi:.0f} %)"))
+    if flags:
+        return flags
+    rule = reference.get("rule", {})
+    margin = float(rule.get("margin", DEFAULT_MARGIN))
+    factor = float(rule.get("mahalanobis_factor", DEFAULT_MAHALANOBIS_FACTOR))
+    outside = []
+    for name in STATISTICS:
+        qd = reference["quantiles"][name]
+        width = qd["p99.5"] - qd["p0.5"]
+        low, high = qd["p0.5"] - margin * width, qd["p99.5"] + margin * width
+        v = s[name]
+        if v < low or v > high:
+            # how far outside, in units of the training's 0.5..99.5 % range
+            dist = (low - v if v < low else v - high) / (width if width > 0 else 1.0)
+            outside.append((dist, name, v, qd["p0.5"], qd["p99.5"]))
+    mh = reference["mahalanobis"]
+    z = (_vector(s) - np.asarray(mh["center"])) / np.asarray(mh["scale"]) - np.asarray(mh["mean_z"])
+    d = float(np.sqrt(max(z @ np.asarray(mh["inv_cov"]) @ z, 0.0)))
+    limit = factor * mh["p99.9"]
+    if outside:
+        _, name, v, p0, p1 = max(outside)
+        more = f" (+{len(outside) - 1} more)" if len(outside) > 1 else ""
+        flags.append(Flag("ood", "ood", f"unlike the training images: {name} = {v:.3g}, training range "
+                                        f"{p0:.3g}..{p1:.3g}{more}; Mahalanobis distance {d:.1f} (limit {limit:.1f})"))
+    elif d > limit:
+        flags.append(Flag("ood", "ood", f"unlike the training images: Mahalanobis distance {d:.1f} over the "
+                                        f"statistics, above the limit {limit:.1f}"))
+    return flags
