@@ -289,7 +289,7 @@ def benchmark(models, data_path, part, out, baseline, fail_on_regression, max_f1
 @_one_line_errors
 def flow(data_path, out, quick, image_size):
     """The whole flow on DATA (default: the sample data if at hand, else a generated synthetic set)."""
-    from leukedge.flow import run_flow
+    from leukedge.benchmarks.flow import run_flow
 
     run_flow(data_path, out, quick=quick, image_size=image_size)
 
