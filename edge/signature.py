@@ -266,7 +266,8 @@ def signature_status(model_path: str | os.PathLike) -> str:
         doc = _read_signature(mp)
     except SignatureError as exc:
         if not signature_path_for(mp).exists():
-            return f"unsigned: no {signature_path_for(mp).name} beside {mp.name}; model and card are not verified"
+            return (f"unsigned: no {signature_path_for(mp).name} beside {mp.name}; the card (threshold, "
+                    "preprocessing) is not authenticated")
         return f"unsigned: {exc}"
     return (f"signed (key {doc.get('key_id')}), not verified: pass --require-signature PUBKEY to check "
             "model and card before use")
