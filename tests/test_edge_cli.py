@@ -42,7 +42,8 @@ def test_text_json_csv_and_atomic_output(tiny_models, synth_arrays, tmp_path):
     model = tiny_models["float32"]
     text = run_edge("--model", model, paths[0], paths[1])
     assert text.returncode == 0, text.stderr
-    assert len(text.stdout.strip().splitlines()) == 2 and "p_all=" in text.stdout
+    lines = text.stdout.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("# leukedge") and "variant float32" in lines[0] and "p_all=" in text.stdout
     out_file = tmp_path / "res" / "out.csv"
     r = run_edge("--model", model, "--format", "csv", "--output", out_file, *paths[:3])
     assert r.returncode == 0 and r.stdout == ""
@@ -157,3 +158,222 @@ def test_watch_classifies_new_images_and_stops_cleanly(tiny_models, tmp_path):
     assert paths["new.bmp"]["label"] in ("all", "hem")
     assert "error" in paths["broken.png"]
     assert proc.returncode == 1 and "stopped" in err and "Traceback" not in err
+
+
+# -- issue 10: no single input ends a run; outputs survive; names round-trip ---------------------------
+
+
+def _strip_offsets_tiff(path: Path) -> Path:
+    """The repro's TIFF: StripOffsets (tag 273) typed RATIONAL instead of LONG."""
+    import io as _io
+    import struct
+
+    from PIL import Image
+
+    b = _io.BytesIO()
+    Image.new("RGB", (8, 8)).save(b, "TIFF")
+    b = bytearray(b.getvalue())
+    ifd = struct.unpack_from("<I", b, 4)[0]
+    for i in range(struct.unpack_from("<H", b, ifd)[0]):
+        p = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", b, p)[0] == 273:
+            struct.pack_into("<H", b, p + 2, 5)
+    path.write_bytes(bytes(b))
+    return path
+
+
+def test_tiff_typeerror_repro_does_not_end_the_batch(tiny_models, synth_arrays, tmp_path):
+    _, _, paths = synth_arrays
+    bad = _strip_offsets_tiff(tmp_path / "bad.tif")
+    out = tmp_path / "out.jsonl"
+    r = run_edge("--model", tiny_models["int8"], "--format", "json", paths[0], bad, paths[1], "-o", out)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["path"] for row in rows] == [paths[0], str(bad), paths[1]]
+    assert rows[0]["status"] == rows[2]["status"] == "ok" and rows[1]["status"] in ("error", "internal")
+    assert "1 failed" in r.stderr or "1 internal" in r.stderr
+
+
+def test_any_exception_from_the_decoder_is_an_internal_error_row(tiny_models, synth_arrays, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import leukedge.edge.classifier as classifier
+    from leukedge.edge import cli
+
+    _, _, paths = synth_arrays
+    real = classifier.load_rgb
+
+    def exploding(path, *a, **k):
+        if str(path) == paths[1]:
+            raise TypeError("'IFDRational' object cannot be interpreted as an integer")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(classifier, "load_rgb", exploding)
+    out = tmp_path / "out.csv"
+    res = CliRunner().invoke(cli.main, ["--model", str(tiny_models["float32"]), "--format", "csv", "-o", str(out),
+                                        *paths[:3]])
+    assert res.exit_code == 1, res.output
+    rows = list(csv.DictReader(out.open()))
+    assert [r["status"] for r in rows] == ["ok", "internal", "ok"]
+    assert rows[1]["error_type"] == "TypeError" and "IFDRational" in rows[1]["error"]
+    assert all(r["model_sha256"] and r["variant"] == "float32" and r["leukedge_version"] for r in rows)
+    assert "2 classified, 0 failed, 1 internal errors" in res.output
+
+
+def test_full_disk_exits_2_naming_the_temp_file_with_every_finished_row(tiny_models, synth_arrays, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from leukedge.edge import cli, outputs
+
+    _, _, paths = synth_arrays
+    real_init = outputs.TempFileSink.__init__
+
+    class Full:
+        def __init__(self, fh):
+            self.fh, self.n = fh, 0
+
+        def write(self, data):
+            self.n += 1
+            if self.n > 3:  # the header and two rows fit
+                raise OSError(28, "No space left on device")
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        self._fh = Full(self._fh)
+
+    monkeypatch.setattr(outputs.TempFileSink, "__init__", init)
+    target = tmp_path / "res.csv"
+    res = CliRunner().invoke(cli.main, ["--model", str(tiny_models["float32"]), "--format", "csv", "-o", str(target),
+                                        *paths[:5]])
+    assert res.exit_code == 2 and "No space left" in res.output and "Traceback" not in res.output
+    temp = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    assert len(temp) == 1 and str(temp[0]) in res.output and not target.exists()
+    assert [r["path"] for r in csv.DictReader(temp[0].open())] == paths[:2]
+
+
+def test_output_location_is_checked_before_any_work(tiny_models, synth_arrays, tmp_path):
+    _, _, paths = synth_arrays
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_edge("--model", tiny_models["float32"], "-o", blocker / "out.csv", paths[0])
+    assert r.returncode == 2 and "cannot write results" in r.stderr and "Traceback" not in r.stderr
+    assert "classified" not in r.stderr
+
+
+def test_names_with_newlines_tabs_and_bad_utf8_round_trip(tiny_models, tmp_path):
+    from leukedge.edge.outputs import read_rows, unescape_text
+
+    src = write_image(tmp_path / "src.png", fmt="PNG").read_bytes()
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    names = [b"new\nline.png", b"tab\tcr\r.png", b"\xff\xfelatin.png", b"ok.png"]
+    for n in names:
+        with open(os.path.join(os.fsencode(folder), n), "wb") as fh:
+            fh.write(src)
+    (folder / "._ok.png").write_bytes(b"\0\5\26\7 AppleDouble")  # a macOS sidecar: never an image
+    want = sorted(os.path.join(os.fsencode(folder), n) for n in names)
+    for fmt in ("csv", "json", "text"):
+        out = tmp_path / f"out.{fmt}"
+        r = subprocess.run([*EDGE, "--model", str(tiny_models["float32"]), "--format", fmt, "-o", str(out), str(folder)],
+                           capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        if fmt == "text":
+            lines = out.read_bytes().decode().splitlines()[1:]
+            got = [unescape_text(line.split("\t")[0]) for line in lines]
+        else:
+            got = [os.fsencode(row["path"]) for row in read_rows(out, fmt)]
+        assert sorted(got) == want, fmt
+
+
+def _watch_proc(model, folder, *extra):
+    proc = subprocess.Popen([*EDGE, "--model", str(model), "--format", "json", "--watch", str(folder),
+                             "--poll-interval", "0.1", "--settle", "0.5", *map(str, extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    started = b""
+    while b"watching" not in started:
+        line = proc.stderr.readline()
+        assert line, "watcher exited before it started watching: " + started.decode(errors="replace")
+        started += line
+    proc.started = started
+    return proc
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_watch_pause_repro_file_is_read_again_when_complete(tiny_models, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    data = write_image(tmp_path / "big.bmp", size=(200, 200), fmt="BMP").read_bytes()
+    proc = _watch_proc(tiny_models["float32"], folder, "-o", tmp_path / "rows.jsonl")
+    try:
+        with open(folder / "cell.bmp", "wb") as fh:
+            fh.write(data[:30000])
+            fh.flush()
+            time.sleep(2.0)  # longer than --settle
+            fh.write(data[30000:])
+        time.sleep(2.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    rows = _jsonl(tmp_path / "rows.jsonl")
+    assert rows[-1]["status"] == "ok" and rows[-1]["path"].endswith("cell.bmp")
+    assert all(r["status"] == "error" for r in rows[:-1]) and len(rows) <= 2
+    assert rows[-1].get("reread") is (len(rows) == 2 or None)
+
+
+def test_watch_restart_repro_kill_9_then_resume(tiny_models, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    out = tmp_path / "out.jsonl"
+    img = write_image(tmp_path / "src.png", fmt="PNG")
+    proc = _watch_proc(tiny_models["float32"], folder, "-o", out)
+    for i in range(3):
+        shutil.copy(img, folder / f"a{i}.png")
+    deadline = time.time() + 20
+    while time.time() < deadline and (not out.exists() or len(_jsonl(out)) < 3):
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert len(_jsonl(out)) == 3
+    shutil.copy(img, folder / "b1.png")  # arrives while the watcher is down
+    proc = _watch_proc(tiny_models["float32"], folder, "-o", out)
+    try:
+        shutil.copy(img, folder / "c1.png")
+        deadline = time.time() + 20
+        while time.time() < deadline and len(_jsonl(out)) < 5:
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    names = sorted(Path(r["path"]).name for r in _jsonl(out))
+    assert names == ["a0.png", "a1.png", "a2.png", "b1.png", "c1.png"], names
+    assert b"resuming" in proc.started and proc.returncode == 0
+    beat = json.loads(out.with_name("out.jsonl.heartbeat").read_text())
+    assert beat["state"] == "stopped" and beat["classified"] == 2
+
+
+def test_watch_folder_vanishes_repro_watcher_keeps_going(tiny_models, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    proc = _watch_proc(tiny_models["float32"], folder)
+    try:
+        folder.rmdir()
+        time.sleep(2.0)
+        folder.mkdir()
+        time.sleep(1.0)
+        write_image(folder / "after.png", fmt="PNG")
+        time.sleep(2.5)
+        assert proc.poll() is None, "the watcher died when its folder vanished"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    rows = [json.loads(line) for line in out.decode().splitlines()]
+    assert [Path(r["path"]).name for r in rows] == ["after.png"] and rows[0]["status"] == "ok"
+    assert b"is gone" in err and b"Traceback" not in err
