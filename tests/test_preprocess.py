@@ -83,3 +83,64 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ImageError, match="decompression-bomb"):
         load_rgb(p)
+
+
+# ----------------------------------------------------------------------------- card preprocessing is validated
+GOOD = {"size": 224, "resize": "bilinear", "channels": "RGB", "mean": [128.0, 128.0, 128.0],
+        "std": [128.0, 128.0, 128.0], "layout": "NHWC"}
+
+
+def test_preprocessing_round_trips_with_bit_depth():
+    prep = Preprocessing(size=64, bit_depth=12)
+    d = prep.to_dict()
+    assert d["bit_depth"] == 12 and Preprocessing.from_dict(d) == prep
+    assert Preprocessing.from_dict(GOOD).bit_depth is None  # cards without it still load
+    assert prep.decode_options(page=2).bit_depth == 12
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("std", [float("nan")] * 3, r"'std\[0\]' must be finite"),
+    ("mean", [0.0, float("inf"), 0.0], r"'mean\[1\]' must be finite"),
+    ("std", [128.0, 0.0, 128.0], r"'std\[1\]' must be > 0"),
+    ("size", float("inf"), "'size' must be an integer"),  # what json.loads gives for 1e400
+    ("size", 1e30, "'size' = .* out of range"),
+    ("size", True, "'size' must be an integer, not bool"),
+    ("size", "224", "'size' must be an integer, not str"),
+    ("size", 224.5, "'size' must be an integer"),
+    ("mean", "128", "'mean' must be a list of 3 numbers, not str"),
+    ("mean", [128.0, 128.0], "'mean' must have 3 values"),
+    ("mean", [True, 0.0, 0.0], r"'mean\[0\]' must be a number, not bool"),
+    ("std", [1e400, 1.0, 1.0], r"'std\[0\]' must be finite"),
+    ("resize", "fancy", "unknown resize 'fancy'"),
+    ("resize", 3, "'resize' must be a string"),
+    ("bit_depth", True, "'bit_depth' must be an integer, not bool"),
+    ("bit_depth", 64, "'bit_depth' = 64 is out of range"),
+    ("layout", "NCHW", "unknown layout"),
+])
+def test_card_preprocessing_values_are_validated_not_coerced(field, value, message):
+    d = dict(GOOD, **{field: value})
+    with pytest.raises(ValueError, match=message):
+        Preprocessing.from_dict(d)
+
+
+def test_missing_and_non_object_preprocessing():
+    with pytest.raises(ValueError, match="missing 'std'"):
+        Preprocessing.from_dict({k: v for k, v in GOOD.items() if k != "std"})
+    with pytest.raises(ValueError, match="must be an object"):
+        Preprocessing.from_dict([1, 2, 3])
+
+
+def test_nan_card_is_one_card_error_naming_the_field(tmp_path):
+    """../shared/repro/nan-card.sh: a card whose std is NaN gave p_all NaN and exit 0."""
+    import json
+
+    from leukedge.edge.card import CardError, ModelCard
+
+    card = ModelCard(labels=["hem", "all"], positive_label="all", preprocessing=Preprocessing(size=64),
+                     model_file="m.tflite", model_format="tflite", threshold=0.5)
+    d = json.loads(json.dumps(card.to_dict()))
+    d["preprocessing"]["std"] = [float("nan")] * 3
+    d = json.loads(json.dumps(d))  # NaN survives JSON in Python, as in the reproduction
+    with pytest.raises(CardError, match=r"std\[0\]") as e:
+        ModelCard.from_dict(d, where="m.json")
+    assert "\n" not in str(e.value)
