@@ -129,3 +129,95 @@ def test_verify_against_the_release_manifest(cnmc_dir, tmp_path):
     rep2 = verify_release(tmp_path, progress=False)
     assert any(victim.name in c[0] and "SHA-256" in c[1] for c in rep2.corrupt)
     assert rep2.unexpected == ["stray.txt"]
+
+
+# -- issue 10: the TCIA package, split-named folders, unused parts, macOS sidecars ---------------------
+
+
+def _as_tcia(kaggle_root, dest):
+    """Rebuild a Kaggle-layout C-NMC tree as TCIA's "PKG - C-NMC 2019" package (labels CSV inside the prelim folder)."""
+    pkg = dest / "PKG - C-NMC 2019"
+    shutil.copytree(kaggle_root / "training_data", pkg / "C-NMC_training_data")
+    prelim = pkg / "C-NMC_test_prelim_phase_data"
+    shutil.copytree(kaggle_root / "validation_data" / "C-NMC_test_prelim_phase_data", prelim)
+    shutil.copy(kaggle_root / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv", prelim)
+    final = pkg / "C-NMC_test_final_phase_data"
+    final.mkdir()
+    for i, img in enumerate(sorted(prelim.glob("*.bmp"))[:3]):
+        shutil.copy(img, final / f"{i + 1}.bmp")
+    return pkg
+
+
+def _sprinkle_appledouble(root):
+    """What a copy through macOS leaves: a ._ sidecar (NUL-rich, not an image) beside every file."""
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            (p.parent / f"._{p.name}").write_bytes(b"\0\5\26\7\0\2\0\0Mac OS X        " + b"\0" * 4000)
+
+
+def test_tcia_package_is_read_like_the_kaggle_layout(synth_dir, tmp_path):
+    kaggle = read_dataset(synth_dir)
+    pkg = _as_tcia(synth_dir, tmp_path)
+    _sprinkle_appledouble(pkg)
+    for where in (tmp_path, pkg):
+        ds = read_dataset(where)
+        assert ds.layout == "cnmc" and ds.package == "tcia" and ds.positive_label == "all"
+        assert len(ds.part("train")) == len(kaggle.part("train")) and len(ds.part("validation")) == len(kaggle.part("validation"))
+        assert len(ds.part("test")) == 3 and all(s.label is None for s in ds.part("test"))
+        assert not any("._" in s.path for s in ds.samples)
+        assert not ds.problems, ds.problems
+    rep = inspect(read_dataset(pkg))
+    assert rep["images"] == len(kaggle.samples) + 3 and not rep["problems"]
+
+
+def test_appledouble_sidecars_never_count_in_the_kaggle_layout(synth_dir, tmp_path):
+    root = tmp_path / "C-NMC_Leukemia"
+    shutil.copytree(synth_dir, root)
+    _sprinkle_appledouble(root)
+    ds = read_dataset(root)
+    assert len(ds.samples) == len(read_dataset(synth_dir).samples) and not ds.problems
+
+
+def test_split_named_folders_are_not_taken_as_classes(tmp_path):
+    for split in ("train", "test"):
+        for i in range(3):
+            write_image(tmp_path / "d" / split / f"{i}.png", fmt="PNG", seed=i)
+    with pytest.raises(DatasetError, match="look like dataset splits"):
+        read_dataset(tmp_path / "d", positive="train")
+    for split in ("C-NMC_test_prelim_phase_data_x", "testing_data_y"):
+        write_image(tmp_path / "e" / split / "1.png", fmt="PNG")
+    with pytest.raises(DatasetError, match="look like dataset splits"):
+        read_dataset(tmp_path / "e")
+
+
+def test_unused_parts_of_the_tree_are_reported(tmp_path, synth_dir):
+    root = tmp_path / "cls"
+    for cls in ("all", "hem"):
+        for i in range(3):
+            write_image(root / cls / f"{i}.png", fmt="PNG", seed=i)
+    for i in range(5):
+        write_image(root / "hem" / "more" / f"{i}.png", fmt="PNG", seed=10 + i)
+    ds = read_dataset(root)
+    assert len(ds.samples) == 6
+    (where, what), = ds.problems
+    assert where.endswith("hem/more") and "5 images" in what and "not used" in what
+    pkg = _as_tcia(synth_dir, tmp_path / "t")
+    write_image(pkg / "extras" / "x.bmp", fmt="BMP")
+    ds = read_dataset(pkg)
+    assert any(w.endswith("extras") and "1 images" in p for w, p in ds.problems)
+
+
+def test_verify_maps_the_tcia_package_onto_the_release_manifest(cnmc_dir, tmp_path):
+    from leukedge.train.verify import tcia_to_release, verify_release
+
+    assert tcia_to_release("C-NMC_training_data/fold_0/all/a.bmp") == "training_data/fold_0/all/a.bmp"
+    assert (tcia_to_release("C-NMC_test_prelim_phase_data/C-NMC_test_prelim_phase_data_labels.csv")
+            == "validation_data/C-NMC_test_prelim_phase_data_labels.csv")
+    assert tcia_to_release("C-NMC_test_final_phase_data/7.bmp") == "testing_data/C-NMC_test_final_phase_data/7.bmp"
+    pkg = _as_tcia(cnmc_dir, tmp_path)
+    for p in (pkg / "C-NMC_test_final_phase_data").iterdir():
+        p.unlink()  # the sample has no final-phase images; copies of prelim ones would not match the manifest
+    _sprinkle_appledouble(pkg)
+    rep = verify_release(tmp_path, progress=False)
+    assert rep.layout == "tcia" and rep.ok == 78 and not rep.unexpected
+    assert [c[0] for c in rep.corrupt] == ["validation_data/C-NMC_test_prelim_phase_data_labels.csv"]
