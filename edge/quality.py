@@ -48,7 +48,7 @@ STATISTICS = (
     "focus", "sharpness", "fine_coarse",
 )
 REFERENCE_VERSION = 1
-DEFAULT_MARGIN = 0.25
+DEFAULT_MARGIN = 0.4
 DEFAULT_MAHALANOBIS_FACTOR = 1.5
 _BG_TOLERANCE = 40
 _QUANTILES = (5, 50, 95)
@@ -161,11 +161,16 @@ def reference_statistics(images, margin: float = DEFAULT_MARGIN,
     """
     rows, shape = [], None
     for im in images:
-        rows.append(_vector(image_statistics(im)))
+        rows.append(image_statistics(im))
         shape = shape or [int(v) for v in np.asarray(im).shape[:2]]
+    return _reference_from_stats(rows, shape, margin, mahalanobis_factor)
+
+
+def _reference_from_stats(rows: list[dict[str, float]], shape=None, margin: float = DEFAULT_MARGIN,
+                          mahalanobis_factor: float = DEFAULT_MAHALANOBIS_FACTOR) -> dict:
     if len(rows) < 20:
         raise ValueError(f"reference statistics need at least 20 images, got {len(rows)}")
-    x = np.stack(rows)
+    x = np.stack([_vector(r) for r in rows])
     q = np.percentile(x, [0.5, 25, 50, 75, 99.5], axis=0)
     med = q[2]
     scale = (q[3] - q[1]) / 1.349  # IQR of a normal distribution = 1.349 sigma
@@ -203,6 +208,23 @@ def _check_reference(ref: dict) -> None:
         raise ValueError(f"input_statistics: unsupported version {ref.get('version') if isinstance(ref, dict) else ref!r}")
     if list(ref.get("statistics", [])) != list(STATISTICS):
         raise ValueError("input_statistics: statistics differ from this leukedge's (recompute them with train)")
+
+
+_MODEL_CACHE: dict[int, tuple] = {}
+
+
+def _mahalanobis_model(reference: dict) -> tuple:
+    """The reference's Mahalanobis model as arrays, converted once per reference dict."""
+    hit = _MODEL_CACHE.get(id(reference))
+    if hit is not None and hit[0] is reference:
+        return hit[1]
+    mh = reference["mahalanobis"]
+    model = (np.asarray(mh["center"], np.float64), np.asarray(mh["scale"], np.float64),
+             np.asarray(mh["mean_z"], np.float64), np.asarray(mh["inv_cov"], np.float64), float(mh["p99.9"]))
+    if len(_MODEL_CACHE) > 8:
+        _MODEL_CACHE.clear()
+    _MODEL_CACHE[id(reference)] = (reference, model)
+    return model
 
 
 def assess(rgb: np.ndarray, reference: dict | None = None, stats: dict[str, float] | None = None) -> list[Flag]:
@@ -248,10 +270,10 @@ def assess(rgb: np.ndarray, reference: dict | None = None, stats: dict[str, floa
             # how far outside, in units of the training's 0.5..99.5 % range
             dist = (low - v if v < low else v - high) / (width if width > 0 else 1.0)
             outside.append((dist, name, v, qd["p0.5"], qd["p99.5"]))
-    mh = reference["mahalanobis"]
-    z = (_vector(s) - np.asarray(mh["center"])) / np.asarray(mh["scale"]) - np.asarray(mh["mean_z"])
-    d = float(np.sqrt(max(z @ np.asarray(mh["inv_cov"]) @ z, 0.0)))
-    limit = factor * mh["p99.9"]
+    center, scale, mean_z, inv_cov, p999 = _mahalanobis_model(reference)
+    z = (_vector(s) - center) / scale - mean_z
+    d = float(np.sqrt(max(z @ inv_cov @ z, 0.0)))
+    limit = factor * p999
     if outside:
         _, name, v, p0, p1 = max(outside)
         more = f" (+{len(outside) - 1} more)" if len(outside) > 1 else ""
@@ -261,3 +283,39 @@ def assess(rgb: np.ndarray, reference: dict | None = None, stats: dict[str, floa
         flags.append(Flag("ood", "ood", f"unlike the training images: Mahalanobis distance {d:.1f} over the "
                                         f"statistics, above the limit {limit:.1f}"))
     return flags
+
+
+def dataset_report(paths, size: int = 224, reference: dict | None = None, first: int = 5,
+                   options=None) -> dict:
+    """Quality/OOD flags over a dataset's images (for `leukedge data inspect`).
+
+    paths: image files. size: decode side (the model's input size). reference: the statistics to
+    compare with; None = the dataset's own (`reference_statistics` of every readable image), so the
+    OOD flag marks images far from the rest of the dataset. options: `DecodeOptions` for load_rgb.
+    Returns {"checked", "flagged", "per_reason": {code: count}, "examples": {code: [first paths]},
+    "unreadable": [(path, problem)], "reference": "dataset" | "given"}. Never raises for a bad image.
+    """
+    from .preprocess import ImageError, load_rgb
+
+    stats, unreadable = [], []
+    for p in paths:
+        try:
+            stats.append((str(p), image_statistics(load_rgb(p, size, "bilinear", options))))
+        except ImageError as exc:
+            unreadable.append((str(p), exc.problem))
+    ref, source = reference, "given"
+    if ref is None and len(stats) >= 20:
+        ref, source = _reference_from_stats([s for _, s in stats]), "dataset"
+    per_reason: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
+    flagged = 0
+    for p, s in stats:
+        flags = assess(None, ref, stats=s)
+        if flags:
+            flagged += 1
+        for f in flags:
+            per_reason[f.code] = per_reason.get(f.code, 0) + 1
+            if len(examples.setdefault(f.code, [])) < first:
+                examples[f.code].append(f"{p}: {f.message}")
+    return {"checked": len(stats), "flagged": flagged, "per_reason": per_reason, "examples": examples,
+            "unreadable": unreadable, "reference": source if ref is not None else "none (fewer than 20 images)"}

@@ -65,13 +65,16 @@ def data():
 @click.argument("path", type=click.Path())
 @click.option("--positive", help="Positive class folder name (plain class-folder layout).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@click.option("--quality-size", type=click.IntRange(min=0), default=224, show_default=True,
+              help="Decode every image at this size and flag suspicious ones (quality/OOD checks against the "
+                   "dataset's own statistics); 0 skips the checks.")
 @_one_line_errors
-def data_inspect(path, positive, as_json):
-    """Counts per class, subject and fold; image sizes and modes; byte-identical duplicates."""
+def data_inspect(path, positive, as_json, quality_size):
+    """Counts per class, subject and fold; image sizes and modes; byte-identical duplicates; suspicious images."""
     from leukedge.train.datasets import inspect, read_dataset
 
     ds = read_dataset(path, positive)
-    rep = inspect(ds)
+    rep = inspect(ds, quality_size=quality_size or None)
     if as_json:
         click.echo(json.dumps(rep, indent=2))
         return
@@ -87,6 +90,13 @@ def data_inspect(path, positive, as_json):
         click.echo(f"  shared by subjects {', '.join(c['subjects'])}: {', '.join(c['files'])}")
     for path_, problem in rep["problems"] + rep["unreadable"]:
         click.echo(f"problem: {path_}: {problem}")
+    q = rep.get("quality")
+    if q:
+        click.echo(f"suspicious images: {q['flagged']} of {q['checked']} decoded (reference: {q['reference']}); "
+                   f"per reason: {q['per_reason']}")
+        for code, lines in q["examples"].items():
+            for line in lines:
+                click.echo(f"  {code}: {line}")
 
 
 @data.command("verify")
