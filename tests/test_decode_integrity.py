@@ -485,3 +485,21 @@ def test_decode_options_are_validated():
                       ({"value_range": (0, float("nan"))}, "value_range")]:
         with pytest.raises(ValueError, match=field):
             DecodeOptions(**kw)
+
+
+# ----------------------------------------------------------------------------- train time == device time
+def test_train_time_tensors_equal_edge_time_tensors_on_real_images(cnmc_dir):
+    """The bit-identical contract on the real sample images (C-NMC BMPs, and PBC JPEGs when present)."""
+    from helpers import PBC
+    from leukedge.edge.preprocess import Preprocessing, preprocess_file
+    from leukedge.train.datasets import read_dataset
+    from leukedge.train.pipeline import decode_samples, make_dataset
+
+    samples = read_dataset(cnmc_dir).labelled[:4]
+    if PBC.is_dir():
+        samples += read_dataset(PBC, "ig").labelled[:4]
+    prep = Preprocessing(size=96, mean=(120.0, 110.0, 130.0), std=(60.0, 70.0, 65.0))
+    arrays = decode_samples(samples, prep, progress=False)
+    batch = next(iter(make_dataset(arrays, prep, batch_size=len(samples), training=False)))[0].numpy()
+    for i, s in enumerate(samples):
+        assert np.array_equal(batch[i], preprocess_file(s.path, prep)), f"{s.path}: train and edge tensors differ"
