@@ -94,15 +94,19 @@ def main(argv=None) -> int:
 
 
 _MEASURE = """
-import resource, sys
+import sys
 from leukedge.edge.preprocess import ImageError, load_rgb
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():  # this process's own peak RSS in KiB (ru_maxrss can carry the forking parent's)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+before = hwm()
 try:
     load_rgb(sys.argv[1], 224)
     outcome = "decoded"
 except ImageError as exc:
     outcome = "refused: " + exc.problem
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = hwm()
 print(before, after, outcome, sep="\\t")
 """
 

@@ -358,7 +358,7 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 def _to_rgb(im: Image.Image, path: Path, opts: DecodeOptions, raw: str) -> Image.Image:
-    """One decoded page -> mode RGB (8 bits) by the module's rules, ICC profile applied.
+    """One decoded page -> mode RGB, or L for grey (8 bits), by the module's rules, ICC profile applied.
 
     raw: the page's raw mode as Pillow reported it before loading (e.g. "RGB;16B").
     """
@@ -394,7 +394,8 @@ def _to_rgb(im: Image.Image, path: Path, opts: DecodeOptions, raw: str) -> Image
             rgb = rgb.convert("RGB").point(_depth_lut((1 << bits) - 1)[:256].tolist() * 3)
     if profile:
         return _icc_to_srgb(rgb, base, profile, path)
-    return rgb if rgb.mode == "RGB" else rgb.convert("RGB")
+    # Grey stays one band until after resizing (a third of the memory; the same pixels).
+    return rgb if rgb.mode in ("RGB", "L") else rgb.convert("RGB")
 
 
 def _icc_to_srgb(im: Image.Image, base: str, profile: bytes, path: Path) -> Image.Image:
@@ -497,7 +498,7 @@ def _decode(im: Image.Image, path: Path, size: int | None, resize: str, opts: De
         rgb = rgb.transpose(_ORIENTATION[orientation])
     if size is not None and rgb.size != (size, size):
         rgb = rgb.resize((size, size), _RESAMPLE[resize])
-    return rgb
+    return rgb if rgb.mode == "RGB" else rgb.convert("RGB")
 
 
 def load_rgb(path: str | os.PathLike, size: int | None = None, resize: str = "bilinear",
