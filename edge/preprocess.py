@@ -17,9 +17,10 @@ Decoding rules (`load_rgb`; the README's "Image integrity" section says the same
   declared depth (`DecodeOptions.bit_depth` / `Preprocessing.bit_depth`), else the
   container's depth (8 for 8-bit files, 16 for 16-bit, the TIFF BitsPerSample for 32-bit).
   Never a per-image guess. A declared depth above the container's is capped at the
-  container's. 16-bit-per-sample *colour* files: Pillow keeps only the high byte (that is
-  the container rule up to one grey level); a declared depth below 16 on such a file is
-  refused, since the low bits are gone.
+  container's. 16-bit-per-sample *colour* files: with the container's 16 bits, Pillow's
+  high byte is used (the rule within one level); with fewer significant bits, uncompressed
+  TIFF strips are read directly at full depth, and other layouts (compressed or tiled TIFF,
+  16-bit colour PNG) are refused, since Pillow has dropped the low bits.
 - Float images: values in [0, 1] are scaled by 255; any other range needs
   `DecodeOptions.value_range=(lo, hi)` (mapped linearly onto 0..255, clipped), else refused;
   NaN or infinity is refused.
@@ -357,6 +358,45 @@ def _single_band_to_l(im: Image.Image, path: Path, opts: DecodeOptions) -> Image
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
+def _raw16_colour(im: Image.Image, path: Path, top: int) -> Image.Image | None:
+    """Uncompressed 16-bit colour TIFF strips read directly and reduced by the bit-depth rule.
+
+    Pillow keeps only the high byte of 16-bit colour samples, which loses a declared 12-bit depth;
+    for uncompressed, chunky TIFF strips the samples are read here, one strip at a time. Returns an
+    8-bit RGB or RGBA image (the file's info, ICC profile included, carried over), or None when the
+    layout is another (compressed, tiled, planar): the caller then refuses the file.
+    """
+    w, h = im.size
+    tiles = list(im.tile)
+    if not tiles or im.format != "TIFF":
+        return None
+    first = tiles[0][3][0] if isinstance(tiles[0][3], tuple) else tiles[0][3]
+    if not isinstance(first, str) or first[:4] not in ("RGB;", "RGBA", "RGBX"):
+        return None
+    spp = 3 if first.startswith("RGB;") else 4
+    dtype = np.dtype("<u2" if first.endswith("L") else ">u2")
+    lut = _depth_lut(top)
+    out = np.empty((h, w, spp), np.uint8)
+    with open(path, "rb") as fh:
+        for t in tiles:
+            codec, box, offset, args = t[0], t[1], t[2], t[3]
+            rawmode = args[0] if isinstance(args, tuple) else args
+            stride = args[1] if isinstance(args, tuple) and len(args) > 1 else 0
+            if codec != "raw" or rawmode != first or stride not in (0, w * spp * 2) or box[0] != 0 or box[2] != w:
+                return None
+            y0, y1 = box[1], min(box[3], h)
+            n = (y1 - y0) * w * spp
+            fh.seek(offset)
+            buf = fh.read(n * 2)
+            if len(buf) != n * 2:
+                raise ImageError(path, "corrupt or truncated image: a 16-bit strip is shorter than its size")
+            out[y0:y1] = lut[np.frombuffer(buf, dtype).astype(np.uint16)].reshape(y1 - y0, w, spp)
+    mode = "RGB" if spp == 3 else ("RGBA" if im.mode == "RGBA" else "RGB")
+    res = Image.fromarray(out if spp == 3 or mode == "RGBA" else np.ascontiguousarray(out[..., :3]), mode)
+    res.info = dict(im.info)
+    return res
+
+
 def _to_rgb(im: Image.Image, path: Path, opts: DecodeOptions, raw: str) -> Image.Image:
     """One decoded page -> mode RGB, or L for grey (8 bits), by the module's rules, ICC profile applied.
 
@@ -367,9 +407,9 @@ def _to_rgb(im: Image.Image, path: Path, opts: DecodeOptions, raw: str) -> Image
         # Pillow keeps the high byte of 16-bit colour samples: the container rule, within 1 level.
         bits = _significant_bits(im, 16, opts)
         if bits < 16:
-            raise ImageError(path, f"16-bit colour image with {bits} significant bits: Pillow decodes only the "
-                                   "high byte of 16-bit colour samples, so the declared depth cannot be applied "
-                                   "exactly; store it as 8-bit RGB, or as three 16-bit grey pages")
+            raise ImageError(path, f"16-bit colour image with {bits} significant bits in a compressed or tiled "
+                                   "layout (or PNG): only uncompressed 16-bit colour TIFF strips can be read at full "
+                                   "depth; store it so, as 8-bit RGB, or as three 16-bit grey pages")
     has_alpha = mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in im.info)
     profile = im.info.get("icc_profile")
     if has_alpha:
@@ -491,9 +531,17 @@ def _decode(im: Image.Image, path: Path, size: int | None, resize: str, opts: De
         if size is not None and im.format in ("JPEG", "MPO") and min(im.size) >= 4 * size:
             im.draft(im.mode, (2 * size, 2 * size))  # reduced-size DCT decode, still >= 2x the target
         raw = _rawmode(im)
+        direct = None
+        if ";16" in raw and im.mode in ("RGB", "RGBA"):
+            bits = _significant_bits(im, 16, opts)
+            if bits < 16:
+                direct = _raw16_colour(im, path, (1 << bits) - 1)
         im.load()
         orientation = _orientation(im)  # after load: TIFF tags and PNG eXIf are complete only then
-        rgb = _to_rgb(im, path, opts, raw)
+        if direct is not None:
+            rgb = _to_rgb(direct, path, DecodeOptions(max_pixels=opts.max_pixels), "")
+        else:
+            rgb = _to_rgb(im, path, opts, raw)
     if orientation != 1:
         rgb = rgb.transpose(_ORIENTATION[orientation])
     if size is not None and rgb.size != (size, size):

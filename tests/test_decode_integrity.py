@@ -207,8 +207,27 @@ def test_sixteen_bit_colour_container_rule_and_declared_depth_refused(tmp_path):
     p = write_tiff(tmp_path / "rgb16.tif", [data])
     got = load_rgb(p).astype(int)
     assert np.abs(got - rule(data, 16)).max() <= 1  # Pillow keeps the high byte: within one level
+    twelve = RNG.integers(0, 4096, (6, 7, 3)).astype(np.uint16)
+    for bo in "<>":
+        p12 = write_tiff(tmp_path / "rgb12.tif", [twelve], byteorder=bo)
+        assert np.array_equal(load_rgb(p12, options=DecodeOptions(bit_depth=12)), rule(twelve, 12))
+        p12s = write_tiff(tmp_path / "rgb12s.tif", [twelve], [{341: (3, [4095] * 3)}], byteorder=bo)
+        assert np.array_equal(load_rgb(p12s), rule(twelve, 12))
+    rgba = np.dstack([twelve, np.full(twelve.shape[:2], 4095, np.uint16)])
+    assert np.array_equal(load_rgb(write_tiff(tmp_path / "rgba12.tif", [rgba]), options=DecodeOptions(bit_depth=12)),
+                          rule(twelve, 12))
+    png = tmp_path / "rgb16.png"
+    with open(png, "wb") as fh:  # a 16-bit colour PNG (Pillow cannot write one): the declared depth is refused
+        import zlib
+        raw = b"".join(b"\0" + row.astype(">u2").tobytes() for row in twelve)
+
+        def chunk(t, d):
+            return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+        fh.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 7, 6, 16, 2, 0, 0, 0))
+                 + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    assert np.abs(load_rgb(png).astype(int) - rule(twelve, 16)).max() <= 1
     with pytest.raises(ImageError, match="16-bit colour image with 12 significant bits"):
-        load_rgb(p, options=DecodeOptions(bit_depth=12))
+        load_rgb(png, options=DecodeOptions(bit_depth=12))
 
 
 # ----------------------------------------------------------------------------- floats
