@@ -450,3 +450,70 @@ def test_stdout_stream_sink_writes_header_once(capsysbinary):
     w.write(make_row("b", MODEL, label="hem", p_all=0.2))
     lines = buf.getvalue().decode().splitlines()
     assert lines[0].startswith("path,status") and len(lines) == 3
+
+
+# -- fuzz: no exception escapes the per-file handling -------------------------------------------------
+
+
+def _seed_images(tmp_path):
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    rgb = Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8), "RGB")
+    out = {}
+    for name, im, fmt, kw in [("bmp", rgb, "BMP", {}), ("png", rgb, "PNG", {}), ("jpg", rgb, "JPEG", {"quality": 80}),
+                              ("tif", rgb, "TIFF", {}), ("tif16", Image.fromarray(rng.integers(0, 65535, (16, 16), dtype=np.uint16)), "TIFF", {}),
+                              ("png16", Image.fromarray(rng.integers(0, 65535, (16, 16), dtype=np.uint16)), "PNG", {}),
+                              ("bmpa", rgb.convert("RGBA"), "BMP", {}), ("tifz", rgb, "TIFF", {"compression": "tiff_deflate"})]:
+        b = io.BytesIO()
+        im.save(b, fmt, **kw)
+        out[name] = b.getvalue()
+    return out
+
+
+def test_fuzzed_headers_never_escape_the_per_file_handling(tmp_path):
+    """A few thousand seeded mutations of BMP/PNG/JPEG/TIFF headers: each gives a row, none an internal error."""
+    import random
+
+    class Decoder:
+        threshold = 0.5
+
+        def predict_one(self, path):
+            from leukedge.edge.preprocess import ImageError
+
+            try:
+                rgb = load_rgb(path, 16)
+            except ImageError as exc:
+                return Pred(str(path), error=exc.problem)
+            return Pred(str(path), "hem", float(rgb.mean()) / 255.0)
+
+    rng = random.Random(1234)
+    seeds = _seed_images(tmp_path)
+    clf, counts, internal = Decoder(), Counts(), []
+    n = int(os.environ.get("LEUKEDGE_FUZZ_CASES", "2400"))
+    for i in range(n):
+        kind = rng.choice(sorted(seeds))
+        data = bytearray(seeds[kind])
+        head = min(len(data), rng.choice([16, 64, 256]))
+        for _ in range(rng.randint(1, 6)):
+            how = rng.random()
+            pos = rng.randrange(min(head, len(data)))
+            if how < 0.5:
+                data[pos] = rng.randrange(256)
+            elif how < 0.8:  # an extreme 16- or 32-bit field
+                width = rng.choice([2, 4])
+                val = rng.choice([0, 1, 0x7F, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, rng.randrange(1 << 32)])
+                data[pos: pos + width] = val.to_bytes(4, rng.choice(["little", "big"]))[:width]
+            else:
+                data = data[: rng.randrange(1, len(data))]
+        path = tmp_path / f"case.{kind.rstrip('0123456789az')}"
+        path.write_bytes(bytes(data))
+        row = classify_file(clf, str(path), MODEL)
+        counts.add(row)
+        if row["status"] == "internal":
+            internal.append((i, kind, row["error"]))
+    assert counts.classified + counts.failed + counts.internal == n
+    assert counts.failed > n // 4  # the mutations do break files
+    assert not internal, f"{len(internal)} internal errors, e.g. {internal[:3]}"
