@@ -10,7 +10,6 @@ reported as p50/p90/p99 at 1 thread and at all cores. Cold start: a fresh
 from __future__ import annotations
 
 import datetime as _dt
-import gzip
 import json
 import subprocess
 import sys
@@ -22,17 +21,18 @@ import numpy as np
 
 from leukedge import __version__
 from leukedge.edge.card import CardError, ModelCard, load_card_for_model
+from leukedge.train.splits import SPLIT_FILE
 from leukedge.edge.classifier import Classifier
 from leukedge.edge.errors import LeukedgeError
 from leukedge.edge.files import staged_dir, write_text_atomic
-from leukedge.metrics import report_at_threshold
 from leukedge.edge.preprocess import normalize
 from leukedge.edge.runtime import default_threads
+from leukedge.evaluation import Evaluation, KerasScorer, evaluate, gzip_bytes, load_part, scorer_for
 
 from .machine import machine_info
 
 SCHEMA = "leukedge.benchmark"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: schema of issue-8 round (input_size, runtime, reference, threshold_chosen_on)
 
 
 class BenchmarkError(LeukedgeError, ValueError):
@@ -41,27 +41,39 @@ class BenchmarkError(LeukedgeError, ValueError):
 
 @dataclass
 class BenchmarkOptions:
-    part: str = "auto"
+    """Options of `leukedge benchmark` (also --set keys)."""
+
+    part: str = "auto"  # test when the split has one, else validation (the report says which)
     repeats: int = 30
     warmup: int = 3
-    max_images: int = 0
+    max_images: int = 0  # 0 = all images of the part
     cold_start: bool = True
     cold_start_runs: int = 3
     max_f1_regression: float = 0.01
+    max_recall_regression: float = 0.01
     max_latency_ratio: float = 1.25
+    split_file: str = ""  # default: split.json beside the first model given that has one
+    allow_data_drift: bool = False
+
+    RANGES = {"repeats": (3, 100000), "warmup": (0, 1000), "max_images": (0, 10**8), "cold_start_runs": (1, 100),
+              "max_f1_regression": (0.0, 1.0), "max_recall_regression": (0.0, 1.0), "max_latency_ratio": (1.0, 100.0)}
+    CHOICES = {"part": ("auto", "test", "validation", "train")}
 
 
 def collect_models(paths) -> list[tuple[Path, ModelCard]]:
-    """Model files with their cards; folders contribute their model.keras and every *.tflite."""
+    """Model files with their cards; folders contribute their *.keras, *.tflite and *.onnx models.
+
+    Models of one family share labels (by name); they may differ in input size (int8@160 beside int8).
+    Raises BenchmarkError naming the file for a missing model or card."""
     if not paths:
         raise BenchmarkError("no models given: pass model files (.keras/.tflite with cards) or an optimize folder")
     files: list[Path] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found = sorted(p.glob("*.keras")) + sorted(p.glob("*.tflite"))
+            found = sorted(p.glob("*.keras")) + sorted(p.glob("*.tflite")) + sorted(p.glob("*.onnx"))
             if not found:
-                raise BenchmarkError(f"{p}: folder holds no .keras or .tflite models")
+                raise BenchmarkError(f"{p}: folder holds no .keras, .tflite or .onnx models")
             files.extend(found)
         elif p.exists():
             files.append(p)
@@ -73,12 +85,12 @@ def collect_models(paths) -> list[tuple[Path, ModelCard]]:
             models.append((f, load_card_for_model(f)))
         except CardError as exc:
             raise BenchmarkError(str(exc)) from None
-    labels = {tuple(c.labels) for _, c in models}
+    labels = {tuple(sorted(c.labels)) for _, c in models}
     if len(labels) > 1:
         raise BenchmarkError(f"models were trained with different labels: {sorted(labels)}; benchmark one family at a time")
-    sizes = {c.preprocessing.size for _, c in models}
-    if len(sizes) > 1:
-        raise BenchmarkError(f"models take different input sizes {sorted(sizes)}; benchmark one family at a time")
+    positives = {c.positive_label for _, c in models}
+    if len(positives) > 1:
+        raise BenchmarkError(f"models disagree on the positive class: {sorted(positives)}")
     return models
 
 
@@ -89,7 +101,11 @@ def _percentiles(ms: list[float]) -> dict:
             "images_per_second": float(1000.0 / a.mean())}
 
 
-def measure_tflite_latency(model: Path, inputs: np.ndarray, threads: int, repeats: int, warmup: int) -> dict:
+def measure_device_latency(model: Path, inputs: np.ndarray, threads: int, repeats: int, warmup: int) -> dict:
+    """Single-image inference latency through the device's runtime (LiteRT or ONNX Runtime) at `threads`.
+
+    inputs: float32 model inputs (N, S, S, 3). Returns {"threads", "p50", "p90", "p99", "mean" (ms),
+    "images_per_second"} after `warmup` untimed runs."""
     clf = Classifier.load(model, threads=threads, verify=False)
     tensors = [clf.input_tensor_from_float(x) for x in inputs[: max(1, min(len(inputs), repeats))]]
     for i in range(warmup):
@@ -170,21 +186,38 @@ def measure_keras_memory(model: Path, image: str) -> float | None:
 
 
 def _file_sizes(path: Path) -> dict:
-    data = path.read_bytes()
-    return {"size_bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=6))}
+    return {"size_bytes": path.stat().st_size, "gzip_bytes": gzip_bytes(path)}
+
+
+def _find_split_file(found, opts: BenchmarkOptions) -> Path:
+    if opts.split_file:
+        return Path(opts.split_file)
+    for path, _ in found:
+        if (path.parent / SPLIT_FILE).exists():
+            return path.parent / SPLIT_FILE
+    raise BenchmarkError(f"no {SPLIT_FILE} beside the models given (train and optimize write it); pass --split-file")
 
 
 def benchmark(models, out, opts: BenchmarkOptions, data: str | None = None, baseline: str | None = None) -> dict:
+    """Score and time every model on the same split part: the `leukedge benchmark` step.
+
+    models: model files and/or folders (their .keras, .tflite, .onnx). out: folder for results.json,
+    report.md, f1_vs_latency.png (all or nothing). data: the dataset folder if it moved. baseline: an
+    earlier results.json to compare with (same schema version, else refused).
+    Each model is scored on the part decoded at its own input size; agreement and |ΔP| are against the
+    Keras parent when given, else float32. Returns the results dict (see README for the schema).
+    Raises BenchmarkError, DatasetError/DataDriftError.
+    """
     from leukedge.train.datasets import DatasetError
-    from leukedge.train.pipeline import decode_samples
-    from leukedge.train.splits import split_from_card
+    from leukedge.train.splits import read_split, subsample
 
     t0 = time.perf_counter()
     found = collect_models(models)
     base = _load_baseline(baseline) if baseline else None
     ref_card = next((c for _, c in found if c.model_format == "keras"), found[0][1])
     try:
-        ds, split, data_root = split_from_card(ref_card, data)
+        ds, split, data_root = read_split(_find_split_file(found, opts), data, opts.allow_data_drift,
+                                          labels=ref_card.labels)
     except DatasetError as exc:
         raise BenchmarkError(str(exc)) from None
     part = opts.part if opts.part != "auto" else ("test" if split.parts.get("test") else "validation")
@@ -192,80 +225,75 @@ def benchmark(models, out, opts: BenchmarkOptions, data: str | None = None, base
         raise BenchmarkError(f"split has no part {part!r} (parts: {', '.join(split.parts)})")
     samples = split.parts[part]
     if opts.max_images and len(samples) > opts.max_images:
-        from leukedge.train.fit import subsample
-
         samples = subsample(samples, opts.max_images, 0)
-    if not samples:
-        raise BenchmarkError(f"the {part} split is empty")
-    prep = ref_card.preprocessing
-    arrays = decode_samples(samples, prep, what=f"{part} images")
-    if len(arrays.labels) == 0:
-        raise BenchmarkError(f"no readable images in the {part} split")
-    x = normalize(arrays.images, prep)
-    y = arrays.labels
-    positive = ref_card.positive_index
-    all_threads = default_threads()
-    print(f"leukedge benchmark: {len(found)} model(s) on {len(y)} {part} images of {data_root}", file=sys.stderr)
+    decoded: dict[int, object] = {}
 
-    rows = []
-    float_decisions = None
+    def part_at(prep):
+        if prep.size not in decoded:
+            decoded[prep.size] = load_part(samples, prep, part)
+        return decoded[prep.size]
+
+    first = part_at(ref_card.preprocessing)
+    all_threads = default_threads()
+    print(f"leukedge benchmark: {len(found)} model(s) on {len(first.labels)} {part} images of {data_root}",
+          file=sys.stderr)
+
+    rows, evals = [], []
     runtime = None
     for path, card in found:
         print(f"leukedge benchmark: [{card.variant}] {path.name}", file=sys.stderr, flush=True)
+        arrays = part_at(card.preprocessing).in_label_order(ds.labels, card.labels)
+        x = normalize(arrays.images[: max(1, min(len(arrays.images), opts.repeats))], card.preprocessing)
         name = f"keras-{card.variant}" if card.model_format == "keras" else card.variant
-        row = {"variant": name, "file": path.name, "format": card.model_format,
+        row = {"variant": name, "file": path.name, "format": card.model_format, "input_size": card.preprocessing.size,
                "quantization": (card.quantization or {}).get("mode", "none"), **_file_sizes(path)}
         if card.model_format == "keras":
-            from leukedge.train.tfcompat import tensorflow
-
-            tf = tensorflow()
-            model = tf.keras.models.load_model(path, compile=False)
-            p = model.predict(x, batch_size=32, verbose=0)[:, positive].astype(np.float64)
-            row["latency"] = {"all_cores": measure_keras_latency(model, x, opts.repeats, opts.warmup)}
+            scorer = scorer_for(path, card)
+            row["latency"] = {"all_cores": measure_keras_latency(scorer.model, x, opts.repeats, opts.warmup)}
             row["peak_rss_mib"] = measure_keras_memory(path, arrays.paths[0])
             row["cold_start_s"] = None
-            del model
+            row["runtime"] = "tensorflow"
         else:
-            clf = Classifier.load(path, threads=all_threads)
-            runtime = clf.runtime
-            p = clf.probabilities_for_inputs(x)[:, positive].astype(np.float64)
+            scorer = scorer_for(path, card, threads=all_threads)
+            runtime = scorer.classifier.runtime
+            row["runtime"] = " ".join(filter(None, (runtime.name, runtime.version, runtime.detail)))
             row["latency"] = {
-                "1_thread": measure_tflite_latency(path, x, 1, opts.repeats, opts.warmup),
-                "all_cores": measure_tflite_latency(path, x, all_threads, opts.repeats, opts.warmup),
+                "1_thread": measure_device_latency(path, x, 1, opts.repeats, opts.warmup),
+                "all_cores": measure_device_latency(path, x, all_threads, opts.repeats, opts.warmup),
             }
             if opts.cold_start:
                 row.update(measure_cold_start(path, arrays.paths[0], opts.cold_start_runs))
-        rep = report_at_threshold(y, p, card.threshold, card.labels, positive)
-        decisions = p >= card.threshold
-        if float_decisions is None and card.model_format == "keras":
-            float_decisions = decisions
-        row["metrics"] = {k: rep[k] for k in ("f1_positive", "f1_negative", "macro_f1", "weighted_f1", "sensitivity",
-                                              "specificity", "accuracy", "auroc", "false_negatives", "false_positives")}
+        ev = evaluate(scorer, arrays, card.threshold, card.labels, card.positive_index, name=name)
+        row["metrics"] = {k: ev.report[k] for k in ("f1_positive", "f1_negative", "macro_f1", "weighted_f1", "sensitivity",
+                                                  "specificity", "accuracy", "auroc", "false_negatives", "false_positives")}
         row["threshold"] = card.threshold
         row["verdict"] = (card.verdict or {}).get("status", "-")
-        row["_decisions"], row["_p"] = decisions, p
         rows.append(row)
-    float_p = None
-    if float_decisions is not None:
-        float_p = next(r["_p"] for r in rows if r["format"] == "keras")
-    else:  # no Keras parent given: compare with the float32 TFLite model instead
-        f32 = next((r for r in rows if r["variant"] == "float32"), rows[0])
-        float_decisions, float_p = f32["_decisions"], f32["_p"]
-    for row in rows:
-        row["agreement_with_float"] = float(np.mean(row.pop("_decisions") == float_decisions))
-        row["max_abs_delta_p_vs_float"] = float(np.max(np.abs(row.pop("_p") - float_p)))
+        evals.append(ev)
+    ref_i = next((i for i, r in enumerate(rows) if r["format"] == "keras"), None)
+    if ref_i is None:  # no Keras parent given: compare with the float32 model instead
+        ref_i = next((i for i, r in enumerate(rows) if r["variant"] == "float32"), 0)
+    reference: Evaluation = evals[ref_i]
+    for row, ev in zip(rows, evals):
+        same_cells = len(ev.p) == len(reference.p)
+        ev.against(reference) if same_cells else None
+        row["agreement_with_float"] = ev.agreement
+        row["max_abs_delta_p_vs_float"] = ev.max_abs_delta_p
     f32_ms = next((r["latency"]["all_cores"]["p50"] for r in rows if r["variant"] == "float32"), None)
     for row in rows:
         row["latency_ratio_to_float32"] = (row["latency"]["all_cores"]["p50"] / f32_ms) if f32_ms else None
 
+    y = first.labels
     results = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "leukedge_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(runtime),
-        "data": {"root": data_root, "part": part, "images": int(len(y)), "split": split.describe(ds)["rule"],
+        "data": {"root": data_root, "part": part, "images": int(len(y)), "split": split.rule,
                  "file_list_sha256": split.file_list_sha256(ds),
+                 "threshold_chosen_on": "validation",
                  "per_class": {ds.labels[k]: int((y == k).sum()) for k in range(2)}},
         "positive_label": ref_card.positive_label,
+        "reference": rows[ref_i]["variant"],
         "settings": {"repeats": opts.repeats, "warmup": opts.warmup, "all_cores_threads": all_threads},
         "variants": rows,
         "seconds": None,
@@ -302,7 +330,8 @@ def _load_baseline(path: str) -> dict:
 
 
 def compare(results: dict, base: dict, opts: BenchmarkOptions) -> list[dict]:
-    """Regressions against a baseline: F1 and recall drops, and slowdowns as ratios to float32.
+    """Regressions against a baseline: F1 and sensitivity drops (each with its own budget), and slowdowns
+    as ratios to float32.
 
     Latency is compared as each variant's ratio to its float32 sibling, not in milliseconds,
     so a baseline from another machine still means something.
@@ -313,9 +342,10 @@ def compare(results: dict, base: dict, opts: BenchmarkOptions) -> list[dict]:
         b = old.get(r["variant"])
         if not b:
             continue
-        for key, name in (("f1_positive", "F1"), ("sensitivity", "recall")):
+        for key, name, budget in (("f1_positive", "F1", opts.max_f1_regression),
+                                  ("sensitivity", "sensitivity", opts.max_recall_regression)):
             drop = b["metrics"][key] - r["metrics"][key]
-            if drop > opts.max_f1_regression + 1e-12:
+            if drop > budget + 1e-12:
                 out.append({"variant": r["variant"], "what": name, "baseline": b["metrics"][key],
                             "now": r["metrics"][key], "change": -drop})
         new_ratio, old_ratio = r.get("latency_ratio_to_float32"), b.get("latency_ratio_to_float32")
@@ -333,9 +363,10 @@ def report_markdown(results: dict) -> str:
     lines = [
         "# leukedge benchmark",
         "",
-        f"{d['images']} {d['part']} images ({', '.join(f'{k} {v}' for k, v in d['per_class'].items())}) of "
-        f"`{Path(d['root']).name}`, split '{d['split']}'. Machine: {m['cpu']}, {m['usable_cores']} cores, "
-        f"{m.get('tflite_runtime', '-')}, Python {m['python']}.",
+        f"{d['images']} **{d['part']}** images ({', '.join(f'{k} {v}' for k, v in d['per_class'].items())}) of "
+        f"`{Path(d['root']).name}`, split '{d['split']}'; thresholds were chosen on {d.get('threshold_chosen_on', 'validation')}"
+        + (" (the same images: optimistic)" if d["part"] == d.get("threshold_chosen_on", "validation") else "")
+        + f". Machine: {m['cpu']}, {m['usable_cores']} cores, {m.get('tflite_runtime', '-')}, Python {m['python']}.",
         "",
         f"| variant | F1({pos}) | {pos} recall | specificity | weighted F1 | AUROC | agree | ms p50 (1 thr) | "
         f"ms p50 (all) | ms p99 (all) | img/s | x float32 | cold start s | peak MiB | MB | gzip MB | verdict |",
@@ -348,7 +379,7 @@ def report_markdown(results: dict) -> str:
         f = lambda v, fmt: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)  # noqa: E731
         lines.append(
             f"| {r['variant']} | {mt['f1_positive']:.4f} | {mt['sensitivity']:.4f} | {mt['specificity']:.4f} | "
-            f"{mt['weighted_f1']:.4f} | {f(mt['auroc'], '.4f')} | {r['agreement_with_float']:.3f} | {f(one, '.2f')} | "
+            f"{mt['weighted_f1']:.4f} | {f(mt['auroc'], '.4f')} | {f(r['agreement_with_float'], '.3f')} | {f(one, '.2f')} | "
             f"{allc['p50']:.2f} | {allc['p99']:.2f} | {allc['images_per_second']:.1f} | "
             f"{f(r['latency_ratio_to_float32'], '.2f')} | {f(r.get('cold_start_s'), '.2f')} | "
             f"{f(r.get('peak_rss_mib'), '.0f')} | {r['size_bytes'] / 1e6:.2f} | {r['gzip_bytes'] / 1e6:.2f} | {r['verdict']} |")

@@ -159,31 +159,41 @@ def data_synth(out, train_images, val_images, size, seed):
 
 # -- train -----------------------------------------------------------------------
 
+from leukedge.options import dataclass_option  # noqa: E402 - no TensorFlow behind it
+from leukedge.train.config import TrainConfig  # noqa: E402
+
+
+def _train_options(fn):
+    """The train step's flags: each one a TrainConfig key, with the dataclass's default, range and choices."""
+    flags = [
+        ("epochs", (), "Fine-tuning epochs (stage 2)."), ("epochs_head", (), "Head-only epochs (stage 1)."),
+        ("image_size", (), "Input size in px."), ("batch_size", (), "Global batch size."),
+        ("weights", (), "imagenet | keras-imagenet | none | PATH"),
+        ("fine_tune_from", (), "Block to fine-tune from: mixed0..mixed10, all, none."),
+        ("split", (), "Split rule (auto: official for C-NMC, else subject or random)."),
+        ("test_fraction", (), "Held-out test fraction."), ("test_fold", (), "C-NMC official split: hold this fold out."),
+        ("positive", (), "Positive class (plain class-folder layout)."),
+        ("min_recall_all", (), "Choose the threshold that keeps positive-class sensitivity >= R."),
+        ("max_train_images", (), "Stratified subsample of the training split (quick runs)."),
+        ("strategy", (), "tf.distribute strategy."), ("seed", (), ""),
+        ("strict", (), "Fail on the first unreadable image instead of skipping it."),
+        ("split_file", (), "Train on this split.json (e.g. tune's) instead of making a split."),
+    ]
+    for key, decls, help_ in reversed(flags):
+        fn = dataclass_option(TrainConfig, key, *decls, help=help_)(fn)
+    return fn
+
 
 @main.command()
 @click.argument("data_path", metavar="DATA", type=click.Path())
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config ([train] table).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config key (repeatable).")
-@click.option("--epochs", type=int, help="Fine-tuning epochs (stage 2).")
-@click.option("--epochs-head", type=int, help="Head-only epochs (stage 1).")
-@click.option("--image-size", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--weights", help="imagenet | keras-imagenet | none | PATH")
-@click.option("--fine-tune-from", help="Block to fine-tune from: mixed0..mixed10, all, none.")
-@click.option("--split", type=click.Choice(["auto", "official", "subject", "random"]))
-@click.option("--test-fraction", type=float)
-@click.option("--test-fold", help="C-NMC official split: hold this fold out as a test part.")
-@click.option("--positive", help="Positive class (plain class-folder layout).")
-@click.option("--min-recall-all", type=float, help="Choose the threshold that keeps positive-class recall >= R.")
-@click.option("--max-train-images", type=int, help="Stratified subsample of the training split (quick runs).")
-@click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]))
-@click.option("--seed", type=int)
-@click.option("--strict", is_flag=True, default=None, help="Fail on the first unreadable image instead of skipping it.")
+@_train_options
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @_one_line_errors
 def train(data_path, out, config_file, overrides, resume, **options):
-    """Fine-tune ImageNet InceptionV3 on DATA; writes OUT/model.keras and its card OUT/model.json."""
+    """Fine-tune ImageNet InceptionV3 on DATA; writes OUT/model.keras, its card and OUT/split.json."""
     from leukedge.train.config import load_config, parse_overrides
     from leukedge.train.fit import train as run_train
 
@@ -203,7 +213,7 @@ def train(data_path, out, config_file, overrides, resume, **options):
 @click.option("--epochs", default=20, show_default=True, help="Epochs per trial (head on cached features).")
 @_one_line_errors
 def tune(data_path, out, trials, max_seconds, config_file, overrides, epochs):
-    """Search head hyperparameters (L1, L2, dropout, units, activation, learning rate) by validation F1."""
+    """Search head hyperparameters by validation F1; writes best.toml and the split.json it used."""
     from leukedge.train.config import load_config, parse_overrides
     from leukedge.train.tune import tune as run_tune
 
@@ -213,44 +223,55 @@ def tune(data_path, out, trials, max_seconds, config_file, overrides, epochs):
 
 # -- optimize --------------------------------------------------------------------
 
+def _optimize_options(fn):
+    from leukedge.optimize.run import OptimizeOptions  # no TensorFlow at import (lazy inside)
+
+    flags = [
+        ("variants", (), "Variants to build (registry rows; name@PX for another input size)."), ("io", (), "Input/output type of full-integer TFLite models."),
+        ("sparsity", (), ""), ("calibration_size", (), "Calibration images (stratified, seeded)."),
+        ("calibration", (), "Calibrate on this dataset folder instead of the training split."),
+        ("prune_steps", (), "Fine-tuning steps while pruning."), ("prune_lr", (), ""),
+        ("qat_steps", (), "Quantization-aware fine-tuning steps."), ("qat_lr", (), ""),
+        ("resize_steps", (), "Fine-tuning steps of input-size variants (int8@160)."),
+        ("finetune_batch", (), "Batch size of the fine-tunes."),
+        ("max_f1_drop", (), "Budget: F1 drop against the parent."),
+        ("max_recall_drop", (), "Budget: sensitivity drop against the parent."),
+        ("keep_failing", (), "Exit 0 even when a variant is over budget (it stays marked failed)."),
+        ("keep_threshold", (), "Keep the parent's decision threshold instead of re-choosing it per variant."),
+        ("threads", (), "Interpreter threads for verification (0: all cores)."),
+        ("split_file", (), "The split.json to measure on [default: beside MODEL]."),
+        ("allow_data_drift", (), "Measure on the recorded files still present when the data changed."),
+    ]
+    from leukedge.optimize.variants import choices
+
+    flags[0] = ("variants", (), f"Variants to build, from: {', '.join(choices())}.")
+    for key, decls, help_ in reversed(flags):
+        fn = dataclass_option(OptimizeOptions, key, *decls, help=help_)(fn)
+    return fn
+
+
 @main.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path())
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
-@click.option("--data", "data_path", type=click.Path(), help="Dataset folder [default: the one in the model's card].")
-@click.option("--variants", default=",".join(("float32", "float16", "dynamic", "int8", "pruned-int8", "qat-int8", "pruned-qat-int8")),
-              show_default=True, help="Comma-separated variants.")
-@click.option("--io", default="int8", type=click.Choice(["int8", "uint8", "float32"]), show_default=True,
-              help="Input/output type of full-integer models.")
-@click.option("--sparsity", default=0.5, show_default=True, type=float)
-@click.option("--calibration-size", default=200, show_default=True, type=int)
-@click.option("--calibration", "calibration_path", type=click.Path(), help="Calibrate on this dataset folder instead of the training split.")
-@click.option("--prune-steps", default=300, show_default=True, type=click.IntRange(2), help="Fine-tuning steps while pruning.")
-@click.option("--prune-lr", default=1e-4, show_default=True, type=click.FloatRange(1e-8, 1.0))
-@click.option("--qat-steps", default=100, show_default=True, type=click.IntRange(0), help="Quantization-aware fine-tuning steps.")
-@click.option("--qat-lr", default=1e-5, show_default=True, type=click.FloatRange(1e-8, 1.0))
-@click.option("--finetune-batch", default=16, show_default=True, type=click.IntRange(1), help="Batch size of both fine-tunes.")
-@click.option("--max-f1-drop", default=0.01, show_default=True, type=float)
-@click.option("--max-recall-drop", default=0.01, show_default=True, type=float)
-@click.option("--keep-failing", is_flag=True, help="Exit 0 even when a variant is over budget (it stays marked failed).")
-@click.option("--threads", type=click.IntRange(1), help="Interpreter threads for verification.")
+@click.option("--data", "data_path", type=click.Path(), help="Dataset folder if it moved [default: the one in split.json].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config ([optimize] table).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any option (repeatable).")
+@_optimize_options
 @_one_line_errors
-def optimize(model_path, out, data_path, variants, io, sparsity, calibration_size, calibration_path, prune_steps, prune_lr,
-             qat_steps, qat_lr, finetune_batch, max_f1_drop, max_recall_drop, keep_failing, threads):
-    """Prune and quantize MODEL (model.keras) into TFLite variants, each gated against its float parent."""
+def optimize(model_path, out, data_path, config_file, overrides, **options):
+    """Prune and quantize MODEL (model.keras) into the registry's variants, each gated against its float parent."""
     from leukedge.optimize.run import OptimizeOptions
     from leukedge.optimize.run import optimize as run_optimize
+    from leukedge.options import load_options, parse_overrides
 
-    opts = OptimizeOptions(variants=tuple(v.strip() for v in variants.split(",") if v.strip()), io=io,
-                           sparsity=sparsity, calibration_size=calibration_size, calibration=calibration_path,
-                           prune_steps=prune_steps, prune_lr=prune_lr, qat_steps=qat_steps, qat_lr=qat_lr,
-                           finetune_batch=finetune_batch,
-                           max_f1_drop=max_f1_drop,
-                           max_recall_drop=max_recall_drop, keep_failing=keep_failing, threads=threads)
+    values = {k: v for k, v in options.items() if v is not None}
+    values.update(parse_overrides(overrides))
+    opts = load_options(OptimizeOptions, config_file, values, table="optimize")
     summary = run_optimize(model_path, out, opts, data_path)
     if summary["failed"]:
         click.echo(f"leukedge optimize: over budget: {', '.join(summary['failed'])}"
-                   + (" (kept: --keep-failing)" if keep_failing else ""), err=True)
-        if not keep_failing:
+                   + (" (kept: --keep-failing)" if opts.keep_failing else ""), err=True)
+        if not opts.keep_failing:
             sys.exit(EXIT_FAILED)
 
 
@@ -265,27 +286,45 @@ def classify(ctx):
     edge_main.main(args=ctx.args, prog_name="leukedge classify")
 
 
+def _benchmark_options(fn):
+    from leukedge.benchmarks.run import BenchmarkOptions
+
+    flags = [
+        ("part", (), "Split part to evaluate: auto = test if present, else validation (the report says which)."),
+        ("repeats", (), "Timed invokes per variant and thread count."),
+        ("max_images", (), "Evaluate at most N images (0 = all)."),
+        ("max_f1_regression", (), "Allowed F1 drop vs the baseline."),
+        ("max_recall_regression", (), "Allowed sensitivity drop vs the baseline."),
+        ("max_latency_ratio", (), "Allowed slowdown vs the baseline (ratio of each variant to its float32 sibling)."),
+        ("split_file", (), "The split.json to measure on [default: beside the models]."),
+        ("allow_data_drift", (), "Measure on the recorded files still present when the data changed."),
+    ]
+    for key, decls, help_ in reversed(flags):
+        fn = dataclass_option(BenchmarkOptions, key, *decls, help=help_)(fn)
+    return fn
+
+
 @main.command()
 @click.argument("models", nargs=-1, type=click.Path())
-@click.option("--data", "data_path", type=click.Path(), help="Dataset folder [default: the one in the models' cards].")
-@click.option("--part", default="auto", show_default=True, help="Split part to evaluate: test if present, else validation.")
+@click.option("--data", "data_path", type=click.Path(), help="Dataset folder if it moved [default: the one in split.json].")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
 @click.option("--baseline", type=click.Path(dir_okay=False), help="An earlier results.json to compare against.")
 @click.option("--fail-on-regression", is_flag=True)
-@click.option("--max-f1-regression", default=0.01, show_default=True)
-@click.option("--max-latency-ratio", default=1.25, show_default=True, help="Allowed slowdown vs the baseline (ratio of each variant to its float32 sibling).")
-@click.option("--repeats", default=30, show_default=True, type=click.IntRange(3), help="Timed invokes per variant and thread count.")
-@click.option("--max-images", default=0, show_default=True, type=click.IntRange(0), help="Evaluate at most N images (0 = all).")
 @click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start measurement.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any option (repeatable).")
+@_benchmark_options
 @_one_line_errors
-def benchmark(models, data_path, part, out, baseline, fail_on_regression, max_f1_regression, max_latency_ratio,
-              repeats, max_images, no_cold_start):
+def benchmark(models, data_path, out, baseline, fail_on_regression, no_cold_start, overrides, **options):
     """Score and time every model variant on the same images; write results.json, report.md and a plot."""
     from leukedge.benchmarks.run import BenchmarkOptions
     from leukedge.benchmarks.run import benchmark as run_benchmark
+    from leukedge.options import load_options, parse_overrides
 
-    opts = BenchmarkOptions(part=part, repeats=repeats, max_images=max_images, cold_start=not no_cold_start,
-                            max_f1_regression=max_f1_regression, max_latency_ratio=max_latency_ratio)
+    values = {k: v for k, v in options.items() if v is not None}
+    if no_cold_start:
+        values["cold_start"] = False
+    values.update(parse_overrides(overrides))
+    opts = load_options(BenchmarkOptions, None, values)
     results = run_benchmark(models, out, opts, data_path, baseline)
     if fail_on_regression and results.get("regressions"):
         sys.exit(EXIT_FAILED)
@@ -299,7 +338,7 @@ def benchmark(models, data_path, part, out, baseline, fail_on_regression, max_f1
 @_one_line_errors
 def flow(data_path, out, quick, image_size):
     """The whole flow on DATA (default: the sample data if at hand, else a generated synthetic set)."""
-    from leukedge.benchmarks.flow import run_flow
+    from leukedge.flow import run_flow
 
     run_flow(data_path, out, quick=quick, image_size=image_size)
 

@@ -38,23 +38,33 @@ def prune(model, train_ds, sparsity: float, steps: int, lr: float = 1e-5, progre
     return tfmot.sparsity.keras.strip_pruning(pruned)
 
 
-def kernel_sparsity(model) -> dict[str, float]:
-    """Share of exact zeros in every Conv2D / Dense kernel."""
+def _kernel_layers(model):
+    """Every Conv2D / Dense layer, nested models included (a Sequential holding a backbone Model)."""
     tf = tensorflow()
-    out = {}
     for layer in model.layers:
-        if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.Dense)):
-            k = layer.kernel.numpy()
-            out[layer.name] = float(np.mean(k == 0))
-    return out
+        if isinstance(layer, tf.keras.Model):
+            yield from _kernel_layers(layer)
+        elif isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.Dense)):
+            yield layer
+
+
+def kernel_sparsity(model) -> dict[str, float]:
+    """Share of exact zeros in every Conv2D / Dense kernel, nested layers included: {layer name: share}."""
+    return {layer.name: float(np.mean(layer.kernel.numpy() == 0)) for layer in _kernel_layers(model)}
 
 
 def overall_sparsity(model) -> float:
-    tf = tensorflow()
+    """Share of exact zeros over all Conv2D / Dense kernel weights together (nested layers included)."""
     zeros = total = 0
-    for layer in model.layers:
-        if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.Dense)):
-            k = layer.kernel.numpy()
-            zeros += int((k == 0).sum())
-            total += k.size
+    for layer in _kernel_layers(model):
+        k = layer.kernel.numpy()
+        zeros += int((k == 0).sum())
+        total += k.size
     return zeros / total if total else 0.0
+
+
+def sparsity_report(model, target: float) -> dict:
+    """{"target", "overall", "min_kernel", "max_kernel", "kernels"} for a pruned model's card."""
+    per_kernel = kernel_sparsity(model)
+    return {"target": target, "overall": overall_sparsity(model), "min_kernel": min(per_kernel.values()),
+            "max_kernel": max(per_kernel.values()), "kernels": len(per_kernel)}

@@ -1,9 +1,17 @@
-"""`leukedge optimize`: every variant written with its card, measured against its float parent, gated."""
+"""`leukedge optimize`: every variant written with its card, measured against its float parent, gated.
+
+What to build comes from the variant registry (optimize.variants); what data to use comes from
+the run folder (split.json beside model.keras); how to measure is the one evaluation
+(leukedge.evaluation). Each variant is scored through the device's own classifier on the
+validation part, at a threshold re-chosen to keep the parent's sensitivity (or the parent's own
+with --keep-threshold), and compared with the parent on the same images.
+"""
 
 from __future__ import annotations
 
-import gzip
+import dataclasses
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -12,23 +20,22 @@ from pathlib import Path
 import numpy as np
 
 from leukedge import __version__
-from leukedge.edge.card import CardError, ModelCard, load_card_for_model
-from leukedge.edge.classifier import Classifier
+from leukedge.edge.card import CardError, ModelCard, card_path_for, load_card_for_model
 from leukedge.edge.errors import LeukedgeError
 from leukedge.edge.files import staged_dir, write_text_atomic
-from leukedge.metrics import choose_threshold, report_at_threshold
 from leukedge.edge.preprocess import normalize
-from leukedge.train.datasets import Dataset, read_dataset
-from leukedge.train.fit import subsample
-from leukedge.train.pipeline import ImageArrays, decode_samples, make_dataset
-from leukedge.train.splits import split_from_card
-from leukedge.train.tfcompat import tensorflow
+from leukedge.evaluation import Evaluation, ImageArrays, KerasScorer, decode_samples, evaluate, gzip_bytes, load_part, scorer_for
+from leukedge.metrics import choose_threshold
+from leukedge.options import validate as _validate_ranges
+from leukedge.train.datasets import read_dataset
+from leukedge.train.splits import SPLIT_FILE, read_split, subsample
+from leukedge.train.tfcompat import load_keras_model, tensorflow
 
 from .convert import IO_TYPES, representative_from, to_tflite
+from .variants import BUILDERS, DEFAULT_VARIANTS, VARIANTS, Variant, VariantError, choices, resolve
 
-VARIANTS = ("float32", "float16", "dynamic", "int8", "pruned-int8", "qat-int8", "pruned-qat-int8")
-DEFAULT_VARIANTS = ("float32", "float16", "dynamic", "int8", "pruned-int8", "qat-int8", "pruned-qat-int8")
 MIN_CALIBRATION = 10
+MIN_VALIDATION = 50  # below this a gate verdict is noise; warned about, not refused
 
 
 class OptimizeError(LeukedgeError, ValueError):
@@ -37,63 +44,202 @@ class OptimizeError(LeukedgeError, ValueError):
 
 @dataclass
 class OptimizeOptions:
+    """Options of `leukedge optimize` (also its TOML [optimize] table and --set keys)."""
+
     variants: tuple[str, ...] = DEFAULT_VARIANTS
-    io: str = "int8"
+    io: str = "int8"  # input/output type of full-integer TFLite models
     sparsity: float = 0.5
     calibration_size: int = 200
-    calibration: str | None = None  # a dataset folder instead of the training split
+    calibration: str = ""  # a dataset folder to calibrate on instead of the training split
     # Pruning needs a real recovery fine-tune; QAT only a short nudge of already-good weights.
     prune_steps: int = 300
     prune_lr: float = 1e-4
     qat_steps: int = 100
     qat_lr: float = 1e-5
+    resize_steps: int = 100  # fine-tune steps for input-size family members (int8@160)
+    resize_lr: float = 1e-5
     finetune_batch: int = 16
     max_f1_drop: float = 0.01
     max_recall_drop: float = 0.01
     keep_failing: bool = False
-    threads: int | None = None
+    keep_threshold: bool = False  # keep the parent's decision threshold instead of re-choosing it
+    threads: int = 0  # interpreter threads for verification (0: all cores)
     seed: int = 0
+    split_file: str = ""  # default: split.json beside the model
+    allow_data_drift: bool = False
+
+    RANGES = {"sparsity": (0.01, 0.99), "calibration_size": (MIN_CALIBRATION, 100000), "prune_steps": (2, 10**6),
+              "prune_lr": (1e-8, 1.0), "qat_steps": (0, 10**6), "qat_lr": (1e-8, 1.0), "resize_steps": (0, 10**6),
+              "resize_lr": (1e-8, 1.0), "finetune_batch": (1, 4096), "max_f1_drop": (0.0, 1.0),
+              "max_recall_drop": (0.0, 1.0), "threads": (0, 256)}
+    CHOICES = {"io": IO_TYPES}
 
     def validate(self) -> "OptimizeOptions":
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown:
-            raise OptimizeError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        """Check ranges and variant names; raises OptimizeError naming the option."""
         if not self.variants:
             raise OptimizeError("no variants requested")
+        try:
+            for v in self.variants:
+                resolve(v)
+        except VariantError as exc:
+            raise OptimizeError(str(exc)) from None
         if not 0.0 < self.sparsity < 1.0:
             raise OptimizeError(f"--sparsity must lie strictly between 0 and 1, got {self.sparsity}")
-        if self.io not in IO_TYPES:
-            raise OptimizeError(f"--io must be one of {', '.join(IO_TYPES)}")
         if self.calibration_size < MIN_CALIBRATION:
             raise OptimizeError(f"--calibration-size {self.calibration_size} is too small (at least {MIN_CALIBRATION})")
-        if self.max_f1_drop < 0 or self.max_recall_drop < 0:
-            raise OptimizeError("budgets must be >= 0")
+        try:
+            _validate_ranges(self)
+        except LeukedgeError as exc:
+            raise OptimizeError(str(exc)) from None
         return self
 
 
 def load_parent(model_path: str | Path):
-    """The float Keras model and its card; refuses anything that is not a leukedge model."""
+    """The float Keras model and its card; refuses anything that is not a leukedge-ready Keras model.
+
+    Returns (tf-keras model, ModelCard). Raises OptimizeError (one line) otherwise.
+    """
     p = Path(model_path)
     if p.suffix != ".keras":
-        raise OptimizeError(f"{p}: expected a trained leukedge model (model.keras with model.json beside it)")
+        raise OptimizeError(f"{p}: expected a trained leukedge model (model.keras with its card model.keras.json)")
     try:
         card = load_card_for_model(p)
     except CardError as exc:
         raise OptimizeError(f"not a usable leukedge model: {exc}") from None
     if card.model_format != "keras":
         raise OptimizeError(f"{p}: its card says format {card.model_format!r}, expected 'keras'")
-    tf = tensorflow()
     try:
-        model = tf.keras.models.load_model(p, compile=False)
-    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
-        raise OptimizeError(f"{p}: cannot load as a Keras model: {str(exc).splitlines()[0]}") from None
+        model = load_keras_model(p)
+    except LeukedgeError as exc:
+        raise OptimizeError(str(exc)) from None
     size = card.preprocessing.size
     if tuple(model.input_shape[1:]) != (size, size, 3) or model.output_shape[-1] != len(card.labels):
         raise OptimizeError(f"{p}: model shapes {model.input_shape}->{model.output_shape} disagree with its card")
     return model, card
 
 
-def _calibration_samples(opts: OptimizeOptions, ds: Dataset, split, card: ModelCard):
+@dataclass
+class BuildContext:
+    """What builders share: the parent, data loaders, options, and models built once for several variants."""
+
+    model: object
+    card: ModelCard
+    opts: OptimizeOptions
+    split: object
+    ds_labels: list[str]
+    calib_samples: list
+    cache: dict
+
+    def prep(self, size: int | None = None):
+        return dataclasses.replace(self.card.preprocessing, size=size or self.card.preprocessing.size)
+
+    def calibration_inputs(self, size: int | None = None) -> np.ndarray:
+        """float32 model inputs (N, S, S, 3) of the calibration set at `size`, decoded once per size."""
+        key = ("calib", size)
+        if key not in self.cache:
+            prep = self.prep(size)
+            self.cache[key] = normalize(decode_samples(self.calib_samples, prep, what="calibration images").images, prep)
+        return self.cache[key]
+
+    def finetune_data(self, size: int | None = None):
+        """A shuffled, augmented tf.data pipeline over the training part at `size` (decoded once per size)."""
+        key = ("train", size)
+        if key not in self.cache:
+            from leukedge.train.pipeline import make_dataset
+
+            prep = self.prep(size)
+            arrays = decode_samples(self.split.parts["train"], prep, what="fine-tune images")
+            arrays = arrays.in_label_order(self.ds_labels, self.card.labels)
+            self.cache[key] = make_dataset(arrays, prep, self.opts.finetune_batch, training=True, seed=self.opts.seed)
+        return self.cache[key]
+
+    def pruned(self):
+        if "pruned" not in self.cache:
+            from .prune import prune, sparsity_report
+
+            pruned = prune(self.model, self.finetune_data(), self.opts.sparsity, self.opts.prune_steps,
+                           self.opts.prune_lr, progress=sys.stderr.isatty())
+            self.cache["pruned"] = (pruned, {**sparsity_report(pruned, self.opts.sparsity),
+                                             "schedule": "polynomial decay 0 -> target over 70% of steps",
+                                             "finetune_steps": self.opts.prune_steps,
+                                             "finetune_lr": self.opts.prune_lr})
+        return self.cache["pruned"]
+
+
+def _model_at_size(ctx: BuildContext, size: int):
+    """The parent's weights at another input size, briefly fine-tuned there (resize_steps)."""
+    key = ("resized", size)
+    if key not in ctx.cache:
+        from .prune import clone_float
+
+        tf = tensorflow()
+        resized = tf.keras.models.clone_model(ctx.model, input_tensors=tf.keras.layers.Input((size, size, 3)))
+        resized.set_weights(ctx.model.get_weights())
+        info = {"input_size": size, "from_size": ctx.card.preprocessing.size, "finetune_steps": ctx.opts.resize_steps,
+                "finetune_lr": ctx.opts.resize_lr}
+        if ctx.opts.resize_steps > 0:
+            tuned = clone_float(resized)
+            for layer in tuned.layers:  # BatchNorm statistics stay the parent's
+                layer.trainable = not isinstance(layer, tf.keras.layers.BatchNormalization)
+            tuned.compile(optimizer=tf.keras.optimizers.Adam(ctx.opts.resize_lr), loss="sparse_categorical_crossentropy")
+            tuned.fit(ctx.finetune_data(size).repeat(), steps_per_epoch=ctx.opts.resize_steps, epochs=1,
+                      verbose=1 if sys.stderr.isatty() else 0)
+            resized = tuned
+        ctx.cache[key] = (resized, info)
+    return ctx.cache[key]
+
+
+def _build_convert(ctx: BuildContext, v: Variant, path: Path) -> dict:
+    model, info = ctx.model, {}
+    if v.input_size and v.input_size != ctx.card.preprocessing.size:
+        model, resized = _model_at_size(ctx, v.input_size)
+        info["resized"] = resized
+    rep = representative_from(ctx.calibration_inputs(v.input_size)) if v.needs_calibration else None
+    path.write_bytes(to_tflite(model, v.conversion, rep, io=ctx.opts.io))
+    return info
+
+
+def _build_prune(ctx: BuildContext, v: Variant, path: Path) -> dict:
+    pruned, report = ctx.pruned()
+    path.write_bytes(to_tflite(pruned, v.conversion, representative_from(ctx.calibration_inputs()), io=ctx.opts.io))
+    return {"pruning": report}
+
+
+def _build_qat(ctx: BuildContext, v: Variant, path: Path) -> dict:
+    from .qat import quantization_aware
+
+    info = {}
+    base = ctx.model
+    if v.prunes:
+        base, info["pruning"] = ctx.pruned()
+    qat = quantization_aware(base, ctx.finetune_data(), ctx.opts.qat_steps, ctx.opts.qat_lr,
+                             preserve_sparsity=v.prunes, progress=sys.stderr.isatty(),
+                             calibration=ctx.calibration_inputs())
+    info["qat"] = {"steps": ctx.opts.qat_steps, "lr": ctx.opts.qat_lr,
+                   "scheme": "Default8BitPrunePreserveQuantizeScheme" if v.prunes else "Default8BitQuantizeScheme"}
+    path.write_bytes(to_tflite(qat, "qat", representative_from(ctx.calibration_inputs()), io=ctx.opts.io))
+    return info
+
+
+def _build_onnx(ctx: BuildContext, v: Variant, path: Path) -> dict:
+    from .onnx_export import export_onnx, quantize_qdq
+
+    if v.conversion == "onnx-float32":
+        return {"onnx": export_onnx(ctx.model, path)}
+    float_path = path.with_name(path.stem + ".float-tmp.onnx")
+    try:
+        desc = export_onnx(ctx.model, float_path)
+        recipe = quantize_qdq(float_path, path, ctx.calibration_inputs())
+    finally:
+        float_path.unlink(missing_ok=True)
+    return {"onnx": {**desc, "quantization": recipe}}
+
+
+BUILDERS.update({"convert": _build_convert, "prune": _build_prune, "qat": _build_qat, "prune+qat": _build_qat,
+                 "onnx": _build_onnx})
+
+
+def _calibration_samples(opts: OptimizeOptions, split, card: ModelCard):
     if opts.calibration:
         cds = read_dataset(opts.calibration, positive=card.positive_label if card.positive_label != "all" else None)
         samples = cds.labelled
@@ -101,8 +247,7 @@ def _calibration_samples(opts: OptimizeOptions, ds: Dataset, split, card: ModelC
     else:
         samples = split.parts["train"]
         source = "training split"
-    present = {s.label for s in samples}
-    if len(present) < 2:
+    if len({s.label for s in samples}) < 2:
         raise OptimizeError(f"calibration set ({source}) holds a single class; it needs both")
     chosen = subsample(samples, opts.calibration_size, opts.seed)
     if len(chosen) < MIN_CALIBRATION:
@@ -110,164 +255,141 @@ def _calibration_samples(opts: OptimizeOptions, ds: Dataset, split, card: ModelC
     return chosen, source
 
 
-def _gzip_size(data: bytes) -> int:
-    return len(gzip.compress(data, compresslevel=9))
-
-
-def _io_params(clf: Classifier) -> dict:
-    det_in = clf.interpreter.get_input_details()[0]
-    det_out = clf.interpreter.get_output_details()[0]
-    q = lambda d: {"dtype": np.dtype(d["dtype"]).name, "scale": float(d["quantization"][0]),  # noqa: E731
-                   "zero_point": int(d["quantization"][1])}
-    return {"input": q(det_in), "output": q(det_out)}
-
-
 def optimize(model_path: str | Path, out: str | Path, opts: OptimizeOptions, data: str | None = None) -> dict:
+    """Build, measure and gate every requested variant of a trained Keras model: the `leukedge optimize` step.
+
+    model_path: model.keras with its card; its run folder's split.json (or opts.split_file) names the data.
+    out: folder for `<variant>.<ext>` + card each, summary.json, summary.md and a copy of split.json
+    (written all or nothing). data: the dataset folder if it moved [default: the recorded one].
+    Returns the summary dict with "failed" (variants over budget). Raises OptimizeError for bad options
+    or models, DatasetError/DataDriftError for data that differ from the recorded split.
+    """
     opts.validate()
+    variants = [resolve(v) for v in opts.variants]
     t0 = time.perf_counter()
     model, parent_card = load_parent(model_path)
-    ds, split, data_root = split_from_card(parent_card, data)
-    prep = parent_card.preprocessing
-    positive = parent_card.positive_index
+    split_path = Path(opts.split_file) if opts.split_file else Path(model_path).parent / SPLIT_FILE
+    ds, split, data_root = read_split(split_path, data, opts.allow_data_drift, labels=parent_card.labels)
+    labels, positive = parent_card.labels, parent_card.positive_index
+    calib_samples, calib_source = _calibration_samples(opts, split, parent_card)
+    ctx = BuildContext(model, parent_card, opts, split, ds.labels, calib_samples, {})
 
-    val = decode_samples(split.parts["validation"], prep, what="validation images")
-    val_x = normalize(val.images, prep)
-    p_parent = model.predict(val_x, batch_size=32, verbose=0)[:, positive].astype(np.float64)
-    parent_rep = report_at_threshold(val.labels, p_parent, parent_card.threshold, parent_card.labels, positive)
-    calib_samples, calib_source = _calibration_samples(opts, ds, split, parent_card)
-    calib = decode_samples(calib_samples, prep, what="calibration images")
-    calib_x = normalize(calib.images, prep)
-    calibration = {"source": calib_source, "images": len(calib.labels),
-                   "per_class": {parent_card.labels[k]: int((calib.labels == k).sum()) for k in range(2)},
-                   "selection": "stratified by class, seeded", "seed": opts.seed}
-    needs_finetune = any(v.startswith(("pruned", "qat")) for v in opts.variants)
-    train_ds = None
-    if needs_finetune:
-        train_arrays = decode_samples(split.parts["train"], prep, what="fine-tune images")
-        train_ds = make_dataset(train_arrays, prep, opts.finetune_batch, training=True, seed=opts.seed)
-
-    parent_sha = parent_card.model_sha256
+    val = load_part(split.parts["validation"], parent_card.preprocessing, "validation").in_label_order(ds.labels, labels)
+    parent_ev = evaluate(KerasScorer(model, parent_card.preprocessing, positive, name="parent"), val,
+                         parent_card.threshold, labels, positive)
+    parent_rep = parent_ev.report
+    warnings = []
+    if len(val.labels) < MIN_VALIDATION:
+        warnings.append(f"only {len(val.labels)} validation images: every verdict below is noisy")
+    if (parent_rep.get("auroc") or 0.5) < 0.6:
+        warnings.append(f"the parent itself scores near chance (AUROC {parent_rep.get('auroc') or 0:.2f})")
+    for w in warnings:
+        print(f"leukedge optimize: warning: {w}", file=sys.stderr)
     print(f"leukedge optimize: parent {Path(model_path)} (validation F1({parent_card.positive_label})="
-          f"{parent_rep['f1_positive']:.4f}, recall {parent_rep['sensitivity']:.4f}); variants: "
-          f"{', '.join(opts.variants)}", file=sys.stderr)
+          f"{parent_rep['f1_positive']:.4f}, sensitivity {parent_rep['sensitivity']:.4f}); variants: "
+          f"{', '.join(v.name for v in variants)}", file=sys.stderr)
+    calibration = {"source": calib_source, "images": len(calib_samples),
+                   "per_class": {ds.labels[k]: sum(1 for s in calib_samples if s.label == k) for k in range(2)},
+                   "selection": "stratified by class, seeded", "seed": opts.seed}
+    val_at = {parent_card.preprocessing.size: val}
 
-    pruned_model = None
-    sparsity_report: dict = {}
     results = []
     with staged_dir(out) as stage:
-        for variant in opts.variants:
+        for v in variants:
             tv = time.perf_counter()
-            print(f"leukedge optimize: [{variant}] building", file=sys.stderr, flush=True)
-            optimization: dict = {}
-            rep_gen = representative_from(calib_x)
-            if variant in ("float32", "float16", "dynamic"):
-                blob = to_tflite(model, variant)
-            elif variant == "int8":
-                blob = to_tflite(model, "int8", rep_gen, io=opts.io)
-            elif variant.startswith("pruned"):
-                if pruned_model is None:
-                    from .prune import kernel_sparsity, overall_sparsity, prune
-
-                    pruned_model = prune(model, train_ds, opts.sparsity, opts.prune_steps, opts.prune_lr,
-                                         progress=sys.stderr.isatty())
-                    per_kernel = kernel_sparsity(pruned_model)
-                    sparsity_report = {"target": opts.sparsity, "overall": overall_sparsity(pruned_model),
-                                       "min_kernel": min(per_kernel.values()), "max_kernel": max(per_kernel.values()),
-                                       "kernels": len(per_kernel), "schedule": "polynomial decay 0 -> target over 70% of steps",
-                                       "finetune_steps": opts.prune_steps, "finetune_lr": opts.prune_lr}
-                optimization["pruning"] = sparsity_report
-                if variant == "pruned-int8":
-                    blob = to_tflite(pruned_model, "int8", rep_gen, io=opts.io)
-                else:
-                    from .qat import quantization_aware
-
-                    qat = quantization_aware(pruned_model, train_ds, opts.qat_steps, opts.qat_lr,
-                                             preserve_sparsity=True, progress=sys.stderr.isatty(), calibration=calib_x)
-                    optimization["qat"] = {"steps": opts.qat_steps, "lr": opts.qat_lr,
-                                           "scheme": "Default8BitPrunePreserveQuantizeScheme"}
-                    blob = to_tflite(qat, "qat", rep_gen, io=opts.io)
-            elif variant == "qat-int8":
-                from .qat import quantization_aware
-
-                qat = quantization_aware(model, train_ds, opts.qat_steps, opts.qat_lr,
-                                         progress=sys.stderr.isatty(), calibration=calib_x)
-                optimization["qat"] = {"steps": opts.qat_steps, "lr": opts.qat_lr, "scheme": "Default8BitQuantizeScheme"}
-                blob = to_tflite(qat, "qat", rep_gen, io=opts.io)
-            else:  # validated above
-                raise OptimizeError(variant)
-            build_s = time.perf_counter() - tv
-            path = stage / f"{variant}.tflite"
-            path.write_bytes(blob)
-            res = _measure_variant(variant, path, blob, parent_card, parent_rep, p_parent, val, val_x, opts,
-                                   calibration if variant.endswith("int8") else None, optimization, parent_sha,
-                                   Path(model_path).name, data_root, split.describe(ds), build_s)
+            print(f"leukedge optimize: [{v.name}] building", file=sys.stderr, flush=True)
+            path = stage / f"{v.name}{v.extension}"
+            optimization = BUILDERS[v.builder](ctx, v, path)
+            size = v.input_size or parent_card.preprocessing.size
+            if size not in val_at:
+                val_at[size] = load_part(split.parts["validation"], ctx.prep(size), "validation").in_label_order(
+                    ds.labels, labels)
+            res = _measure_variant(v, path, parent_card, parent_ev, val_at[size], opts, optimization,
+                                   calibration if v.needs_calibration else None, time.perf_counter() - tv,
+                                   data_root, split.describe(ds), ctx.prep(size), Path(model_path).name)
             results.append(res)
-            print(f"leukedge optimize: [{variant}] {res['size_bytes'] / 1e6:.2f} MB, F1 {res['f1']:.4f} "
-                  f"(drop {res['f1_drop']:+.4f}), recall {res['recall']:.4f}, agreement {res['agreement']:.3f}: "
+            print(f"leukedge optimize: [{v.name}] {res['size_bytes'] / 1e6:.2f} MB, F1 {res['f1']:.4f} "
+                  f"(drop {res['f1_drop']:+.4f}), sensitivity {res['recall']:.4f}, agreement {res['agreement']:.3f}: "
                   f"{res['verdict']}", file=sys.stderr, flush=True)
+        shutil.copyfile(split_path, stage / SPLIT_FILE)
         summary = {
-            "schema": "leukedge.optimize-summary", "schema_version": 1, "leukedge_version": __version__,
-            "parent": {"file": Path(model_path).name, "sha256": parent_sha, "f1": parent_rep["f1_positive"],
+            "schema": "leukedge.optimize-summary", "schema_version": 2, "leukedge_version": __version__,
+            "parent": {"file": Path(model_path).name, "sha256": parent_card.model_sha256, "f1": parent_rep["f1_positive"],
                        "recall": parent_rep["sensitivity"], "threshold": parent_card.threshold},
             "budgets": {"max_f1_drop": opts.max_f1_drop, "max_recall_drop": opts.max_recall_drop},
             "validation_images": int(len(val.labels)), "positive_label": parent_card.positive_label,
-            "variants": results, "seconds": round(time.perf_counter() - t0, 1),
+            "warnings": warnings, "variants": results, "seconds": round(time.perf_counter() - t0, 1),
         }
         write_text_atomic(stage / "summary.json", json.dumps(summary, indent=2) + "\n")
         write_text_atomic(stage / "summary.md", summary_markdown(summary))
     print(summary_markdown(summary))
-    failed = [r["variant"] for r in results if r["verdict"] != "pass"]
-    summary["failed"] = failed
+    summary["failed"] = [r["variant"] for r in results if r["verdict"] != "pass"]
     return summary
 
 
-def _measure_variant(variant, path, blob, parent_card: ModelCard, parent_rep, p_parent, val: ImageArrays, val_x,
-                     opts: OptimizeOptions, calibration, optimization, parent_sha, parent_file, data_root,
-                     split_desc, build_s) -> dict:
-    card = ModelCard(labels=parent_card.labels, positive_label=parent_card.positive_label,
-                     preprocessing=parent_card.preprocessing, model_file=path.name, model_format="tflite",
-                     threshold=parent_card.threshold, name=parent_card.name, variant=variant)
-    card.bind(path)
-    clf = Classifier(path, card, threads=opts.threads)
-    p = clf.probabilities_for_inputs(val_x)[:, card.positive_index].astype(np.float64)
-    positive = card.positive_index
-    # Re-choose the threshold so the variant keeps the parent's sensitivity on validation.
-    thr = choose_threshold(val.labels, p, positive, min_recall=parent_rep["sensitivity"])
-    rep = report_at_threshold(val.labels, p, thr, card.labels, positive)
-    parent_decisions = p_parent >= parent_card.threshold
-    decisions = p >= thr
-    agreement = float(np.mean(parent_decisions == decisions))
-    f1_drop = parent_rep["f1_positive"] - rep["f1_positive"]
-    recall_drop = parent_rep["sensitivity"] - rep["sensitivity"]
+def _io_params(backend) -> dict:
+    q = lambda dt, qp: {"dtype": np.dtype(dt).name, "scale": float(qp[0]), "zero_point": int(qp[1])}  # noqa: E731
+    return {"input": q(backend.input_dtype, backend.input_quantization),
+            "output": q(backend.output_dtype, backend.output_quantization)}
+
+
+def _gate(parent: Evaluation, ev: Evaluation, opts: OptimizeOptions, positive_label: str) -> tuple[str, list[str], dict]:
+    """pass/fail against the parent: F1 drop and sensitivity drop, each with its own budget."""
+    f1_drop = parent.report["f1_positive"] - ev.report["f1_positive"]
+    recall_drop = parent.report["sensitivity"] - ev.report["sensitivity"]
     reasons = []
     if f1_drop > opts.max_f1_drop + 1e-9:
         reasons.append(f"F1 drop {f1_drop:.4f} > budget {opts.max_f1_drop}")
     if recall_drop > opts.max_recall_drop + 1e-9:
-        reasons.append(f"{card.positive_label} recall drop {recall_drop:.4f} > budget {opts.max_recall_drop}")
-    verdict = "fail" if reasons else "pass"
+        reasons.append(f"{positive_label} sensitivity drop {recall_drop:.4f} > budget {opts.max_recall_drop}")
+    return ("fail" if reasons else "pass"), reasons, {"f1_drop": f1_drop, "recall_drop": recall_drop}
+
+
+def _measure_variant(v: Variant, path: Path, parent_card: ModelCard, parent_ev: Evaluation, val: ImageArrays,
+                     opts: OptimizeOptions, optimization: dict, calibration: dict | None, build_s: float,
+                     data_root: str, split_desc: dict, prep, parent_file: str) -> dict:
+    card = ModelCard(labels=parent_card.labels, positive_label=parent_card.positive_label, preprocessing=prep,
+                     model_file=path.name, model_format=v.format, threshold=parent_card.threshold,
+                     name=parent_card.name, variant=v.name, onnx=optimization.get("onnx"))
+    card.bind(path)
+    scorer = scorer_for(path, card, threads=opts.threads or None)
+    positive = card.positive_index
+    p = scorer.p_positive(val.images)
+    if opts.keep_threshold:
+        thr = parent_card.threshold
+        rule = "the parent's threshold, kept (--keep-threshold)"
+    else:  # keep the parent's sensitivity on validation
+        thr = choose_threshold(val.labels, p, positive, min_recall=parent_ev.report["sensitivity"])
+        rule = (f"best-F1 threshold keeping {card.positive_label} sensitivity >= the parent's "
+                f"({parent_ev.report['sensitivity']:.4f}) on validation")
+    ev = evaluate(p, val, thr, card.labels, positive, name=v.name)
+    if len(parent_ev.p) == len(ev.p):
+        ev.against(parent_ev)
+    verdict, reasons, drops = _gate(parent_ev, ev, opts, card.positive_label)
     card.threshold = thr
-    card.quantization = {"mode": {"float32": "none", "float16": "float16 weights", "dynamic": "dynamic-range int8 weights"}
-                         .get(variant, f"full-integer int8 ({'quantization-aware' if 'qat' in variant else 'post-training'})"),
-                         "io": _io_params(clf)}
+    backend = getattr(getattr(scorer, "classifier", None), "backend", None)
+    card.quantization = {"mode": v.quantization, "io": _io_params(backend) if backend is not None else None}
     if calibration:
         card.quantization["calibration"] = calibration
-    card.optimization = optimization
-    card.provenance = {"leukedge_version": __version__, "parent": {"file": parent_file, "sha256": parent_sha},
-                       "data": {"root": data_root}, "split": split_desc,
-                       "threshold_rule": f"best-F1 threshold keeping {card.positive_label} recall >= parent's "
-                                         f"({parent_rep['sensitivity']:.4f}) on validation"}
-    vs_parent = {"agreement": agreement, "max_abs_delta_p": float(np.max(np.abs(p - p_parent))),
-                 "mean_abs_delta_p": float(np.mean(np.abs(p - p_parent))), "f1_drop": f1_drop,
-                 "recall_drop": recall_drop}
-    card.metrics = {"validation": rep, "vs_parent": vs_parent}
+    card.optimization = {k: val_ for k, val_ in optimization.items() if k != "onnx"}
+    card.provenance = {"leukedge_version": __version__, "parent": {"file": parent_file, "sha256": parent_card.model_sha256},
+                       "data": {"root": data_root}, "split": split_desc, "threshold_rule": rule,
+                       "variant": {"prunes": v.prunes, "quantization_aware": v.quantization_aware,
+                                   "conversion": v.conversion, "runtime": v.runtime},
+                       **({"imported": parent_card.provenance["imported"]} if "imported" in parent_card.provenance else {})}
+    vs_parent = {**ev.vs_reference(), **drops}
+    card.metrics = {"validation": ev.report, "vs_parent": vs_parent}
     card.verdict = {"status": verdict, "reasons": reasons,
                     "budgets": {"max_f1_drop": opts.max_f1_drop, "max_recall_drop": opts.max_recall_drop}}
-    card.save()
-    return {"variant": variant, "file": path.name, "size_bytes": len(blob), "gzip_bytes": _gzip_size(blob),
-            "f1": rep["f1_positive"], "recall": rep["sensitivity"], "specificity": rep["specificity"],
-            "threshold": thr, "agreement": agreement, "max_abs_delta_p": vs_parent["max_abs_delta_p"],
-            "f1_drop": f1_drop, "recall_drop": recall_drop, "verdict": verdict, "reasons": reasons,
-            "sparsity": optimization.get("pruning", {}).get("overall"), "build_seconds": round(build_s, 1)}
+    card.save(card_path_for(path))
+    size_bytes = path.stat().st_size
+    return {"variant": v.name, "file": path.name, "format": v.format, "size_bytes": size_bytes,
+            "gzip_bytes": gzip_bytes(path), "input_size": prep.size,
+            "f1": ev.report["f1_positive"], "recall": ev.report["sensitivity"],
+            "specificity": ev.report["specificity"], "threshold": thr, "agreement": ev.agreement,
+            "max_abs_delta_p": ev.max_abs_delta_p, "f1_drop": drops["f1_drop"], "recall_drop": drops["recall_drop"],
+            "verdict": verdict, "reasons": reasons, "sparsity": optimization.get("pruning", {}).get("overall"),
+            "build_seconds": round(build_s, 1)}
 
 
 def summary_markdown(summary: dict) -> str:
@@ -276,17 +398,22 @@ def summary_markdown(summary: dict) -> str:
     lines = [
         f"# leukedge optimize: {par['file']}",
         "",
-        f"Parent (float Keras): F1({pos}) {par['f1']:.4f}, {pos} recall {par['recall']:.4f} at threshold "
-        f"{par['threshold']:.4f}, on {summary['validation_images']} validation images. Budgets: F1 drop <= "
-        f"{summary['budgets']['max_f1_drop']}, recall drop <= {summary['budgets']['max_recall_drop']}.",
+        f"Parent (float Keras): F1({pos}) {par['f1']:.4f}, {pos} sensitivity {par['recall']:.4f} at threshold "
+        f"{par['threshold']:.4f}, on {summary['validation_images']} validation images (the split part every "
+        f"threshold below was chosen on). Budgets: F1 drop <= {summary['budgets']['max_f1_drop']}, sensitivity drop <= "
+        f"{summary['budgets']['max_recall_drop']}.",
+        *[f"\n**Warning:** {w}." for w in summary.get("warnings", [])],
         "",
-        f"| variant | size MB | gzip MB | size vs float32 | F1({pos}) | F1 drop | {pos} recall | agreement | max dP | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| variant | px | size MB | gzip MB | size vs float32 | F1({pos}) | F1 drop | {pos} sensitivity | agreement | max dP | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     f32 = next((r["size_bytes"] for r in summary["variants"] if r["variant"] == "float32"), None)
+    f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
     for r in summary["variants"]:
         ratio = f"{r['size_bytes'] / f32:.1%}" if f32 else "-"
-        lines.append(f"| {r['variant']} | {r['size_bytes'] / 1e6:.2f} | {r['gzip_bytes'] / 1e6:.2f} | {ratio} | "
-                     f"{r['f1']:.4f} | {r['f1_drop']:+.4f} | {r['recall']:.4f} | {r['agreement']:.3f} | "
-                     f"{r['max_abs_delta_p']:.3f} | {r['verdict']}{' (' + '; '.join(r['reasons']) + ')' if r['reasons'] else ''} |")
+        lines.append(f"| {r['variant']} | {r.get('input_size', '-')} | {r['size_bytes'] / 1e6:.2f} | {r['gzip_bytes'] / 1e6:.2f} | "
+                     f"{ratio} | {r['f1']:.4f} | {r['f1_drop']:+.4f} | {r['recall']:.4f} | {f(r['agreement'], '.3f')} | "
+                     f"{f(r['max_abs_delta_p'], '.3f')} | {r['verdict']}{' (' + '; '.join(r['reasons']) + ')' if r['reasons'] else ''} |")
+    lines += ["", "gzip MB: gzip level 9 of the model file. Variants at another input size (px) are scored on the "
+              "validation images decoded at that size; agreement and max dP compare with the parent on the same cells."]
     return "\n".join(lines) + "\n"

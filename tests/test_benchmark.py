@@ -76,9 +76,16 @@ def test_bad_inputs(parent, optimized, tmp_path, tiny_models):  # noqa: F811
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(optimized / "int8.tflite", other / "int8.tflite")
-    card = json.loads((optimized / "int8.json").read_text())
+    card = json.loads((optimized / "int8.tflite.json").read_text())
     card["labels"], card["positive_label"] = ["neutrophil", "ig"], "ig"
-    (other / "int8.json").write_text(json.dumps(card))
+    (other / "int8.tflite.json").write_text(json.dumps(card))
     with pytest.raises(BenchmarkError, match="different labels"):
         benchmark([optimized / "float32.tflite", other / "int8.tflite"], tmp_path / "o", QUICK)
     assert not (tmp_path / "o").exists()
+
+
+def test_report_says_which_part_and_where_thresholds_were_chosen(results):
+    out, res = results
+    text = (out / "report.md").read_text()
+    assert res["data"]["part"] == "validation" and res["data"]["threshold_chosen_on"] == "validation"
+    assert "**validation** images" in text and "optimistic" in text

@@ -6,18 +6,19 @@ import sys
 import pytest
 
 from helpers import make_card, write_image
-from leukedge.edge.card import load_card_for_model
+from leukedge.edge.card import card_path_for, load_card_for_model
 from leukedge.edge.classifier import Classifier
-from leukedge.optimize.run import VARIANTS, OptimizeError, OptimizeOptions, optimize
+from leukedge.optimize.run import OptimizeError, OptimizeOptions, optimize
+from leukedge.optimize.variants import DEFAULT_VARIANTS as VARIANTS
 
 FAST = dict(calibration_size=24, prune_steps=12, qat_steps=4, finetune_batch=8)
 
 
 @pytest.fixture(scope="module")
 def parent(tiny_models, synth_dir, tmp_path_factory):
-    """The tiny trained model as a leukedge parent: model.keras + card naming its data and split."""
+    """The tiny trained model as a leukedge parent: a run folder with model.keras, its card and split.json."""
     from leukedge.train.datasets import read_dataset
-    from leukedge.train.splits import make_split
+    from leukedge.train.splits import make_split, write_split
 
     d = tmp_path_factory.mktemp("parent")
     keras = d / "model.keras"
@@ -26,6 +27,7 @@ def parent(tiny_models, synth_dir, tmp_path_factory):
     split = make_split(ds)
     make_card(keras, 64, "float", "keras", provenance={
         "data": {"root": str(synth_dir)}, "split": split.describe(ds), "config": {"val_fraction": 0.2}})
+    write_split(split, ds, d / "split.json")
     return keras
 
 
@@ -114,7 +116,8 @@ def test_bad_models_and_calibration_sets(parent, tmp_path, tiny_models):
     shutil.copy(tiny_models["keras"], lonely)
     with pytest.raises(OptimizeError, match="model card not found"):
         optimize(lonely, tmp_path / "o1", OptimizeOptions(variants=("float32",)))
-    (tmp_path / "model.json").write_text(parent.with_suffix(".json").read_text())
+    shutil.copy(parent.parent / "split.json", tmp_path / "split.json")
+    card_path_for(lonely).write_text(card_path_for(parent).read_text())
     with open(lonely, "ab") as fh:
         fh.write(b"x")
     with pytest.raises(OptimizeError, match="does not match its card"):

@@ -47,7 +47,7 @@ def test_train_writes_model_card_history_and_plots(synth_dir, tmp_path):
 
     out = tmp_path / "run"
     res = train(synth_dir, out, TrainConfig(**QUICK, min_recall_all=0.9).validate())
-    for name in ("model.keras", "model.json", "history.csv", "config.toml", "training_curves.png", "confusion_matrix.png"):
+    for name in ("model.keras", "model.keras.json", "split.json", "history.csv", "config.toml", "training_curves.png", "confusion_matrix.png"):
         assert (out / name).is_file(), name
     card = load_card_for_model(out / "model.keras")  # verifies the SHA-256 too
     assert card.model_format == "keras" and card.labels == ["hem", "all"] and card.positive_label == "all"

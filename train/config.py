@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
-from leukedge.edge.errors import LeukedgeError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-
-class ConfigError(LeukedgeError, ValueError):
-    pass
+from leukedge.options import ConfigError, coerce, load_options, parse_overrides  # noqa: F401 - re-exported
+from leukedge.options import to_toml as _to_toml
+from leukedge.options import validate as _validate
 
 
 @dataclass
@@ -49,6 +41,7 @@ class TrainConfig:
     strict: bool = False
     max_train_images: int = 0  # 0 = all; else a stratified subsample for quick runs
     resize: str = "bilinear"
+    split_file: str = ""  # a split.json (e.g. from `leukedge tune`) to train on instead of making a split
 
     RANGES = {
         "image_size": (75, 1024), "batch_size": (1, 4096), "epochs_head": (0, 1000), "epochs": (0, 1000),
@@ -64,14 +57,8 @@ class TrainConfig:
     }
 
     def validate(self) -> "TrainConfig":
-        for key, (lo, hi) in self.RANGES.items():
-            v = getattr(self, key)
-            if not lo <= v <= hi:
-                raise ConfigError(f"config key {key}={v} out of range [{lo}, {hi}]")
-        for key, options in self.CHOICES.items():
-            if getattr(self, key) not in options:
-                raise ConfigError(f"config key {key}={getattr(self, key)!r} not one of {', '.join(options)}")
-        return self
+        """Check every key against RANGES and CHOICES; returns self; raises ConfigError naming the key."""
+        return _validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,66 +71,17 @@ class TrainConfig:
         return [f.name for f in fields(cls)]
 
 
-def _coerce(key: str, value: Any) -> Any:
-    hints = get_type_hints(TrainConfig)
-    if key not in hints:
-        raise ConfigError(f"unknown config key {key!r}; known: {', '.join(TrainConfig.keys())}")
-    typ = hints[key]
-    try:
-        if typ is bool:
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        return typ(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"config key {key}: {value!r} is not a valid {typ.__name__}") from None
-
-
 def _coerce_all(cfg: TrainConfig) -> TrainConfig:
     for f in fields(cfg):
-        setattr(cfg, f.name, _coerce(f.name, getattr(cfg, f.name)))
+        setattr(cfg, f.name, coerce(TrainConfig, f.name, getattr(cfg, f.name)))
     return cfg.validate()
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    data: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: config file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
-        data.update(raw.get("train", raw))
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    cfg = TrainConfig()
-    for key, value in data.items():
-        setattr(cfg, key, _coerce(key, value))
-    return cfg.validate()
-
-
-def parse_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"override {pair!r} is not key=value")
-        k, v = pair.split("=", 1)
-        out[k.strip().replace("-", "_")] = v.strip()
-    return out
+    """TrainConfig from a TOML file's [train] table (or top level) plus key=value overrides; raises ConfigError."""
+    return load_options(TrainConfig, path, overrides, table="train")
 
 
 def to_toml(values: dict[str, Any], table: str = "train") -> str:
-    lines = [f"[{table}]"]
-    for k, v in values.items():
-        if isinstance(v, bool):
-            lines.append(f"{k} = {'true' if v else 'false'}")
-        elif isinstance(v, (int, float)):
-            lines.append(f"{k} = {v!r}")
-        else:
-            lines.append(f'{k} = "{v}"')
-    return "\n".join(lines) + "\n"
+    """The effective config as TOML (tomli-w: any string, a Windows path included, round-trips)."""
+    return _to_toml(values, table)

@@ -15,14 +15,16 @@ import numpy as np
 from leukedge import __version__
 from leukedge.edge.card import ModelCard
 from leukedge.edge.files import staged_dir, write_text_atomic
-from leukedge.metrics import choose_threshold, report_at_threshold
+from leukedge.edge.card import card_path_for
 from leukedge.edge.preprocess import Preprocessing
+from leukedge.evaluation import EvaluationError, ImageArrays, KerasScorer, decode_samples, evaluate
+from leukedge.metrics import choose_threshold
 
 from .config import TrainConfig, to_toml
 from .datasets import Dataset, DatasetError, read_dataset
 from .model import HeadConfig, build_inception_v3, set_trainable_from
-from .pipeline import ImageArrays, class_weights, decode_samples, make_dataset
-from .splits import Split, make_split
+from .pipeline import class_weights, make_dataset
+from .splits import SPLIT_FILE, Split, make_split, read_split, subsample, write_split
 from .tfcompat import tensorflow
 from .weights import load_backbone_weights, plan_weights
 
@@ -43,25 +45,6 @@ def get_strategy(name: str):
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
-def subsample(samples, n: int, seed: int):
-    """A stratified subsample of n samples (for quick runs); all of them if n is 0 or larger."""
-    if not n or n >= len(samples):
-        return samples
-    rng = np.random.default_rng(seed)
-    labels = np.array([s.label for s in samples])
-    keep = []
-    for k in np.unique(labels):
-        idx = np.flatnonzero(labels == k)
-        take = max(1, round(n * len(idx) / len(samples)))
-        keep.extend(rng.choice(idx, size=min(take, len(idx)), replace=False).tolist())
-    return [samples[i] for i in sorted(keep)]
-
-
-def predict_positive(model, arrays: ImageArrays, prep: Preprocessing, positive: int, batch_size: int) -> np.ndarray:
-    ds = make_dataset(arrays, prep, batch_size, training=False)
-    return model.predict(ds, verbose=0)[:, positive].astype(np.float64)
-
-
 def validation_f1_callback(*args, **kwargs):
     """Keras callback: F1 of the positive class on the validation split after every epoch;
     keeps the best weights, stops after `patience` epochs without improvement, and saves
@@ -69,16 +52,18 @@ def validation_f1_callback(*args, **kwargs):
     tf = tensorflow()
 
     class _Callback(tf.keras.callbacks.Callback):
-        def __init__(self, val: ImageArrays, prep, positive, batch_size, patience, state, resume_dir):
+        def __init__(self, val: ImageArrays, prep, positive, batch_size, patience, state, resume_dir, labels):
             super().__init__()
             self.val, self.prep, self.positive, self.batch_size = val, prep, positive, batch_size
+            self.labels = labels
             self.patience, self.state, self.resume_dir = patience, state, resume_dir
             self.wait = 0
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
-            p = predict_positive(self.model, self.val, self.prep, self.positive, self.batch_size)
-            rep = report_at_threshold(self.val.labels, p, 0.5, positive=self.positive)
+            ev = evaluate(KerasScorer(self.model, self.prep, self.positive, batch_size=self.batch_size), self.val,
+                          0.5, self.labels, self.positive)
+            rep = ev.report
             logs["val_f1_pos"] = rep["f1_positive"]
             logs["val_recall_pos"] = rep["sensitivity"]
             st = self.state
@@ -169,16 +154,34 @@ def _history_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
+def split_for(data: str | Path, cfg: TrainConfig) -> tuple[Dataset, Split]:
+    """The dataset and its split for a training config: `cfg.split_file` (e.g. tune's split.json) when set,
+    else a new split by `cfg.split`. Raises DatasetError for unusable data."""
+    if cfg.split_file:
+        ds, split, _ = read_split(cfg.split_file, data)
+        return ds, split
+    ds = read_dataset(data, positive=cfg.positive or None)
+    split = make_split(ds, None if cfg.split == "auto" else cfg.split, seed=cfg.seed,
+                       val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                       test_fold=cfg.test_fold or None)
+    return ds, split
+
+
 def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = False) -> dict:
-    """Run the whole training step; writes DIR/model.keras, model.json, history.csv, plots."""
+    """Fine-tune InceptionV3 on a dataset: the `leukedge train` step.
+
+    data: a dataset folder (C-NMC release layout or root/<class>/<images>). out: the run folder.
+    cfg: validated TrainConfig (image size in px, epochs, learning rates, split rule...).
+    Writes into `out` (all or nothing): model.keras, its card model.keras.json, split.json (the split
+    every later step reads), history.csv, config.toml, training_curves.png, confusion_matrix.png.
+    Returns {"out", "metrics" (per part: binary report at the chosen threshold), "threshold", "timing", "card"}.
+    Raises DatasetError (unusable data or split), ConfigError, EvaluationError (no readable images).
+    """
     t_start = time.perf_counter()
     tf = tensorflow()
     out = Path(out)
     tf.keras.utils.set_random_seed(cfg.seed)
-    ds: Dataset = read_dataset(data, positive=cfg.positive or None)
-    split: Split = make_split(ds, None if cfg.split == "auto" else cfg.split, seed=cfg.seed,
-                              val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                              test_fold=cfg.test_fold or None)
+    ds, split = split_for(data, cfg)
     info = plan_weights(cfg.weights)
     prep = Preprocessing(size=cfg.image_size, resize=cfg.resize, mean=(info.mean,) * 3, std=(info.std,) * 3)
     positive = ds.labels.index(ds.positive_label)
@@ -188,11 +191,15 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
           + ", ".join(f"{p}={len(v)}" for p, v in split.parts.items())
           + (f" (train subsampled to {len(train_samples)})" if len(train_samples) != len(split.parts["train"]) else "")
           + f"; weights: {info.source}; {cfg.image_size}px", file=sys.stderr)
-    arrays = {"train": decode_samples(train_samples, prep, cfg.strict, what="train images")}
-    for part in split.parts:
-        if part != "train":
-            arrays[part] = decode_samples(split.parts[part], prep, cfg.strict, what=f"{part} images")
+    try:
+        arrays = {"train": decode_samples(train_samples, prep, cfg.strict, what="train images")}
+        for part in split.parts:
+            if part != "train":
+                arrays[part] = decode_samples(split.parts[part], prep, cfg.strict, what=f"{part} images")
+    except EvaluationError as exc:  # --strict: an unreadable image is a dataset problem here
+        raise DatasetError(str(exc)) from None
     for part, arr in arrays.items():
+        arr.part = part
         if len(np.unique(arr.labels)) < 2:
             raise DatasetError(f"{ds.root}: after skipping unreadable images, '{part}' has only one class")
 
@@ -221,7 +228,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
             state["best_weights"] = [z[f"arr_{i}"] for i in range(len(z.files))]
         print(f"leukedge train: resuming after {len(saved['history'])} epochs", file=sys.stderr)
     verbose = 1 if sys.stdout.isatty() else 2
-    callback = validation_f1_callback(arrays["validation"], prep, positive, cfg.batch_size, cfg.patience, state, resume_dir)
+    callback = validation_f1_callback(arrays["validation"], prep, positive, cfg.batch_size, cfg.patience, state, resume_dir,
+                                      ds.labels)
 
     def run_stage(stage: str, block: str | None, epochs: int, lr):
         if epochs <= done[stage]:
@@ -251,13 +259,13 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     if state["best_weights"] is not None:
         model.set_weights(state["best_weights"])
 
-    p_val = predict_positive(model, arrays["validation"], prep, positive, cfg.batch_size)
+    scorer = KerasScorer(model, prep, positive, batch_size=cfg.batch_size)
+    p_val = scorer.p_positive(arrays["validation"].images)
     threshold = choose_threshold(arrays["validation"].labels, p_val, positive,
                                  min_recall=cfg.min_recall_all or None)
-    metrics = {"validation": report_at_threshold(arrays["validation"].labels, p_val, threshold, ds.labels, positive)}
+    metrics = {"validation": evaluate(p_val, arrays["validation"], threshold, ds.labels, positive).report}
     if "test" in arrays:
-        p_test = predict_positive(model, arrays["test"], prep, positive, cfg.batch_size)
-        metrics["test"] = report_at_threshold(arrays["test"].labels, p_test, threshold, ds.labels, positive)
+        metrics["test"] = evaluate(scorer, arrays["test"], threshold, ds.labels, positive).report
     epochs_run = len(state["history"])
     images_seen = epochs_run * len(arrays["train"].labels)
     timing = {"wall_seconds": round(time.perf_counter() - t_start, 1), "fit_seconds": round(fit_seconds, 1),
@@ -287,7 +295,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     with staged_dir(out) as stage:
         export_model(model, stage / "model.keras")
         card.bind(stage / "model.keras")
-        card.save()
+        card.save(card_path_for(stage / "model.keras"))
+        write_split(split, ds, stage / SPLIT_FILE)
         write_text_atomic(stage / "history.csv", _history_csv(state["history"]))
         write_text_atomic(stage / "config.toml", to_toml(cfg.to_dict()))
         _write_plots(stage, state["history"], metrics["validation"], ds.labels)
@@ -295,7 +304,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
 
     shutil.rmtree(resume_dir, ignore_errors=True)
     v = metrics["validation"]
-    print(f"leukedge train: wrote {out}/model.keras; validation F1({ds.positive_label})={v['f1_positive']:.4f} "
+    print(f"leukedge train: wrote {out}/model.keras (card model.keras.json, split.json); validation F1({ds.positive_label})={v['f1_positive']:.4f} "
           f"recall={v['sensitivity']:.4f} weighted F1={v['weighted_f1']:.4f} at threshold {threshold:.4f} "
           f"({timing['wall_seconds']} s)", file=sys.stderr)
     return {"out": str(out), "metrics": metrics, "threshold": threshold, "timing": timing, "card": card.to_dict()}

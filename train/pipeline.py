@@ -7,58 +7,12 @@ the same arithmetic as `edge.preprocess.normalize`; a test proves the tensors ma
 
 from __future__ import annotations
 
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-
 import numpy as np
 
-from leukedge.edge.preprocess import ImageError, Preprocessing, load_rgb
+from leukedge.edge.preprocess import Preprocessing
+from leukedge.evaluation import ImageArrays, decode_samples  # noqa: F401 - decoded once, in one place
 
-from .datasets import DatasetError, Sample
 from .tfcompat import tensorflow
-
-
-@dataclass
-class ImageArrays:
-    images: np.ndarray  # uint8 (N, S, S, 3)
-    labels: np.ndarray  # int (N,)
-    paths: list[str]
-    skipped: list[tuple[str, str]]
-
-
-def decode_samples(samples: list[Sample], prep: Preprocessing, strict: bool = False, workers: int = 4,
-                   progress: bool = True, what: str = "images") -> ImageArrays:
-    """Decode and resize every sample once; corrupt files are skipped and counted (fatal if strict)."""
-    n = len(samples)
-    out = np.empty((n, prep.size, prep.size, 3), np.uint8)
-    ok = np.zeros(n, bool)
-    skipped: list[tuple[str, str]] = []
-
-    def one(i: int):
-        try:
-            out[i] = load_rgb(samples[i].path, prep.size, prep.resize)
-            ok[i] = True
-        except ImageError as exc:
-            return (samples[i].path, exc.problem)
-        return None
-
-    show = progress and sys.stderr.isatty()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for k, res in enumerate(pool.map(one, range(n))):
-            if res:
-                if strict:
-                    raise DatasetError(f"{res[0]}: {res[1]} (--strict)")
-                skipped.append(res)
-            if show and (k % 50 == 0 or k == n - 1):
-                print(f"\rdecoding {what}: {k + 1}/{n}", end="", file=sys.stderr, flush=True)
-    if show:
-        print(file=sys.stderr)
-    for path, problem in skipped:
-        print(f"leukedge: skipped {path}: {problem}", file=sys.stderr)
-    keep = np.flatnonzero(ok)
-    return ImageArrays(out[keep], np.array([samples[i].label for i in keep], np.int64),
-                       [samples[i].path for i in keep], skipped)
 
 
 def normalize_tf(x, prep: Preprocessing):

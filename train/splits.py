@@ -181,31 +181,126 @@ def make_split(ds: Dataset, rule: str | None = None, seed: int = 0, val_fraction
     return Split(rule, seed, parts, notes, merged, params)
 
 
-def split_from_card(card, data: str | None = None):
-    """Re-create the split a model was trained and measured on, from its card.
+SPLIT_FILE = "split.json"
+SPLIT_SCHEMA = "leukedge.split"
+SPLIT_SCHEMA_VERSION = 1
 
-    Returns (dataset, split, data_root). Warns when the files differ from the card's record.
+
+class DataDriftError(DatasetError):
+    """The dataset on disk is not the one a run's split.json recorded."""
+
+
+def subsample(samples: list[Sample], n: int, seed: int) -> list[Sample]:
+    """A stratified, seeded subsample of n samples (quick runs, calibration sets); all of them if n is 0 or >= len."""
+    if not n or n >= len(samples):
+        return samples
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.array([s.label for s in samples])
+    keep = []
+    for k in np.unique(labels):
+        idx = np.flatnonzero(labels == k)
+        take = max(1, round(n * len(idx) / len(samples)))
+        keep.extend(rng.choice(idx, size=min(take, len(idx)), replace=False).tolist())
+    return [samples[i] for i in sorted(keep)]
+
+
+def split_record(split: Split, ds: Dataset) -> dict:
+    """The JSON document train (and tune) write as split.json: rule, seed, parameters, and per part
+    the relative paths, label indices and subjects; `excluded` lists labelled files deliberately left
+    out (e.g. validation images byte-identical to training ones) so the record accounts for every
+    labelled file of the dataset."""
+    used = {s.path for ss in split.parts.values() for s in ss}
+    excluded = [[ds.relpath(s), s.label, "excluded by the split rule"] for s in ds.labelled if s.path not in used]
+    return {
+        "schema": SPLIT_SCHEMA, "schema_version": SPLIT_SCHEMA_VERSION,
+        "data": {"root": str(Path(ds.root).resolve()), "layout": ds.layout, "labels": list(ds.labels),
+                 "positive_label": ds.positive_label},
+        **{k: v for k, v in split.describe(ds).items() if k not in ("counts", "subjects")},
+        "parts": {part: [[ds.relpath(s), s.label, s.subject, s.fold] for s in ss] for part, ss in split.parts.items()},
+        "excluded": excluded,
+    }
+
+
+def write_split(split: Split, ds: Dataset, path: str | Path) -> Path:
+    """Write split.json atomically (see split_record); returns the path."""
+    import json
+
+    from leukedge.edge.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(split_record(split, ds), indent=1) + "\n")
+    return Path(path)
+
+
+def read_split(path: str | Path, data: str | Path | None = None, allow_drift: bool = False,
+               labels: list[str] | None = None) -> tuple[Dataset, Split, str]:
+    """The split a run recorded, re-joined to the dataset on disk; no image is read or hashed.
+
+    path: a split.json (or a folder holding one). data: the dataset folder [default: the recorded
+    root]. labels: the model's labels in output order, checked against the record (by name).
+    The dataset is listed (file names only) and compared with the record: a recorded file that is
+    gone, a labelled file the record does not know, or a changed label raises DataDriftError naming
+    what changed — unless allow_drift, which warns and keeps the recorded files still present.
+    A file whose content changed under the same name is NOT noticed (nothing is hashed).
+    Returns (dataset, split, resolved data root).
     """
+    import json
+
     from .datasets import read_dataset
 
-    root = data or card.provenance.get("data", {}).get("root")
-    if not root:
-        raise DatasetError("no --data given and the model card records no data folder")
-    if not Path(root).exists():
-        raise DatasetError(f"{root}: data folder recorded in the model card is not here; pass --data")
-    ds = read_dataset(root, positive=card.positive_label if card.positive_label != "all" else None)
-    if ds.labels != card.labels:
-        raise DatasetError(f"{root}: dataset labels {ds.labels} differ from the model's {card.labels}")
-    sp = card.provenance.get("split", {})
-    cfg = card.provenance.get("config", {})
-    split = make_split(ds, sp.get("rule"), seed=int(sp.get("seed", 0)),
-                       val_fraction=float(sp.get("val_fraction", cfg.get("val_fraction", 0.2))),
-                       test_fraction=float(sp.get("test_fraction", cfg.get("test_fraction", 0.0))),
-                       test_fold=sp.get("test_fold", cfg.get("test_fold")) or None)
-    if sp.get("file_list_sha256") and split.file_list_sha256(ds) != sp["file_list_sha256"]:
-        print("leukedge: warning: the data differ from the model's recorded split (file-list hash mismatch); "
-              "measurements use the split as it is now", file=sys.stderr)
-    return ds, split, str(Path(root).resolve())
+    p = Path(path)
+    if p.is_dir():
+        p = p / SPLIT_FILE
+    try:
+        rec = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{p}: no split.json (the split a model was trained on); train writes it beside "
+                           "model.keras — pass --split-file, or re-train") from None
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{p}: unreadable split file: {exc}") from None
+    if rec.get("schema") != SPLIT_SCHEMA:
+        raise DatasetError(f"{p}: not a leukedge split file")
+    if rec.get("schema_version", 0) > SPLIT_SCHEMA_VERSION:
+        raise DatasetError(f"{p}: split schema {rec.get('schema_version')} is newer than this leukedge understands")
+    recorded = rec["data"]
+    root = Path(data or recorded["root"])
+    if not root.exists():
+        raise DatasetError(f"{root}: data folder recorded in {p.name} is not here; pass --data")
+    if labels is not None and list(labels) != list(recorded["labels"]):
+        if sorted(labels) != sorted(recorded["labels"]):
+            raise DatasetError(f"{p}: split labels {recorded['labels']} differ from the model's {list(labels)}")
+    positive = recorded["positive_label"]
+    ds = read_dataset(root, positive=positive if recorded["layout"] != "cnmc" else None)
+    if sorted(ds.labels) != sorted(recorded["labels"]):
+        raise DatasetError(f"{root}: dataset labels {ds.labels} differ from the recorded {recorded['labels']}")
+    # label indices in the record follow the recorded label order; map them by name to this dataset's
+    remap = {i: ds.labels.index(name) for i, name in enumerate(recorded["labels"])}
+    now = {ds.relpath(s): s for s in ds.labelled}
+    then: dict[str, int] = {}
+    for rows in rec["parts"].values():
+        then.update({r[0]: remap[r[1]] for r in rows})
+    then.update({r[0]: remap[r[1]] for r in rec.get("excluded", [])})
+    missing = sorted(set(then) - set(now))
+    added = sorted(set(now) - set(then))
+    relabelled = sorted(r for r in set(then) & set(now) if now[r].label != then[r])
+    if missing or added or relabelled:
+        what = "; ".join(f"{len(v)} {k} (e.g. {v[0]})" for k, v in
+                         (("missing", missing), ("new", added), ("relabelled", relabelled)) if v)
+        if not allow_drift:
+            raise DataDriftError(f"{root}: the data differ from the split recorded in {p}: {what}; "
+                                 "re-train, or pass --allow-data-drift to measure on the recorded files still present")
+        print(f"leukedge: warning: data drift ({what}); measuring on the recorded files still present",
+              file=sys.stderr)
+    parts = {}
+    for part, rows in rec["parts"].items():
+        parts[part] = [Sample(str(root / r[0]), remap[r[1]], r[2], r[3] if len(r) > 3 else None,
+                              now[r[0]].part if r[0] in now else "train")
+                       for r in rows if r[0] in now]
+    params = {k: rec[k] for k in ("val_fraction", "test_fraction", "test_fold") if k in rec}
+    split = Split(rec["rule"], int(rec.get("seed", 0)), parts, list(rec.get("notes", [])),
+                  [list(g) for g in rec.get("merged_subject_groups", [])], params)
+    return ds, split, str(root.resolve())
 
 
 _hash_cache: dict[str, str] = {}
@@ -221,11 +316,3 @@ def _hash(path: str) -> str:
 
 def _hashes(samples: list[Sample]) -> set[str]:
     return {_hash(s.path) for s in samples}
-
-
-def subjects_of(samples: list[Sample]) -> set[str]:
-    return {s.subject for s in samples if s.subject}
-
-
-def relpaths(ds: Dataset, samples: list[Sample]) -> list[str]:
-    return [str(Path(ds.relpath(s))) for s in samples]

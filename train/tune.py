@@ -24,7 +24,7 @@ from .config import ConfigError, TrainConfig, to_toml
 from .datasets import read_dataset
 from .model import build_inception_v3
 from .pipeline import class_weights, decode_samples, make_dataset
-from .splits import make_split
+from .splits import SPLIT_FILE, write_split
 from .tfcompat import tensorflow
 from .weights import load_backbone_weights, plan_weights
 
@@ -50,10 +50,10 @@ def _hp_values(hp) -> dict:
 
 
 def _features(data, cfg: TrainConfig):
+    from .fit import split_for
+
     tf = tensorflow()
-    ds = read_dataset(data, positive=cfg.positive or None)
-    split = make_split(ds, None if cfg.split == "auto" else cfg.split, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                       test_fraction=cfg.test_fraction, test_fold=cfg.test_fold or None)
+    ds, split = split_for(data, cfg)
     info = plan_weights(cfg.weights)
     prep = Preprocessing(size=cfg.image_size, resize=cfg.resize, mean=(info.mean,) * 3, std=(info.std,) * 3)
     backbone = build_inception_v3(cfg.image_size, info.last_pool, backbone_only=True)
@@ -64,7 +64,7 @@ def _features(data, cfg: TrainConfig):
         x = backbone.predict(make_dataset(arr, prep, cfg.batch_size, training=False), verbose=0)
         feats[part] = (x.astype(np.float32), arr.labels)
     del tf
-    return ds, feats
+    return ds, split, feats
 
 
 def run_trial(params: dict, feats, positive: int, epochs: int, seed: int) -> float:
@@ -98,8 +98,15 @@ def _keras_tuner():
 
 
 def tune(data, out, cfg: TrainConfig, trials: int = 12, max_seconds: int = 0, epochs: int = 20) -> dict:
+    """Random search over the head's hyperparameters on cached backbone features: `leukedge tune`.
+
+    data: dataset folder; out: folder for best.toml (a [train] config that points train at the same
+    split), split.json (the split the trials used), trials.json, trials.md. trials: at most this many;
+    max_seconds: time budget (0 = none); epochs: per trial. Returns {"best", "trials"}.
+    Raises DatasetError, ConfigError (no trial finished in the budget).
+    """
     t0 = time.perf_counter()
-    ds, feats = _features(data, cfg)
+    ds, split, feats = _features(data, cfg)
     positive = ds.labels.index(ds.positive_label)
     kt = _keras_tuner()
     rows: list[dict] = []
@@ -129,7 +136,8 @@ def tune(data, out, cfg: TrainConfig, trials: int = 12, max_seconds: int = 0, ep
     if not rows:
         raise ConfigError(f"no trial finished inside the time budget of {max_seconds} s")
     best = max(rows, key=lambda r: r["val_f1"])
-    best_cfg = {**cfg.to_dict(), **{k: best[k] for k in SPACE}}
+    best_cfg = {**cfg.to_dict(), **{k: best[k] for k in SPACE},
+                "split_file": str((Path(out) / SPLIT_FILE).resolve())}
     header = ["trial", "val_f1", *SPACE]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in sorted(rows, key=lambda r: -r["val_f1"]):
@@ -139,6 +147,7 @@ def tune(data, out, cfg: TrainConfig, trials: int = 12, max_seconds: int = 0, ep
                                                 f"{best['val_f1']:.4f}\n" + to_toml(best_cfg))
         write_text_atomic(stage / "trials.json", json.dumps(rows, indent=2) + "\n")
         write_text_atomic(stage / "trials.md", "\n".join(table) + "\n")
+        write_split(split, ds, stage / SPLIT_FILE)
     print("\n".join(table))
     print(f"leukedge tune: best validation F1 {best['val_f1']:.4f}; config written to {Path(out) / 'best.toml'} "
           f"(use: leukedge train DATA --config {Path(out) / 'best.toml'})", file=sys.stderr)

@@ -39,8 +39,16 @@ def pick_data(data: str | None, out: Path, quick: bool) -> tuple[str, str, dict]
 
 
 def run_flow(data: str | None, out: str | Path, quick: bool = False, image_size: int | None = None) -> dict:
+    """The whole toolkit end to end: `leukedge flow` (the README's main job).
+
+    data: a dataset folder, or None for the PBC sample when ../shared/data is at hand, else synthetic cells.
+    out: folder for model/ (train), opt/ (optimize), benchmark/, DATA.txt. quick: CI's smallest settings.
+    image_size: training size in px [default 128, or 96 with quick].
+    Returns {"summary" (optimize), "results" (benchmark), "minutes"}. Raises what the steps raise.
+    """
     from leukedge.benchmarks.run import BenchmarkOptions, benchmark
     from leukedge.optimize.run import OptimizeOptions, optimize
+    from leukedge.optimize.variants import QUICK_VARIANTS
     from leukedge.train.config import load_config
     from leukedge.train.fit import train
 
@@ -58,23 +66,27 @@ def run_flow(data: str | None, out: str | Path, quick: bool = False, image_size:
         "val_fraction": 0.1, "test_fraction": 0.1, "max_train_images": 200 if quick else 600, **overrides})
     train(path, out / "model", cfg)
 
-    variants = ("float32", "int8", "pruned-int8") if quick else ("float32", "float16", "dynamic", "int8", "pruned-int8")
+    variants = QUICK_VARIANTS if quick else ("float32", "float16", "dynamic", "int8", "pruned-int8")
     _say(f"optimize: {', '.join(variants)}")
     opts = OptimizeOptions(variants=variants, calibration_size=64 if quick else 128,
                            prune_steps=20 if quick else 60, finetune_batch=16)
     summary = optimize(out / "model" / "model.keras", out / "opt", opts)
 
-    _say("edge-classify on a few images (fresh process, no TensorFlow)")
-    from leukedge.train.datasets import read_dataset
+    from leukedge.train.splits import read_split
 
-    ds = read_dataset(path, positive=overrides.get("positive"))
-    few = [s.path for s in ds.labelled[:: max(1, len(ds.labelled) // 4)][:4]]
+    _, split, _ = read_split(out / "model")
+    held_out = "test" if split.parts.get("test") else "validation"
+    _say(f"edge-classify on a few held-out ({held_out}) images (fresh process, no TensorFlow)")
+    part = split.parts[held_out]
+    few = [s.path for s in part[:: max(1, len(part) // 4)][:4]]
     r = subprocess.run([sys.executable, "-m", "leukedge.edge.cli", "--model", str(out / "opt" / "int8.tflite"), *few],
                        capture_output=True, text=True)
     print(r.stdout, end="")
     print(r.stderr, end="", file=sys.stderr)
 
-    _say("benchmark every variant on the held-out test split")
+    _say(f"benchmark every variant on the {held_out} part"
+         + (" (held out: no threshold was chosen on it)" if held_out == "test" else
+            " (there is no test part: thresholds were chosen on these images, so figures are optimistic)"))
     results = benchmark([out / "model" / "model.keras", out / "opt"], out / "benchmark",
                         BenchmarkOptions(repeats=15 if quick else 30, max_images=150 if quick else 0,
                                          cold_start_runs=2 if quick else 3))
