@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import random
 import sys
 import time
@@ -157,13 +158,25 @@ def main(argv=None) -> int:
     ap.add_argument("--mahalanobis-factor", type=float, default=DEFAULT_MAHALANOBIS_FACTOR)
     ap.add_argument("--limit", type=int, default=None, help="at most this many training images (a quick run)")
     ap.add_argument("--out", default="benchmarks/results/ood-probe.json")
+    ap.add_argument("--stats-cache", default=None,
+                    help="pickle of the decoded statistics: reused when present (to try rule parameters), else written")
     args = ap.parse_args(argv)
     data = Path(args.data)
     if not data.is_dir():
         print(f"ood_probe: no dataset at {data}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    col = collect(data, args.size, args.seed, args.train_fraction, args.limit)
+    cache = Path(args.stats_cache) if args.stats_cache else None
+    if cache and cache.is_file():
+        with open(cache, "rb") as fh:
+            col = pickle.load(fh)
+    else:
+        col = collect(data, args.size, args.seed, args.train_fraction, args.limit)
+        if cache:
+            with open(cache, "wb") as fh:
+                pickle.dump(col, fh)
+    if args.margin != col["reference"]["rule"]["margin"] or args.mahalanobis_factor != col["reference"]["rule"]["mahalanobis_factor"]:
+        col["reference"]["rule"] = {"margin": args.margin, "mahalanobis_factor": args.mahalanobis_factor}
     res = evaluate(col, args.margin, args.mahalanobis_factor)
     # cost of the checks themselves on a held-out image
     img = load_rgb(col["held"][0][0], args.size)

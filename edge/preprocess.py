@@ -459,7 +459,7 @@ def _icc_transform(profile: bytes, in_mode: str):
 
     src = ImageCms.ImageCmsProfile(io.BytesIO(profile))
     return ImageCms.buildTransform(src, ImageCms.createProfile("sRGB"), in_mode, "RGB",
-                                   renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+                                   renderingIntent=1)  # ICC intent 1: relative colorimetric (Pillow >= 9.1)
 
 
 def _orientation(im: Image.Image) -> int:

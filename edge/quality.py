@@ -5,25 +5,26 @@ trained on, so the answer is not given silently. `train` stores `reference_stati
 training inputs in the model card (`input_statistics`); the device computes `image_statistics`
 on each decoded, resized image (the very uint8 array the model sees) and `assess` compares them.
 
-Statistics (all cheap: one pass of numpy over a 224x224 image, measured well under 1 ms):
-- mean_r/g/b: mean of each channel; lum_std: standard deviation of luminance (BT.601 weights).
-- bg_fraction: the background's share, background being every pixel within 40 levels (max over
-  channels) of the median colour of the image's outermost 4-pixel ring (at half resolution: 2 pixels). Dataset-neutral: a C-NMC
-  cell sits on black (bg ~0.8), a PBC cell in a pale smear (bg ~0.5).
+Statistics (all cheap: about 0.5 ms for a 224x224 image on the project's machine; colour statistics
+use every second pixel of every second row, the focus measures every pixel):
+- mean_r/g/b: mean of each channel; green_std: standard deviation of the green channel (green
+  carries the most stain contrast in Giemsa/Wright-stained smears).
+- bg_fraction: the background's share, background being every pixel within 40 levels (every
+  channel) of the median colour of the image's outermost ring (4 pixels wide). Dataset-neutral: a
+  C-NMC cell sits on black (bg ~0.8), a PBC cell in a pale smear (bg ~0.5-0.7).
 - fg_{r,g,b}_{p05,p50,p95}: per-channel quantiles of the foreground (the other pixels) colour.
 - fg_r_minus_g, fg_b_minus_g: mean opponent colour of the foreground (hue of the stain).
 - dark_fraction (max channel < 20), clipped_fraction (any channel at 255).
 - centre_fg: foreground share of the central box (middle half of each side), where a
   single-cell crop has its cell and a tiled or wide-field image does not.
-- focus: log10 of the variance of the 4-neighbour Laplacian of luminance (the classic
-  variance-of-Laplacian focus measure); sharpness: the same variance over the luminance variance
-  (independent of contrast); fine_coarse: log10 ratio of the Laplacian variance at full size and
-  at half size (detail scale: higher when cells are smaller than in training, lower when blurred).
+- focus: log10 of the variance of the 4-neighbour Laplacian of the green channel (the classic
+  variance-of-Laplacian focus measure); sharpness: that variance over the green channel's variance
+  (independent of contrast; higher when cells are smaller than in training, as in a wide field).
 
 The rule ("far" from training), documented and measured in benchmarks/ood_probe.py:
 - quality flags (kind "quality"):
-  * constant: the luminance and every channel vary by less than 0.5 levels (standard
-    deviation) -- absolute, also without a reference;
+  * constant: green standard deviation below 0.5 levels and no spread in any channel's
+    foreground 5..95 % quantiles -- absolute, also without a reference;
   * too dark / too bright: mean luminance below half the training's 0.5th percentile, or above
     the training's 99.5th percentile plus half the remaining headroom to 255;
   * saturated: more than half the pixels clipped at 255 and more than 0.25 above the
@@ -42,12 +43,12 @@ from dataclasses import dataclass
 import numpy as np
 
 STATISTICS = (
-    "mean_r", "mean_g", "mean_b", "lum_std", "bg_fraction",
+    "mean_r", "mean_g", "mean_b", "green_std", "bg_fraction",
     "fg_r_p05", "fg_r_p50", "fg_r_p95", "fg_g_p05", "fg_g_p50", "fg_g_p95", "fg_b_p05", "fg_b_p50", "fg_b_p95",
     "fg_r_minus_g", "fg_b_minus_g", "dark_fraction", "clipped_fraction", "centre_fg",
-    "focus", "sharpness", "fine_coarse",
+    "focus", "sharpness",
 )
-REFERENCE_VERSION = 1
+REFERENCE_VERSION = 2
 DEFAULT_MARGIN = 0.4
 DEFAULT_MAHALANOBIS_FACTOR = 1.5
 _BG_TOLERANCE = 40
@@ -68,10 +69,14 @@ class Flag:
         return f"{self.kind}: {self.message}"
 
 
-def _laplacian_var(lum: np.ndarray) -> float:
-    c = lum[1:-1, 1:-1]
-    lap = lum[:-2, 1:-1] + lum[2:, 1:-1] + lum[1:-1, :-2] + lum[1:-1, 2:] - 4.0 * c
-    return float(lap.var()) if lap.size else 0.0
+def _laplacian_var(x: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian of a 2-D int16 (or float) array, over the interior."""
+    c = x[1:-1, 1:-1]
+    lap = (x[:-2, 1:-1] + x[2:, 1:-1]) + (x[1:-1, :-2] + x[1:-1, 2:]) - 4 * c
+    if not lap.size:
+        return 0.0
+    f = lap.ravel().astype(np.float32)
+    return max(float(f @ f) / f.size - (float(f.sum()) / f.size) ** 2, 0.0)
 
 
 def _quantiles_from_hist(hist: np.ndarray, qs=_QUANTILES) -> list[float]:
@@ -90,54 +95,52 @@ def image_statistics(rgb: np.ndarray) -> dict[str, float]:
     a = np.asarray(rgb)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or min(a.shape[:2]) < 8:
         raise ValueError(f"image_statistics needs a uint8 HxWx3 array (H, W >= 8), got {a.dtype} {a.shape}")
-    full = np.moveaxis(a, 2, 0).astype(np.float32)  # 3 x H x W, contiguous per channel
-    lum_full = 0.299 * full[0] + 0.587 * full[1] + 0.114 * full[2]
     # Colour statistics on every second pixel of every second row: a quarter of the cost, same figures
-    # within sampling noise; the focus measures below use every pixel.
-    planes = np.ascontiguousarray(full[:, ::2, ::2])
+    # within sampling noise; the focus measures below use every pixel of the green channel.
+    planes = np.ascontiguousarray(np.moveaxis(a[::2, ::2], 2, 0))  # uint8, 3 x h x w
     h, w = planes.shape[1:]
-    r, g, b = planes[0], planes[1], planes[2]
-    lum = 0.299 * r + 0.587 * g + 0.114 * b
-    mx = np.maximum(np.maximum(r, g), b)
-    # Background: close to the median colour of the outer 4-pixel ring.
+    n = h * w
+    mx = np.maximum(np.maximum(planes[0], planes[1]), planes[2])
+    # Background: within _BG_TOLERANCE (every channel) of the median colour of the outer ring.
     ring = np.concatenate([planes[:, :2].reshape(3, -1), planes[:, -2:].reshape(3, -1),
                            planes[:, 2:-2, :2].reshape(3, -1), planes[:, 2:-2, -2:].reshape(3, -1)], axis=1)
     bg_colour = np.median(ring, axis=1)
-    tol = np.float32(_BG_TOLERANCE)
-    fg = (np.abs(r - bg_colour[0]) > tol) | (np.abs(g - bg_colour[1]) > tol) | (np.abs(b - bg_colour[2]) > tol)
+    levels = np.arange(256, dtype=np.float64)
+    fg = np.abs(levels - bg_colour[0])[planes[0]] > _BG_TOLERANCE  # per-channel lookup: "far from background"
+    fg |= np.abs(levels - bg_colour[1])[planes[1]] > _BG_TOLERANCE
+    fg |= np.abs(levels - bg_colour[2])[planes[2]] > _BG_TOLERANCE
     n_fg = int(np.count_nonzero(fg))
+    all_means = [float(np.bincount(planes[k].ravel(), minlength=256) @ levels) / n for k in range(3)]
+    green = a[..., 1].astype(np.int16)  # full resolution: stain contrast is highest in green
+    gf = green.ravel().astype(np.float32)
+    g_var = max(float(gf @ gf) / gf.size - (float(gf.sum()) / gf.size) ** 2, 0.0)
     stats = {
-        "mean_r": float(r.mean()), "mean_g": float(g.mean()), "mean_b": float(b.mean()),
-        "lum_std": float(lum_full.std()),
-        "bg_fraction": 1.0 - n_fg / (h * w),
+        "mean_r": all_means[0], "mean_g": all_means[1], "mean_b": all_means[2],
+        "green_std": math.sqrt(g_var),
+        "bg_fraction": 1.0 - n_fg / n,
     }
     if n_fg:
-        fgp = planes[:, fg]  # 3 x n_fg
+        fmean = []
         for k, name in enumerate("rgb"):
-            hist = np.bincount(fgp[k].astype(np.uint8), minlength=256)
+            hist = np.bincount(planes[k][fg], minlength=256)
+            fmean.append(float(hist @ levels) / n_fg)
             for q, v in zip(_QUANTILES, _quantiles_from_hist(hist)):
                 stats[f"fg_{name}_p{q:02d}"] = v
-        fmean = fgp.mean(axis=1)
-        stats["fg_r_minus_g"] = float(fmean[0] - fmean[1])
-        stats["fg_b_minus_g"] = float(fmean[2] - fmean[1])
+        stats["fg_r_minus_g"] = fmean[0] - fmean[1]
+        stats["fg_b_minus_g"] = fmean[2] - fmean[1]
     else:
         for k, name in enumerate("rgb"):
             for q in _QUANTILES:
                 stats[f"fg_{name}_p{q:02d}"] = float(bg_colour[k])
         stats["fg_r_minus_g"] = float(bg_colour[0] - bg_colour[1])
         stats["fg_b_minus_g"] = float(bg_colour[2] - bg_colour[1])
-    stats["dark_fraction"] = float(np.count_nonzero(mx < 20)) / (h * w)
-    stats["clipped_fraction"] = float(np.count_nonzero(mx == 255)) / (h * w)
+    stats["dark_fraction"] = float(np.count_nonzero(mx < 20)) / n
+    stats["clipped_fraction"] = float(np.count_nonzero(mx == 255)) / n
     cy, cx = h // 4, w // 4
     stats["centre_fg"] = float(fg[cy:h - cy, cx:w - cx].mean())
-    lv = _laplacian_var(lum_full)
+    lv = _laplacian_var(green)
     stats["focus"] = math.log10(lv + 1.0)
-    stats["sharpness"] = lv / (float(lum_full.var()) + 1.0)
-    fh, fw = lum_full.shape
-    h2, w2 = fh // 2 * 2, fw // 2 * 2
-    lf = lum_full[:h2, :w2]
-    half = (lf[0::2, 0::2] + lf[1::2, 0::2] + lf[0::2, 1::2] + lf[1::2, 1::2]) * 0.25
-    stats["fine_coarse"] = math.log10((lv + 1.0) / (_laplacian_var(half) + 1.0))
+    stats["sharpness"] = lv / (g_var + 1.0)
     return stats
 
 
@@ -237,7 +240,7 @@ def assess(rgb: np.ndarray, reference: dict | None = None, stats: dict[str, floa
     """
     s = stats if stats is not None else image_statistics(rgb)
     flags: list[Flag] = []
-    if s["lum_std"] < 0.5 and all(s[f"fg_{c}_p95"] - s[f"fg_{c}_p05"] < 1 for c in "rgb"):
+    if s["green_std"] < 0.5 and all(s[f"fg_{c}_p95"] - s[f"fg_{c}_p05"] < 1 for c in "rgb"):
         return [Flag("constant", "quality", f"constant image (every pixel ~RGB "
                                             f"{s['mean_r']:.0f},{s['mean_g']:.0f},{s['mean_b']:.0f})")]
     if reference is None:
@@ -304,13 +307,15 @@ def dataset_report(paths, size: int = 224, reference: dict | None = None, first:
         except ImageError as exc:
             unreadable.append((str(p), exc.problem))
     ref, source = reference, "given"
-    if ref is None and len(stats) >= 20:
-        ref, source = _reference_from_stats([s for _, s in stats]), "dataset"
+    if ref is None:
+        _, all_flags, ref = _self_screen([s for _, s in stats])
+        source = "dataset"
+    else:
+        all_flags = [assess(None, ref, stats=s) for _, s in stats]
     per_reason: dict[str, int] = {}
     examples: dict[str, list[str]] = {}
     flagged = 0
-    for p, s in stats:
-        flags = assess(None, ref, stats=s)
+    for (p, s), flags in zip(stats, all_flags):
         if flags:
             flagged += 1
         for f in flags:
@@ -319,3 +324,44 @@ def dataset_report(paths, size: int = 224, reference: dict | None = None, first:
                 examples[f.code].append(f"{p}: {f.message}")
     return {"checked": len(stats), "flagged": flagged, "per_reason": per_reason, "examples": examples,
             "unreadable": unreadable, "reference": source if ref is not None else "none (fewer than 20 images)"}
+
+
+def screen_training_images(images) -> tuple[np.ndarray, list[list[Flag]], dict | None]:
+    """The training-time gate: which decoded training images to keep, why others go, and the card's reference.
+
+    images: uint8 N x H x W x 3 (the decoded, resized training inputs). Each image is assessed against
+    the statistics of all N (the same checks as the device and `data inspect`); flagged images are
+    dropped, and the reference for the card (`input_statistics`) is computed from the kept ones.
+    Returns (keep: bool array (N,), flags: per image list of Flag, reference dict, or None when fewer
+    than 20 images are kept). Never raises for an odd image.
+    """
+    stats = [image_statistics(im) for im in images]
+    shape = [int(v) for v in np.asarray(images[0]).shape[:2]] if len(stats) else None
+    keep, flags, ref = _self_screen(stats)
+    if ref is not None:
+        ref["image_size"] = shape
+    return keep, flags, ref
+
+
+def _self_screen(stats: list[dict[str, float]], rounds: int = 3):
+    """Flags of a set of images against their own statistics, robust to a few broken ones.
+
+    Round 0 keeps what passes the absolute check (constant); each round then recomputes the reference
+    from the images kept so far and reassesses every image, so one broken image does not widen the
+    range it is judged by. Returns (keep, flags, reference of the kept images or None).
+    """
+    flags = [assess(None, None, stats=s) for s in stats]
+    keep = np.array([not f for f in flags], dtype=bool)
+    ref = None
+    for _ in range(rounds):
+        kept = [s for s, k in zip(stats, keep) if k]
+        if len(kept) < 20:
+            return keep, flags, None
+        ref = _reference_from_stats(kept)
+        flags = [assess(None, ref, stats=s) for s in stats]
+        new = np.array([not f for f in flags], dtype=bool)
+        if np.array_equal(new, keep):
+            break
+        keep = new
+    kept = [s for s, k in zip(stats, keep) if k]
+    return keep, flags, (_reference_from_stats(kept) if len(kept) >= 20 else ref)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from leukedge.edge.quality import STATISTICS, Flag, assess, dataset_report, image_statistics, reference_statistics
+from leukedge.edge.quality import (STATISTICS, Flag, assess, dataset_report, image_statistics, reference_statistics,
+                                   screen_training_images)
 
 SIZE = 96
 
@@ -163,3 +164,13 @@ def test_data_inspect_reports_suspicious_images(tmp_path):
                         "--quality-size", str(SIZE)], capture_output=True, text=True, timeout=120)
     assert "suspicious images:" in r.stdout, r.stdout + r.stderr
     assert "constant" in r.stdout and "blank.png" in r.stdout
+
+
+def test_screen_training_images_drops_flagged_and_references_the_rest():
+    rng = np.random.default_rng(8)
+    good = [cell(rng) for _ in range(199)]
+    imgs = np.stack(good + [np.zeros((SIZE, SIZE, 3), np.uint8), good[0] // 16])  # 1 % broken
+    keep, flags, ref = screen_training_images(imgs)
+    assert keep.shape == (201,) and not keep[199] and not keep[200]
+    assert flags[199][0].code == "constant" and flags[200][0].code == "too_dark"
+    assert keep[:199].sum() >= 195 and ref["n_images"] == int(keep.sum()) and ref["image_size"] == [SIZE, SIZE]
