@@ -26,7 +26,10 @@ def is_ignored_name(name: str | os.PathLike) -> bool:
     file systems are case-insensitive, and ``THUMBS.DB`` is as common as ``Thumbs.db``).
     Accepts str, bytes-decoded (surrogate-escaped) str or a path; never raises.
     """
-    base = os.path.basename(os.fsdecode(name)).lower()
+    if isinstance(name, str) and "/" not in name:  # a bare name (os.scandir): the common, fast case
+        base = name.lower()
+    else:
+        base = os.path.basename(os.fsdecode(name)).lower()
     return base.startswith(("._", "~$")) or base in _IGNORED_EXACT or base.endswith(_IGNORED_SUFFIXES)
 
 

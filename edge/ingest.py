@@ -45,7 +45,7 @@ from typing import Callable
 from .files import is_ignored_name, write_text_atomic
 from .outputs import (STATUS_ERROR, STATUS_INTERNAL, STATUS_OK, ModelInfo, OutputError, make_row, now_iso,
                       row_from_prediction)
-from .preprocess import is_image_name
+from .preprocess import IMAGE_EXTENSIONS
 
 JOURNAL_VERSION = 1
 HASH_WHOLE_LIMIT = 8 << 20  # files up to 8 MiB are hashed whole; larger: first and last MiB plus the size
@@ -445,9 +445,13 @@ class WatchOptions:
             self.full_scan_interval = 300.0 if self.mode == "inotify" else 30.0
 
 
+_IMAGE_EXTS = tuple(IMAGE_EXTENSIONS)
+
+
 def wanted(name: str) -> bool:
-    """The one rule for which names are input images: an image extension and not a temp/metadata file."""
-    return is_image_name(name) and not is_ignored_name(name)
+    """The one rule for which names are input images: an image extension (edge.preprocess) and not a
+    temp/metadata file (edge.files.is_ignored_name). `name` is a file name or path."""
+    return name.lower().endswith(_IMAGE_EXTS) and not is_ignored_name(name)
 
 
 class Watcher:
@@ -470,6 +474,7 @@ class Watcher:
         self.counts = emitter.counts
         self.pending: dict[str, _Pending] = {}
         self.dir_mtimes: dict[str, int] = {}
+        self.subdirs: dict[str, list[str]] = {}
         self.state = "starting"
         self.last_scan: str | None = None
         self._dirty: set[str] = set()
@@ -501,9 +506,10 @@ class Watcher:
                 continue
             if skip_unchanged_dirs and self.dir_mtimes.get(rel_dir) == dst.st_mtime_ns and rel_dir not in hot_dirs:
                 # nothing created, renamed or deleted here; still descend into known subfolders
-                stack.extend(d for d in self.dir_mtimes if d and os.path.dirname(d) == rel_dir)
+                stack.extend(self.subdirs.get(rel_dir, ()))
                 continue
             self.dir_mtimes[rel_dir] = dst.st_mtime_ns
+            children = self.subdirs[rel_dir] = []
             try:
                 entries = list(os.scandir(full))
             except (FileNotFoundError, NotADirectoryError):
@@ -513,11 +519,12 @@ class Watcher:
             except PermissionError:
                 continue
             for e in entries:
-                rel = os.path.join(rel_dir, e.name) if rel_dir else e.name
+                rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
                 try:
                     if e.is_dir(follow_symlinks=False):
                         if self.opts.recursive:
                             stack.append(rel)
+                            children.append(rel)
                         continue
                     if not wanted(e.name):
                         continue
@@ -528,10 +535,9 @@ class Watcher:
 
     def _consider(self, rel: str, st: os.stat_result | None = None) -> None:
         """Decide whether a file needs reading (new or changed content) and put it in `pending`."""
-        full = os.path.join(self.folder, rel)
         if st is None:
             try:
-                st = os.stat(full)
+                st = os.stat(os.path.join(self.folder, rel))
             except OSError:
                 self.pending.pop(rel, None)
                 return
@@ -543,7 +549,7 @@ class Watcher:
             if (rec.size, rec.mtime_ns) == ident.key:
                 if rec.hash is None or (rec.ino, rec.ctime_ns) == (ident.ino, ident.ctime_ns):
                     return
-                digest = content_hash(full)  # same size and mtime, other inode/ctime: did the content change?
+                digest = content_hash(os.path.join(self.folder, rel))  # same size and mtime, other inode/ctime: did the content change?
                 if digest == rec.hash:  # same content under a new inode/ctime: remember it, nothing to redo
                     same = Record(rel, ident.size, ident.mtime_ns, ident.ino, ident.ctime_ns, digest, rec.status,
                                   rec.out, rec.n, rec.crc)
@@ -713,6 +719,7 @@ class Watcher:
                 except FileNotFoundError:
                     self._stop_observer()
                     self.dir_mtimes.clear()
+                    self.subdirs.clear()
                     self._set_problem("folder-missing", f"watch folder {self.folder} is gone; retrying every "
                                                         f"{self.opts.retry_interval:g} s")
                     self.stop.wait(self.opts.retry_interval)
