@@ -6,7 +6,7 @@ import numpy as np
 
 from leukedge.train.tfcompat import tensorflow
 
-from .prune import clone_float
+from .prune import _remember_surgery, clone_float
 
 _EMA = {}
 
@@ -86,12 +86,18 @@ def quantization_aware(model, train_ds, steps: int, lr: float = 1e-5, preserve_s
     preserve_sparsity: pruning-preserving QAT (collaborative optimization), for a model
     that was already pruned, so its zeros survive quantization-aware training.
     calibration: float model inputs used to set activation ranges before fine-tuning.
+    A nested model, activity regularizers and standalone BatchNorms are first rewritten by
+    optimize.surgery.prepare (steps readable with prune.surgery_steps(result), so the card can list
+    them); a layer tfmot cannot quantize raises SurgeryError naming it, before any fine-tune.
     """
     import tensorflow_model_optimization as tfmot
 
+    from .surgery import prepare
+
     tf = tensorflow()
+    prepared, surgery = prepare(model, "qat")
     ema = _settable_ema_decay()
-    base = clone_float(model)
+    base = clone_float(prepared)
     scheme, prune_preserve = _schemes()
     annotated = tfmot.quantization.keras.quantize_annotate_model(base)
     qat = tfmot.quantization.keras.quantize_apply(annotated, prune_preserve if preserve_sparsity else scheme)
@@ -108,4 +114,4 @@ def quantization_aware(model, train_ds, steps: int, lr: float = 1e-5, preserve_s
     qat.compile(optimizer=tf.keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy")
     if steps > 0:
         qat.fit(train_ds.repeat(), steps_per_epoch=int(steps), epochs=1, verbose=1 if progress else 0)
-    return qat
+    return _remember_surgery(qat, surgery)

@@ -1,0 +1,317 @@
+"""`leukedge import` and graph surgery on the reference notebook's architecture (issue 11).
+
+The reference model: Sequential([InceptionV3-like backbone (pooling='max'), BatchNormalization(),
+Dense(relu, kernel L2, activity L1, bias L1), Dropout, Dense(2, softmax)]) on raw 0..255 pixels,
+nearest resize, outputs [all, hem]. The default suite uses a small functional stand-in backbone at 64 px
+with random weights (the ImageNet weights are not needed to test the path) and fits the head on the real
+C-NMC sample images until P(all) spreads; the slow test uses leukedge's own InceptionV3 backbone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+SIZE = 64
+
+
+def _backbone(tf, size: int):
+    """A small functional stand-in for InceptionV3(include_top=False, pooling='max'): Conv+BN+ReLU, a concat."""
+    L = tf.keras.layers
+    inp = L.Input((size, size, 3))
+
+    def cbr(x, f, k, s=1):
+        x = L.Conv2D(f, k, strides=s, padding="same", use_bias=False)(x)
+        x = L.BatchNormalization(scale=False)(x)
+        return L.Activation("relu")(x)
+
+    x = cbr(inp, 8, 3, 2)
+    x = L.concatenate([cbr(x, 8, 1), cbr(x, 8, 3)])
+    x = L.MaxPooling2D(3, 2)(x)
+    x = cbr(x, 16, 3, 2)
+    return tf.keras.Model(inp, L.GlobalMaxPooling2D()(x), name="inception_v3")
+
+
+def reference_model(size: int = SIZE, backbone=None, units: int = 32, seed: int = 0):
+    """The notebook's architecture around `backbone` (default: the small stand-in)."""
+    from leukedge.train.tfcompat import tensorflow
+
+    tf = tensorflow()
+    tf.keras.utils.set_random_seed(seed)
+    L, reg = tf.keras.layers, tf.keras.regularizers
+    return tf.keras.Sequential([
+        backbone or _backbone(tf, size), L.BatchNormalization(),
+        L.Dense(units, activation="relu", kernel_regularizer=reg.l2(0.016), activity_regularizer=reg.l1(0.006),
+                bias_regularizer=reg.l1(0.006)),
+        L.Dropout(0.5), L.Dense(2, activation="softmax")])
+
+
+def notebook_images(paths, size: int) -> np.ndarray:
+    """Images loaded the notebook's way: Keras's image loader, nearest resize, raw 0..255 (uint8 here)."""
+    from leukedge.train.tfcompat import tensorflow
+
+    tf = tensorflow()
+    return np.stack([tf.keras.utils.img_to_array(tf.keras.utils.load_img(p, target_size=(size, size),
+                                                                          interpolation="nearest"))
+                     for p in paths]).astype(np.uint8)
+
+
+def fit_reference(model, x_raw: np.ndarray, y: np.ndarray, steps: int = 60):
+    """Fit the head (backbone frozen) on raw pixels; the head's BatchNorm starts from the feature statistics
+    (a few CPU steps never move its moving averages far enough)."""
+    from leukedge.train.tfcompat import tensorflow
+
+    tf = tensorflow()
+    backbone, bn = model.layers[0], model.layers[1]
+    feats = backbone.predict(x_raw.astype(np.float32), verbose=0)
+    bn.set_weights([np.ones(feats.shape[1]), np.zeros(feats.shape[1]), feats.mean(0), feats.var(0) + 1e-3])
+    backbone.trainable = False
+    bn.trainable = False
+    model.compile(optimizer=tf.keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    ds = tf.data.Dataset.from_tensor_slices((x_raw.astype(np.float32), y)).shuffle(len(y), seed=0).batch(16).repeat()
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    backbone.trainable = True
+    bn.trainable = True
+    return model
+
+
+@pytest.fixture(scope="module")
+def reference(cnmc_dir, tmp_path_factory):
+    """The reference model fitted on the C-NMC sample, saved as .keras and .h5; with the notebook-way inputs."""
+    from leukedge.train.datasets import read_dataset
+
+    ds = read_dataset(cnmc_dir)
+    samples = ds.labelled
+    paths = [s.path for s in samples]
+    y_all = np.array([ds.labels[s.label] == "all" for s in samples])
+    x = notebook_images(paths, SIZE)
+    model = fit_reference(reference_model(), x, np.where(y_all, 0, 1))  # output 0 = all, 1 = hem
+    d = tmp_path_factory.mktemp("reference")
+    model.save(d / "notebook.keras")
+    model.save(d / "notebook.h5")
+    p_all = model.predict(x.astype(np.float32), verbose=0)[:, 0]
+    return {"model": model, "keras": d / "notebook.keras", "h5": d / "notebook.h5", "paths": paths, "x": x,
+            "y_all": y_all, "p_all": p_all, "data": cnmc_dir, "dir": d}
+
+
+def _import(reference, out, **kw):
+    from leukedge.train.importer import ImportOptions, import_model
+
+    args = dict(labels=("all", "hem"), positive="all", size=SIZE, resize="nearest", scale="raw",
+                data=str(reference["data"]), sample=200)
+    args.update(kw)
+    src = args.pop("source", reference["keras"])
+    return import_model(src, out, ImportOptions(**args))
+
+
+@pytest.fixture(scope="module")
+def imported(reference, tmp_path_factory):
+    out = tmp_path_factory.mktemp("imported") / "run"
+    return out, _import(reference, out)
+
+
+def test_reference_head_spreads_so_agreement_is_not_vacuous(reference):
+    from leukedge.metrics import auroc
+
+    p = reference["p_all"]
+    assert np.percentile(p, 90) - np.percentile(p, 10) > 0.5, p
+    assert auroc(reference["y_all"], p) > 0.85
+
+
+def test_notebook_loader_and_leukedge_nearest_give_identical_pixels(reference):
+    from leukedge.edge.preprocess import load_rgb
+
+    for i in range(0, len(reference["paths"]), 13):
+        assert np.array_equal(load_rgb(reference["paths"][i], SIZE, "nearest"), reference["x"][i])
+
+
+def test_import_writes_flat_model_card_split_and_report(reference, imported):
+    from leukedge.edge.card import load_card_for_model
+    from leukedge.edge.files import sha256_file
+    from leukedge.train.tfcompat import load_keras_model
+
+    out, res = imported
+    card = load_card_for_model(out / "model.keras")
+    assert card.labels == ["all", "hem"] and card.positive_label == "all" and card.positive_index == 0
+    assert card.threshold == 0.5 and card.preprocessing.resize == "nearest"
+    assert card.preprocessing.mean == (0.0,) * 3 and card.preprocessing.std == (1.0,) * 3
+    imp = card.provenance["imported"]
+    assert imp["source"]["sha256"] == sha256_file(reference["keras"]) and imp["training_images"] == "unknown"
+    assert imp["keras"]["flavour"] == "tf-keras" and imp["preprocessing_verified"] is True
+    assert any("flattened" in s for s in imp["surgery"])
+    assert (out / "split.json").exists() and (out / "import-report.md").exists()
+    assert "may have been trained on" in card.metrics["validation"]["note"]
+    report = json.loads((out / "import-report.json").read_text())
+    assert report["check"]["declared"]["auroc"] > 0.85 and len(report["check"]["candidates"]) >= 8
+    flat = load_keras_model(out / "model.keras")
+    assert not any(hasattr(layer, "layers") for layer in flat.layers)  # no nested model left
+    p = flat.predict(reference["x"].astype(np.float32), verbose=0)[:, 0]
+    assert np.max(np.abs(p - reference["p_all"])) < 1e-6
+
+
+def test_h5_imports_the_same(reference, tmp_path):
+    res = _import(reference, tmp_path / "h5", source=reference["h5"])
+    assert res["check"]["verified"] and res["card"]["provenance"]["imported"]["keras"]["flavour"] == "h5"
+
+
+@pytest.mark.parametrize("kw, hint", [({"scale": "inception-2015"}, "--scale"),
+                                      ({"labels": ("hem", "all")}, "--labels"),
+                                      ({"scale": "unit"}, "--scale")])
+def test_wrong_declaration_is_refused_in_one_line(reference, tmp_path, kw, hint):
+    from leukedge.train.importer import PreprocessingMismatch
+
+    with pytest.raises(PreprocessingMismatch) as exc:
+        _import(reference, tmp_path / "bad", **kw)
+    msg = str(exc.value)
+    assert "\n" not in msg and hint in msg and "AUROC" in msg
+    assert not (tmp_path / "bad").exists()  # nothing written
+
+
+def test_without_data_the_card_is_unverified_and_optimize_refuses(reference, tmp_path):
+    from leukedge.optimize.run import OptimizeError, OptimizeOptions, optimize
+
+    _import(reference, tmp_path / "nodata", data="")
+    card = json.loads((tmp_path / "nodata" / "model.keras.json").read_text())
+    assert card["provenance"]["imported"]["preprocessing_verified"] is False
+    with pytest.raises(OptimizeError, match="unverified"):
+        optimize(tmp_path / "nodata" / "model.keras", tmp_path / "o", OptimizeOptions(variants=("float32",)))
+
+
+def test_card_copied_from_a_leukedge_model_is_refused(reference, imported, tmp_path):
+    """Issue 11: a leukedge card ([hem, all], (x-128)/128) beside the notebook model, SHA updated, split.json
+    copied too: refused before anything is measured."""
+    from helpers import make_card
+    from leukedge.optimize.run import OptimizeError, OptimizeOptions, optimize
+
+    d = tmp_path / "copied"
+    d.mkdir()
+    shutil.copy(reference["keras"], d / "model.keras")
+    shutil.copy(imported[0] / "split.json", d / "split.json")
+    make_card(d / "model.keras", SIZE, "float", "keras", provenance={
+        "leukedge_version": "0.x", "architecture": {"backbone": "InceptionV3"}, "split": {}, "data": {}})
+    with pytest.raises(OptimizeError, match="copied") as exc:
+        optimize(d / "model.keras", tmp_path / "o", OptimizeOptions(variants=("float32",)))
+    assert "leukedge import" in str(exc.value)
+
+
+def test_card_without_provenance_or_split_points_to_import(reference, tmp_path):
+    from helpers import make_card
+    from leukedge.optimize.run import OptimizeError, OptimizeOptions, optimize
+
+    d = tmp_path / "bare"
+    d.mkdir()
+    shutil.copy(reference["keras"], d / "model.keras")
+    make_card(d / "model.keras", SIZE, "float", "keras", labels=("all", "hem"))
+    with pytest.raises(OptimizeError, match="leukedge import"):
+        optimize(d / "model.keras", tmp_path / "o", OptimizeOptions(variants=("float32",)))
+
+
+def test_imported_model_optimizes_classifies_and_benchmarks_by_label_name(reference, imported, tmp_path):
+    """float32 within 1e-5 of the Keras model applied the notebook's way; int8, pruned-int8 and qat-int8
+    decisions >= 97 % in agreement; the [all, hem] output order benchmarks correctly."""
+    from leukedge.benchmarks.run import BenchmarkOptions, benchmark
+    from leukedge.edge.classifier import Classifier
+    from leukedge.optimize.run import OptimizeOptions, optimize
+
+    out = tmp_path / "opt"
+    variants = ("float32", "int8", "pruned-int8", "qat-int8")
+    optimize(imported[0] / "model.keras", out, OptimizeOptions(
+        variants=variants, calibration_size=40, prune_steps=12, qat_steps=4, finetune_batch=8, keep_threshold=True,
+        max_f1_drop=1.0, max_recall_drop=1.0))
+    keras_all = reference["p_all"] >= 0.5
+    for v in variants:
+        clf = Classifier.load(out / f"{v}.tflite")
+        assert clf.card.labels == ["all", "hem"] and clf.card.positive_label == "all"
+        preds = [clf.predict_one(p) for p in reference["paths"]]  # the device path, from the files
+        p_all = np.array([pr.p_all for pr in preds])
+        if v == "float32":
+            assert np.max(np.abs(p_all - reference["p_all"])) <= 1e-5
+        else:
+            agreement = np.mean((p_all >= clf.threshold) == keras_all)
+            assert agreement >= 0.97, (v, agreement)
+        if v.startswith("pruned") or v.startswith("qat"):
+            card = json.loads((out / f"{v}.tflite.json").read_text())
+            steps = json.dumps(card["optimization"])
+            assert "pruning" not in card["optimization"] or card["optimization"]["pruning"]["kernels"] == 6
+            if v.startswith("pruned"):
+                assert "folded BatchNormalization" in steps and "activity regularizer" in steps
+    res = benchmark([out / "float32.tflite", out / "int8.tflite"], tmp_path / "bench",
+                    BenchmarkOptions(repeats=2, cold_start=False))
+    val = json.loads((imported[0] / "import-report.json").read_text())["validation"]
+    f32 = next(r for r in res["variants"] if r["variant"] == "float32")
+    assert res["positive_label"] == "all"
+    assert f32["metrics"]["sensitivity"] == pytest.approx(val["sensitivity"])
+    assert f32["metrics"]["auroc"] == pytest.approx(val["auroc"], abs=1e-6)
+
+
+# -- surgery ----------------------------------------------------------------------------------------------
+
+
+def test_surgery_flattens_drops_activity_regularizer_and_folds_batchnorm():
+    from leukedge.optimize.surgery import check, is_nested, prepare
+
+    model = reference_model()
+    bn = model.layers[1]
+    rng = np.random.default_rng(0)
+    bn.set_weights([rng.uniform(0.5, 2, 16), rng.normal(size=16), rng.normal(size=16), rng.uniform(0.1, 2, 16)])
+    x = rng.uniform(0, 255, (4, SIZE, SIZE, 3)).astype(np.float32)
+    for purpose in ("prune", "qat"):
+        flat, steps = prepare(model, purpose)
+        assert not is_nested(flat) and is_nested(model)  # the input model is left as it was
+        assert len(steps) == 4 and "folded" in steps[2]
+        assert np.max(np.abs(flat(x).numpy() - model(x).numpy())) < 1e-5
+        check(flat, purpose)
+
+
+def test_surgery_refuses_what_tfmot_cannot_quantize_naming_the_layer():
+    from leukedge.optimize.surgery import SurgeryError, check, prepare
+    from leukedge.train.tfcompat import tensorflow
+
+    tf = tensorflow()
+    L = tf.keras.layers
+    inp = L.Input((SIZE, SIZE, 3))
+    x = L.Conv2D(4, 3)(inp)
+    x = L.GlobalAveragePooling2D()(x)
+    x = L.BatchNormalization(name="lonely_bn")(x)  # no Dense after it: cannot be folded
+    out = L.Activation("softmax")(x)
+    with pytest.raises(SurgeryError, match="lonely_bn") as exc:
+        prepare(tf.keras.Model(inp, out), "qat")
+    assert "\n" not in str(exc.value)
+    check(tf.keras.Model(inp, out), "prune")  # pruning has no such limit
+    x = L.Rescaling(1 / 255.0, name="rescale")(inp)
+    with pytest.raises(SurgeryError, match="rescale"):
+        prepare(tf.keras.Model(inp, L.Dense(2)(L.Flatten()(L.Conv2D(2, 3)(x)))), "qat")
+
+
+def test_sparsity_counts_nested_kernels():
+    from leukedge.optimize.prune import kernel_sparsity
+
+    assert len(kernel_sparsity(reference_model())) == 6  # 4 backbone convs + 2 head Dense
+
+
+@pytest.mark.slow
+def test_reference_with_inception_v3_backbone_at_96_px(cnmc_dir, tmp_path):
+    """The same path with leukedge's full InceptionV3 backbone (random weights) inside the Sequential."""
+    from leukedge.train.datasets import read_dataset
+    from leukedge.train.importer import ImportOptions, import_model
+    from leukedge.train.model import build_inception_v3
+
+    size = 96
+    ds = read_dataset(cnmc_dir)
+    paths = [s.path for s in ds.labelled]
+    y = np.array([0 if ds.labels[s.label] == "all" else 1 for s in ds.labelled])
+    x = notebook_images(paths, size)
+    backbone = build_inception_v3(size, backbone_only=True)
+    model = fit_reference(reference_model(size, backbone=backbone, units=64), x, y, steps=80)
+    model.save(tmp_path / "nb.keras")
+    res = import_model(tmp_path / "nb.keras", tmp_path / "run", ImportOptions(
+        labels=("all", "hem"), positive="all", size=size, resize="nearest", scale="raw", data=str(cnmc_dir)))
+    assert res["check"]["verified"]
+    from leukedge.optimize.run import OptimizeOptions, optimize
+
+    optimize(tmp_path / "run" / "model.keras", tmp_path / "opt", OptimizeOptions(
+        variants=("float32", "int8", "pruned-int8", "qat-int8"), calibration_size=40, prune_steps=12, qat_steps=4,
+        finetune_batch=8, keep_threshold=True, max_f1_drop=1.0, max_recall_drop=1.0))
