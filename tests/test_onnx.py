@@ -83,21 +83,35 @@ def test_export_description_is_what_the_card_records(onnx_models):
 
 
 def test_qdq_model_is_what_tensorrt_wants(onnx_models):
-    """Symmetric int8 everywhere (zero points 0), per-channel conv weights, float I/O, float Softmax."""
+    """TensorRT's explicit-int8 Q/DQ placement: symmetric int8 (zero points 0), per-channel weights behind
+    Q/DQ pairs, Q/DQ on the inputs of weighted ops but not on their outputs, one pair per consumer,
+    float bias, float I/O and a float Softmax."""
     m = onnx.load(str(onnx_models["int8"]))
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
-    ops = [n.op_type for n in m.graph.node]
-    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
+    consumers: dict[str, list] = {}
+    for n in m.graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
     quant = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    zps = [inits[n.input[2]] for n in quant if len(n.input) > 2]
-    assert zps and all(z.dtype in (np.int8, np.int32) and not z.any() for z in zps)
-    conv_weights = [n for n in quant if n.op_type == "DequantizeLinear" and n.input[0] in inits
-                    and inits[n.input[0]].ndim == 4]
-    assert conv_weights
-    for n in conv_weights:
+    assert quant
+    zps = [inits[n.input[2]] for n in quant]
+    assert all(z.dtype == np.int8 and not z.any() for z in zps)  # symmetric int8 everywhere
+    assert not [a for a in inits.values() if a.dtype == np.int32]  # no int32 (quantized) bias
+    weight_q = [n for n in quant if n.op_type == "QuantizeLinear" and n.input[0] in inits]
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    assert len([n for n in weight_q if inits[n.input[0]].ndim == 4]) == len(convs)  # every conv weight
+    for n in weight_q:
         w, scale = inits[n.input[0]], inits[n.input[1]]
-        assert w.dtype == np.int8 and scale.shape == (w.shape[0],)  # one scale per output channel
-        assert w.min() >= -127  # symmetric weights: TensorRT's [-127, 127]
+        assert w.dtype == np.float32
+        axis = {4: 0, 2: 1}[w.ndim]  # Conv: output channels first; MatMul (in, out): last
+        assert scale.shape == (w.shape[axis],)  # one scale per output channel
+    for n in convs + [n for n in m.graph.node if n.op_type == "MatMul"]:
+        assert {c.op_type for c in consumers.get(n.output[0], [])}.isdisjoint({"QuantizeLinear"})
+        assert all(producer == "DequantizeLinear" for producer in
+                   [p.op_type for p in m.graph.node if set(p.output) & set(n.input)])  # inputs quantized
+    for n in quant:
+        if n.op_type == "DequantizeLinear":
+            assert len(consumers.get(n.output[0], [])) == 1  # a dedicated pair per consumer
     producer = {o: n for n in m.graph.node for o in n.output}
     assert producer[m.graph.output[0].name].op_type == "Softmax"
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
