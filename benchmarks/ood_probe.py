@@ -180,12 +180,17 @@ def main(argv=None) -> int:
     res = evaluate(col, args.margin, args.mahalanobis_factor)
     # cost of the checks themselves on a held-out image
     img = load_rgb(col["held"][0][0], args.size)
-    t = time.perf_counter()
-    for _ in range(200):
-        assess(img, col["reference"])
-    check_ms = (time.perf_counter() - t) / 200 * 1e3
+    wall, cpu = [], []
+    for _ in range(7):  # best of 7 rounds of 100: the machine is shared, the minimum is the cost
+        t, c = time.perf_counter(), time.process_time()
+        for _ in range(100):
+            assess(img, col["reference"])
+        wall.append((time.perf_counter() - t) * 10)
+        cpu.append((time.process_time() - c) * 10)
+    check_ms, check_cpu_ms = min(wall), min(cpu)
     print(f"data {data} ({len(col['train'])} training images, {res['n_held']} held out, size {args.size}, seed {args.seed})")
-    print(f"rule: margin {args.margin}, Mahalanobis factor {args.mahalanobis_factor};  assess() {check_ms:.2f} ms/image")
+    print(f"rule: margin {args.margin}, Mahalanobis factor {args.mahalanobis_factor};  "
+          f"assess() {check_ms:.2f} ms/image wall, {check_cpu_ms:.2f} ms CPU (best of 7 x 100)")
     print(f"{'set':<18}{'n':>6}{'flagged':>10}  target   reasons")
     print(f"{'held-out (false)':<18}{res['n_held']:>6}{100 * res['false_flag_rate']:>9.2f}%  <= 1 %   {res['false_flag_reasons']}")
     for kind, r in res["probes"].items():
@@ -193,7 +198,7 @@ def main(argv=None) -> int:
         print(f"{kind:<18}{r['n']:>6}{100 * r['flag_rate']:>9.2f}%  {tgt:<8} {r['reasons']}")
     out = {
         "data": str(data), "size": args.size, "seed": args.seed, "train_fraction": args.train_fraction,
-        "n_train": len(col["train"]), "assess_ms_per_image": check_ms, "seconds": time.perf_counter() - t0,
+        "n_train": len(col["train"]), "assess_ms_per_image": check_ms, "assess_cpu_ms_per_image": check_cpu_ms, "seconds": time.perf_counter() - t0,
         "rule": {"margin": args.margin, "mahalanobis_factor": args.mahalanobis_factor},
         "probes_made": {k: v for k, v in (line.split(": ", 1) for line in _PROBE_DOC)},
         **res,
