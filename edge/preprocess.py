@@ -489,6 +489,8 @@ def _frames(im: Image.Image) -> int:
 
 def _page_plan(im: Image.Image, path: Path, n: int) -> str:
     """'first' (pyramid/thumbnails) or 'planes' (three single-channel pages), else ImageError."""
+    if n > 256:  # no pyramid has that many levels; a long series is refused without reading every header
+        raise ImageError(path, f"multi-page image with {n} pages; choose one with --page 1..{n}")
     pages = []
     for i in range(n):
         im.seek(i)
