@@ -189,6 +189,30 @@ def _file_sizes(path: Path) -> dict:
     return {"size_bytes": path.stat().st_size, "gzip_bytes": gzip_bytes(path)}
 
 
+def _screening_figures(ev: Evaluation, arrays, card) -> dict:
+    """95 % intervals (Wilson for sensitivity/specificity/precision, seeded bootstrap for F1, weighted F1,
+    AUROC; subjects resampled when the part has them), calibration (ECE 15 bins equal-width and
+    equal-mass, Brier; before = T 1, after = the card's temperature) and, with subjects, subject-level
+    figures (per-subject flagged fraction, AUROC across subjects)."""
+    from leukedge import stats
+
+    pos = card.positive_index
+    groups = arrays.subjects if arrays.subjects and all(arrays.subjects) else None
+    is_pos = arrays.labels == pos
+    before = ev.p if ev.p_uncalibrated is None else ev.p_uncalibrated
+    out = {"intervals": stats.screening_intervals(arrays.labels, ev.p, ev.threshold, groups=groups, positive=pos),
+           "calibration": {"temperature": float((card.calibration or {}).get("temperature", 1.0)),
+                           **{f"{name}_{tag}": fn(is_pos, p) for tag, p in (("before", before), ("after", ev.p))
+                              for name, fn in (("ece", stats.expected_calibration_error),
+                                               ("ece_quantile", lambda y, q: stats.expected_calibration_error(
+                                                   y, q, strategy="quantile")),
+                                               ("brier", stats.brier_score))}}}
+    if groups is not None:
+        out["subject_level"] = stats.subject_level(arrays.labels, ev.p, ev.threshold, groups, positive=pos)
+    out["_reliability"] = (is_pos, before, ev.p)
+    return out
+
+
 def _find_split_file(found, opts: BenchmarkOptions) -> Path:
     if opts.split_file:
         return Path(opts.split_file)
@@ -268,6 +292,7 @@ def benchmark(models, out, opts: BenchmarkOptions, data: str | None = None, base
                                                   "specificity", "accuracy", "auroc", "false_negatives", "false_positives")}
         row["threshold"] = card.threshold
         row["verdict"] = (card.verdict or {}).get("status", "-")
+        row.update(_screening_figures(ev, arrays, card))
         rows.append(row)
         evals.append(ev)
     ref_i = next((i for i, r in enumerate(rows) if r["format"] == "keras"), None)
@@ -304,11 +329,21 @@ def benchmark(models, out, opts: BenchmarkOptions, data: str | None = None, base
     else:
         results["regressions"] = []
     results["seconds"] = round(time.perf_counter() - t0, 1)
+    curves = {}
+    for row in rows:
+        is_pos, before, after = row.pop("_reliability")
+        if row["calibration"]["temperature"] != 1.0:
+            curves[f"{row['variant']} T=1"] = (is_pos, before)
+        curves[f"{row['variant']}" + (f" T={row['calibration']['temperature']:.2f}"
+                                      if row["calibration"]["temperature"] != 1.0 else "")] = (is_pos, after)
     md = report_markdown(results)
     with staged_dir(out) as stage:
         write_text_atomic(stage / "results.json", json.dumps(results, indent=2) + "\n")
         write_text_atomic(stage / "report.md", md)
         plot(results, stage / "f1_vs_latency.png")
+        from leukedge import stats
+
+        stats.plot_reliability(stage / "reliability.png", curves)
     print(md)
     return results
 
@@ -368,18 +403,23 @@ def report_markdown(results: dict) -> str:
         + (" (the same images: optimistic)" if d["part"] == d.get("threshold_chosen_on", "validation") else "")
         + f". Machine: {m['cpu']}, {m['usable_cores']} cores, {m.get('tflite_runtime', '-')}, Python {m['python']}.",
         "",
-        f"| variant | F1({pos}) | {pos} recall | specificity | weighted F1 | AUROC | agree | ms p50 (1 thr) | "
+        f"| variant | F1({pos}) [95 % CI] | {pos} sensitivity [95 % CI] | specificity | weighted F1 | AUROC | ECE (T=1 -> T) | agree | ms p50 (1 thr) | "
         f"ms p50 (all) | ms p99 (all) | img/s | x float32 | cold start s | peak MiB | MB | gzip MB | verdict |",
-        "|---|" + "---:|" * 15 + "---|",
+        "|---|" + "---:|" * 16 + "---|",
     ]
     for r in results["variants"]:
         mt, lat = r["metrics"], r["latency"]
         one = lat.get("1_thread", {}).get("p50")
         allc = lat["all_cores"]
         f = lambda v, fmt: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)  # noqa: E731
+        iv, cal = r.get("intervals", {}), r.get("calibration", {})
+        band = lambda k: "" if not iv.get(k) or iv[k]["low"] is None else f" [{iv[k]['low']:.3f}, {iv[k]['high']:.3f}]"  # noqa: E731
+        ece = "-" if "ece_after" not in cal else (f"{cal['ece_before']:.3f} -> {cal['ece_after']:.3f}"
+                                                   if cal.get("temperature", 1.0) != 1.0 else f"{cal['ece_after']:.3f}")
         lines.append(
-            f"| {r['variant']} | {mt['f1_positive']:.4f} | {mt['sensitivity']:.4f} | {mt['specificity']:.4f} | "
-            f"{mt['weighted_f1']:.4f} | {f(mt['auroc'], '.4f')} | {f(r['agreement_with_float'], '.3f')} | {f(one, '.2f')} | "
+            f"| {r['variant']} | {mt['f1_positive']:.4f}{band('f1_positive')} | {mt['sensitivity']:.4f}{band('sensitivity')} | "
+            f"{mt['specificity']:.4f} | "
+            f"{mt['weighted_f1']:.4f} | {f(mt['auroc'], '.4f')} | {ece} | {f(r['agreement_with_float'], '.3f')} | {f(one, '.2f')} | "
             f"{allc['p50']:.2f} | {allc['p99']:.2f} | {allc['images_per_second']:.1f} | "
             f"{f(r['latency_ratio_to_float32'], '.2f')} | {f(r.get('cold_start_s'), '.2f')} | "
             f"{f(r.get('peak_rss_mib'), '.0f')} | {r['size_bytes'] / 1e6:.2f} | {r['gzip_bytes'] / 1e6:.2f} | {r['verdict']} |")
@@ -390,7 +430,17 @@ def report_markdown(results: dict) -> str:
                 lines.append(f"- REGRESSION {g['variant']}: {g['what']} {g['baseline']:.4f} -> {g['now']:.4f}")
         else:
             lines.append("- no regressions")
-    lines += ["", "Latency: single-image `invoke()` after warm-up; cold start: fresh `edge-classify` process on one "
+    subj = [r for r in results["variants"] if r.get("subject_level")]
+    if subj:
+        lines += ["", "Subject level (per-subject flagged fraction; AUROC across subjects):", ""]
+        for r in subj:
+            sl = r["subject_level"]
+            lines.append(f"- {r['variant']}: {sl.get('n_subjects', '-')} subjects, AUROC of the flagged fraction "
+                         f"{f(sl.get('auroc_flagged_fraction'), '.3f')}, of mean P {f(sl.get('auroc_mean_p'), '.3f')}")
+    lines += ["", "95 % CI: Wilson for sensitivity; seeded percentile bootstrap (1,000 resamples, subjects when the "
+              "split has them) for F1. ECE: 15 equal-width bins on P(positive), uncalibrated (T=1) and with the card's "
+              "temperature (reliability.png).",
+              "Latency: single-image `invoke()` after warm-up; cold start: fresh `edge-classify` process on one "
               "image, spawn to exit (median); peak MiB: that process's max RSS (Keras: a fresh TensorFlow process).",
               "Verdict: the optimize step's budget gate against the float parent."]
     return "\n".join(lines) + "\n"

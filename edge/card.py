@@ -76,7 +76,7 @@ class ModelCard:
             req.append("logits")
         if self.calibration and float(self.calibration.get("temperature", 1.0)) != 1.0:
             req.append("temperature")
-        if getattr(self.preprocessing, "bit_depth", None):
+        if self.preprocessing.bit_depth:
             req.append("bit_depth")
         return req
 

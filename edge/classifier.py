@@ -17,10 +17,10 @@ from typing import Iterable
 
 import numpy as np
 
+from .calibration import softmax
 from .card import ModelCard, load_card_for_model
 from .decision import label_for
-from . import preprocess as _preprocess
-from .preprocess import ImageError, load_rgb, normalize, quantize
+from .preprocess import DecodeOptions, ImageError, load_rgb, normalize, quantize
 from .runtime import ModelError, open_backend
 
 
@@ -72,7 +72,7 @@ class Classifier:
     """
 
     def __init__(self, model_path: str | os.PathLike, card: ModelCard, threads: int | None = None,
-                 threshold: float | None = None, decode=None, backend=None):
+                 threshold: float | None = None, decode: DecodeOptions | None = None, backend=None):
         self.model_path = Path(model_path)
         self.card = card
         self.backend = backend or open_backend(self.model_path, card.model_format, threads)
@@ -90,8 +90,8 @@ class Classifier:
         self._logits = card.output == "logits"
         self.temperature = float((card.calibration or {}).get("temperature", 1.0))
         self.threshold = float(card.threshold if threshold is None else threshold)
-        if decode is None and hasattr(_preprocess, "DecodeOptions"):  # TEMP until the decoder lands
-            decode = _preprocess.DecodeOptions(bit_depth=card.preprocessing.bit_depth)
+        if decode is None:
+            decode = DecodeOptions(bit_depth=card.preprocessing.bit_depth)
         self.decode = decode
         self._lut = self._pixel_table()
         # same scaling on every channel (the usual case): one flat lookup is cheaper
@@ -104,7 +104,7 @@ class Classifier:
 
     @classmethod
     def load(cls, model_path: str | os.PathLike, threads: int | None = None, verify: bool = True,
-             threshold: float | None = None, decode=None) -> "Classifier":
+             threshold: float | None = None, decode: DecodeOptions | None = None) -> "Classifier":
         """Read the card beside `model_path` (verifying the model's SHA-256 unless verify=False) and load the model.
 
         Raises CardError for a missing/invalid card or hash mismatch, ModelError for an unloadable model.
@@ -145,16 +145,17 @@ class Classifier:
         return y
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Run one prepared input tensor; returns class probabilities (n_labels,) float32.
+        """Run one prepared input tensor; returns class probabilities (n_labels,).
 
-        A logit model's output goes through softmax with the card's temperature (calibrated P).
+        A logit model's output goes through softmax with the card's temperature (calibrated P,
+        float64: edge.calibration.softmax); a softmax model's output is returned as it is (float32).
         """
         y = self.raw_output(x)
-        if self._logits:
-            z = y.astype(np.float64) / self.temperature
-            z = np.exp(z - z.max())
-            y = (z / z.sum()).astype(np.float32)
-        return y
+        return softmax(y, self.temperature) if self._logits else y
+
+    def logits_for_images(self, images: np.ndarray) -> np.ndarray:
+        """uint8 RGB images (N, S, S, 3) -> (N, n_labels) raw (dequantized) outputs: logits for a logit model."""
+        return np.stack([self.raw_output(self.input_tensor(rgb)) for rgb in images]).astype(np.float64)
 
     def probabilities_for_inputs(self, xs: np.ndarray) -> np.ndarray:
         """float32 model inputs (N, H, W, 3), already normalized -> (N, labels) probabilities."""
@@ -187,8 +188,7 @@ class Classifier:
                 if rgb.shape != (prep.size, prep.size, 3) or rgb.dtype != np.uint8:
                     raise ValueError(f"array input must be uint8 {prep.size}x{prep.size}x3, got {rgb.dtype} {rgb.shape}")
             else:
-                rgb = (load_rgb(item, prep.size, prep.resize, self.decode) if self.decode is not None
-                       else load_rgb(item, prep.size, prep.resize))  # TEMP until the decoder lands
+                rgb = load_rgb(item, prep.size, prep.resize, self.decode)
             x = self.input_tensor(rgb)
             warnings = [f.message for f in self._assess(rgb, self.card.input_statistics)] if self._assess else []
         except ImageError as exc:

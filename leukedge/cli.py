@@ -177,6 +177,7 @@ def _train_options(fn):
         ("max_train_images", (), "Stratified subsample of the training split (quick runs)."),
         ("strategy", (), "tf.distribute strategy."), ("seed", (), ""),
         ("strict", (), "Fail on the first unreadable image instead of skipping it."),
+        ("strict_quality", (), "Refuse training images that fail the quality gate instead of skipping them (with a count)."),
         ("split_file", (), "Train on this split.json (e.g. tune's) instead of making a split."),
     ]
     for key, decls, help_ in reversed(flags):
@@ -273,6 +274,46 @@ def optimize(model_path, out, data_path, config_file, overrides, **options):
                    + (" (kept: --keep-failing)" if opts.keep_failing else ""), err=True)
         if not opts.keep_failing:
             sys.exit(EXIT_FAILED)
+
+
+# -- import ----------------------------------------------------------------------
+
+@main.command("import")
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder for model.keras and its card.")
+@click.option("--labels", required=True, help="The model's labels in OUTPUT order, comma-separated (e.g. all,hem).")
+@click.option("--positive", required=True, help="The positive label, by name (e.g. all).")
+@click.option("--size", type=click.IntRange(32, 4096), help="Input size in px [default: the model's].")
+@click.option("--resize", default="bilinear", show_default=True,
+              type=click.Choice(["nearest", "bilinear", "bicubic", "lanczos", "area"]),
+              help="Resize filter the model was trained with (Keras's image loader: nearest).")
+@click.option("--scale", type=click.Choice(["raw", "unit", "tf", "inception-2015"]),
+              help="Pixel scaling: raw = x (0..255), unit = x/255, tf = x/127.5-1 (Keras InceptionV3 "
+                   "preprocess_input), inception-2015 = (x-128)/128. Or give --mean/--std.")
+@click.option("--mean", type=float, help="Input = (x - MEAN) / STD on 0..255 RGB (instead of --scale).")
+@click.option("--std", type=float, help="See --mean.")
+@click.option("--threshold", default="argmax", show_default=True,
+              help="Decision rule: argmax (0.5 on P(positive) for two classes) or a number in [0, 1].")
+@click.option("--data", "data_path", type=click.Path(),
+              help="Labelled dataset: checks the declared preprocessing, writes split.json and a validation report.")
+@click.option("--sample", default=200, show_default=True, type=click.IntRange(10, 100000),
+              help="Labelled images scored per candidate preprocessing in the check.")
+@click.option("--seed", default=0, show_default=True)
+@_one_line_errors
+def import_(model_path, out, labels, positive, size, resize, scale, mean, std, threshold, data_path, sample, seed):
+    """Bring a Keras model trained elsewhere (.keras from tf-keras 2, or .h5) into a leukedge run folder."""
+    from leukedge.train.importer import ImportOptions, import_model
+
+    opts = ImportOptions(labels=tuple(labels.split(",")), positive=positive, size=size or 0, resize=resize,
+                         scale=scale or "", mean=mean, std=std, threshold=threshold, data=data_path or "",
+                         sample=sample, seed=seed)
+    res = import_model(model_path, out, opts)
+    check = res["check"]
+    if check is None:
+        click.echo(f"leukedge import: {out}/model.keras: preprocessing UNVERIFIED (no --data); optimize and "
+                   "benchmark refuse it until it is imported again with labelled data", err=True)
+    elif not check["verified"]:
+        click.echo(f"leukedge import: warning: {check['reason']}", err=True)
 
 
 # -- classify / benchmark / flow -------------------------------------------------

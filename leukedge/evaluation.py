@@ -136,6 +136,21 @@ class DeviceScorer:
     def p_positive(self, images: np.ndarray) -> np.ndarray:
         return self.classifier.p_positive_for_images(images)
 
+    def p_positive_both(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(calibrated, uncalibrated) P(positive), (N,) each, from one inference pass.
+
+        For a logit model both come from the same logits through the device's softmax (T and 1);
+        for a softmax model they are the same array."""
+        clf = self.classifier
+        if not clf._logits:
+            p = self.p_positive(images)
+            return p, p
+        from leukedge.edge.calibration import p_positive_from_logits
+
+        z = clf.logits_for_images(images)
+        pos = clf.card.positive_index
+        return p_positive_from_logits(z, pos, clf.temperature), p_positive_from_logits(z, pos, 1.0)
+
 
 class KerasScorer:
     """A tf-keras model on float inputs normalized by edge.preprocess.normalize (the training arithmetic).
@@ -154,6 +169,16 @@ class KerasScorer:
         chunks = [self.model.predict(normalize(images[i:i + 256], self.prep), batch_size=self.batch_size, verbose=0)
                   for i in range(0, len(images), 256)]
         return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros((0, 2))
+
+    def p_positive_both(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(calibrated, uncalibrated) P(positive); the same array for a softmax head."""
+        if self.output != "logits":
+            p = self.p_positive(images)
+            return p, p
+        from leukedge.edge.calibration import p_positive_from_logits
+
+        z = self.outputs(images)
+        return p_positive_from_logits(z, self.positive, self.temperature), p_positive_from_logits(z, self.positive, 1.0)
 
     def p_positive(self, images: np.ndarray) -> np.ndarray:
         y = self.outputs(images)
@@ -199,13 +224,19 @@ class Evaluation:
     agreement: float | None = None
     max_abs_delta_p: float | None = None
     mean_abs_delta_p: float | None = None
+    p_uncalibrated: np.ndarray | None = None  # P(positive) at T = 1 when p is temperature-calibrated
 
     def against(self, reference: "Evaluation") -> "Evaluation":
-        """Fill agreement and |ΔP| against a reference evaluated on the same images; returns self."""
+        """Fill agreement of decisions and |ΔP| against a reference evaluated on the same images; returns self.
+
+        |ΔP| compares uncalibrated probabilities (T = 1) on both sides, so it measures what conversion
+        and quantization changed, not the deliberate temperature."""
         if len(reference.p) != len(self.p):
             raise EvaluationError(f"{self.name} and {reference.name} were scored on different images")
         self.agreement = float(np.mean(self.decisions == reference.decisions))
-        d = np.abs(self.p - reference.p)
+        mine = self.p if self.p_uncalibrated is None else self.p_uncalibrated
+        theirs = reference.p if reference.p_uncalibrated is None else reference.p_uncalibrated
+        d = np.abs(mine - theirs)
         self.max_abs_delta_p = float(d.max()) if len(d) else 0.0
         self.mean_abs_delta_p = float(d.mean()) if len(d) else 0.0
         return self
@@ -222,14 +253,19 @@ def evaluate(scorer_or_p, data: ImageArrays, threshold: float, labels: Sequence[
     labels: the model's labels in output order; positive: index of the positive label.
     Returns an Evaluation; agreement/|ΔP| are filled when `reference` is given.
     """
+    p_uncal = None
     if isinstance(scorer_or_p, np.ndarray):
         p, nm = scorer_or_p.astype(np.float64), name or "scores"
+    elif hasattr(scorer_or_p, "p_positive_both"):
+        p, p_uncal = scorer_or_p.p_positive_both(data.images)
+        nm = name or scorer_or_p.name
     else:
         p, nm = np.asarray(scorer_or_p.p_positive(data.images), np.float64), name or scorer_or_p.name
     if len(p) != len(data.labels):
         raise EvaluationError(f"{nm}: {len(p)} scores for {len(data.labels)} images")
     ev = Evaluation(nm, data.part, p, float(threshold), decide(p, threshold),
-                    report_at_threshold(data.labels, p, threshold, list(labels), positive))
+                    report_at_threshold(data.labels, p, threshold, list(labels), positive),
+                    p_uncalibrated=None if p_uncal is None or p_uncal is p else np.asarray(p_uncal, np.float64))
     return ev.against(reference) if reference is not None else ev
 
 

@@ -69,6 +69,7 @@ def binary_report(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence
         "n": int(cm.sum()),
         "confusion_matrix": cm.tolist(),
         "labels": list(labels),
+        "positive_index": int(positive),
         "per_class": {labels[k]: pc[k] for k in range(2)},
         "accuracy": _div(np.trace(cm), cm.sum()),
         "f1_positive": pc[positive]["f1"],

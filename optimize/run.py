@@ -63,6 +63,8 @@ class OptimizeOptions:
     max_recall_drop: float = 0.01
     keep_failing: bool = False
     keep_threshold: bool = False  # keep the parent's decision threshold instead of re-choosing it
+    gate: str = "point"  # point: budgets on point estimates; ci: on the worst end of the paired 95 % interval
+    calibrate: bool = True  # fit a temperature per logit variant on validation (temperature scaling)
     threads: int = 0  # interpreter threads for verification (0: all cores)
     seed: int = 0
     split_file: str = ""  # default: split.json beside the model
@@ -72,7 +74,7 @@ class OptimizeOptions:
               "prune_lr": (1e-8, 1.0), "qat_steps": (0, 10**6), "qat_lr": (1e-8, 1.0), "resize_steps": (0, 10**6),
               "resize_lr": (1e-8, 1.0), "finetune_batch": (1, 4096), "max_f1_drop": (0.0, 1.0),
               "max_recall_drop": (0.0, 1.0), "threads": (0, 256)}
-    CHOICES = {"io": IO_TYPES}
+    CHOICES = {"io": IO_TYPES, "gate": ("point", "ci")}
 
     def validate(self) -> "OptimizeOptions":
         """Check ranges and variant names; raises OptimizeError naming the option."""
@@ -108,10 +110,29 @@ def load_parent(model_path: str | Path):
         raise OptimizeError(f"not a usable leukedge model: {exc}") from None
     if card.model_format != "keras":
         raise OptimizeError(f"{p}: its card says format {card.model_format!r}, expected 'keras'")
+    from leukedge.train.importer import ModelImportError, require_verified
+
+    try:
+        require_verified(card, p)  # an imported model whose preprocessing was never checked on labelled data
+    except ModelImportError as exc:
+        raise OptimizeError(str(exc)) from None
+    if not card.provenance and not (p.parent / SPLIT_FILE).exists():
+        raise OptimizeError(f"{p}: its card records no provenance and no {SPLIT_FILE} is beside it — a model leukedge "
+                            f"did not train; bring it in with `leukedge import {p.name} --out DIR --labels A,B "
+                            "--positive A --scale ... --data DATA`")
     try:
         model = load_keras_model(p)
     except LeukedgeError as exc:
         raise OptimizeError(str(exc)) from None
+    if "imported" not in card.provenance and "architecture" in card.provenance:
+        from .surgery import is_nested
+
+        if is_nested(model) or model.layers[-1].name != "probabilities":
+            # a card copied from a leukedge-trained model onto another model (issue 11): its labels and
+            # preprocessing describe leukedge's graph, not this one
+            raise OptimizeError(f"{p}: its card says leukedge trained it, but the graph is not one leukedge builds "
+                                f"({'a nested model' if is_nested(model) else 'no output layer named probabilities'}): "
+                                f"a card copied from another model? Import it with `leukedge import {p.name} ...`")
     size = card.preprocessing.size
     if tuple(model.input_shape[1:]) != (size, size, 3) or model.output_shape[-1] != len(card.labels):
         raise OptimizeError(f"{p}: model shapes {model.input_shape}->{model.output_shape} disagree with its card")
@@ -152,6 +173,27 @@ class BuildContext:
             arrays = arrays.in_label_order(self.ds_labels, self.card.labels)
             self.cache[key] = make_dataset(arrays, prep, self.opts.finetune_batch, training=True, seed=self.opts.seed)
         return self.cache[key]
+
+    def logits(self, model):
+        """`model` with its final softmax removed (a clone sharing no variables), so exported variants
+        output logits and the device applies softmax with the card's temperature. Returns (model, output kind);
+        a model whose last layer is not a softmax Dense is returned as it is ('probabilities')."""
+        tf = tensorflow()
+        last = model.layers[-1]
+        if not isinstance(last, tf.keras.layers.Dense) or last.get_config().get("activation") != "softmax":
+            return model, "probabilities"
+        key = ("logits", id(model))
+        if key not in self.cache:
+            def clone(layer):
+                cfg = layer.get_config()
+                if layer is last:
+                    cfg["activation"] = "linear"
+                return layer.__class__.from_config(cfg)
+
+            copy = tf.keras.models.clone_model(model, clone_function=clone)
+            copy.set_weights(model.get_weights())
+            self.cache[key] = (copy, model)  # keep `model` alive so its id stays unique
+        return self.cache[key][0], "logits"
 
     def pruned(self):
         if "pruned" not in self.cache:
@@ -194,6 +236,7 @@ def _build_convert(ctx: BuildContext, v: Variant, path: Path) -> dict:
     if v.input_size and v.input_size != ctx.card.preprocessing.size:
         model, resized = _model_at_size(ctx, v.input_size)
         info["resized"] = resized
+    model, info["output"] = ctx.logits(model)
     rep = representative_from(ctx.calibration_inputs(v.input_size)) if v.needs_calibration else None
     path.write_bytes(to_tflite(model, v.conversion, rep, io=ctx.opts.io))
     return info
@@ -201,8 +244,9 @@ def _build_convert(ctx: BuildContext, v: Variant, path: Path) -> dict:
 
 def _build_prune(ctx: BuildContext, v: Variant, path: Path) -> dict:
     pruned, report = ctx.pruned()
-    path.write_bytes(to_tflite(pruned, v.conversion, representative_from(ctx.calibration_inputs()), io=ctx.opts.io))
-    return {"pruning": report}
+    model, output = ctx.logits(pruned)
+    path.write_bytes(to_tflite(model, v.conversion, representative_from(ctx.calibration_inputs()), io=ctx.opts.io))
+    return {"pruning": report, "output": output}
 
 
 def _build_qat(ctx: BuildContext, v: Variant, path: Path) -> dict:
@@ -224,15 +268,16 @@ def _build_qat(ctx: BuildContext, v: Variant, path: Path) -> dict:
 def _build_onnx(ctx: BuildContext, v: Variant, path: Path) -> dict:
     from .onnx_export import export_onnx, quantize_qdq
 
+    model, output = ctx.logits(ctx.model)
     if v.conversion == "onnx-float32":
-        return {"onnx": export_onnx(ctx.model, path)}
+        return {"onnx": export_onnx(model, path), "output": output}
     float_path = path.with_name(path.stem + ".float-tmp.onnx")
     try:
-        desc = export_onnx(ctx.model, float_path)
+        desc = export_onnx(model, float_path)
         recipe = quantize_qdq(float_path, path, ctx.calibration_inputs())
     finally:
         float_path.unlink(missing_ok=True)
-    return {"onnx": {**desc, "quantization": recipe}}
+    return {"onnx": {**desc, "quantization": recipe}, "output": output}
 
 
 BUILDERS.update({"convert": _build_convert, "prune": _build_prune, "qat": _build_qat, "prune+qat": _build_qat,
@@ -311,6 +356,10 @@ def optimize(model_path: str | Path, out: str | Path, opts: OptimizeOptions, dat
             print(f"leukedge optimize: [{v.name}] {res['size_bytes'] / 1e6:.2f} MB, F1 {res['f1']:.4f} "
                   f"(drop {res['f1_drop']:+.4f}), sensitivity {res['recall']:.4f}, agreement {res['agreement']:.3f}: "
                   f"{res['verdict']}", file=sys.stderr, flush=True)
+        _reliability_plot(stage / "reliability.png", results, parent_ev)
+        for r in results:
+            for k in ("_p_uncal", "_p_cal", "_y"):
+                r.pop(k, None)
         shutil.copyfile(split_path, stage / SPLIT_FILE)
         summary = {
             "schema": "leukedge.optimize-summary", "schema_version": 2, "leukedge_version": __version__,
@@ -325,6 +374,23 @@ def optimize(model_path: str | Path, out: str | Path, opts: OptimizeOptions, dat
     print(summary_markdown(summary))
     summary["failed"] = [r["variant"] for r in results if r["verdict"] != "pass"]
     return summary
+
+
+def _reliability_plot(path: Path, results: list[dict], parent_ev: Evaluation) -> None:
+    """Reliability diagram (validation) of each calibrated variant before and after temperature scaling."""
+    from leukedge import stats
+
+    curves = {}
+    for r in results:
+        if r.get("temperature") is not None:
+            is_pos = r["_y"] == parent_ev.report["positive_index"]
+            curves[f"{r['variant']} T=1"] = (is_pos, r["_p_uncal"])
+            curves[f"{r['variant']} T={r['temperature']:.2f}"] = (is_pos, r["_p_cal"])
+    if curves:
+        try:
+            stats.plot_reliability(path, curves)
+        except ImportError:  # matplotlib is in the train extra; without it there is no plot, nothing else lost
+            pass
 
 
 def _io_params(backend) -> dict:
@@ -348,13 +414,19 @@ def _gate(parent: Evaluation, ev: Evaluation, opts: OptimizeOptions, positive_la
 def _measure_variant(v: Variant, path: Path, parent_card: ModelCard, parent_ev: Evaluation, val: ImageArrays,
                      opts: OptimizeOptions, optimization: dict, calibration: dict | None, build_s: float,
                      data_root: str, split_desc: dict, prep, parent_file: str) -> dict:
+    """Score one built variant on validation through the device's own path, choose its threshold, gate it
+    against the parent, fit its temperature (logit variants), and write its card. Returns the summary row."""
+    from leukedge import stats
+
+    output = optimization.pop("output", "probabilities")
     card = ModelCard(labels=parent_card.labels, positive_label=parent_card.positive_label, preprocessing=prep,
                      model_file=path.name, model_format=v.format, threshold=parent_card.threshold,
-                     name=parent_card.name, variant=v.name, onnx=optimization.get("onnx"))
+                     name=parent_card.name, variant=v.name, onnx=optimization.pop("onnx", None), output=output,
+                     input_statistics=parent_card.input_statistics if prep.size == parent_card.preprocessing.size else None)
     card.bind(path)
     scorer = scorer_for(path, card, threads=opts.threads or None)
     positive = card.positive_index
-    p = scorer.p_positive(val.images)
+    p = scorer.p_positive(val.images)  # uncalibrated (T = 1): what the gate and the parent comparison use
     if opts.keep_threshold:
         thr = parent_card.threshold
         rule = "the parent's threshold, kept (--keep-threshold)"
@@ -363,33 +435,63 @@ def _measure_variant(v: Variant, path: Path, parent_card: ModelCard, parent_ev: 
         rule = (f"best-F1 threshold keeping {card.positive_label} sensitivity >= the parent's "
                 f"({parent_ev.report['sensitivity']:.4f}) on validation")
     ev = evaluate(p, val, thr, card.labels, positive, name=v.name)
-    if len(parent_ev.p) == len(ev.p):
+    same_cells = len(parent_ev.p) == len(ev.p)
+    if same_cells:
         ev.against(parent_ev)
     verdict, reasons, drops = _gate(parent_ev, ev, opts, card.positive_label)
+    groups = val.subjects if val.subjects and all(val.subjects) else None
+    paired = stats.paired_differences(val.labels, p, thr, parent_ev.p, parent_ev.threshold, groups=groups,
+                                      positive=positive, seed=opts.seed) if same_cells else None
+    if opts.gate == "ci" and paired:
+        for metric, budget, what in (("f1_positive", opts.max_f1_drop, "F1"),
+                                     ("sensitivity", opts.max_recall_drop, "sensitivity")):
+            low = paired[metric]["low"]
+            if low is not None and low < -budget - 1e-9 and not any(what in r for r in reasons):
+                reasons.append(f"{what} drop up to {-low:.4f} at the 95 % interval's worst end > budget {budget}")
+        verdict = "fail" if reasons else "pass"
+    p_cal = p
+    if output == "logits" and opts.calibrate:
+        z = scorer.classifier.logits_for_images(val.images)
+        temperature = stats.fit_temperature(z, val.labels)
+        p_cal = stats.p_positive_from_logits(z, positive, temperature)
+        thr_cal = stats.threshold_on_calibrated_scale(thr, temperature, logits=z, positive_index=positive,
+                                                      p_before=p, p_after=p_cal)
+        card.calibration = {**stats.calibration_report(z, val.labels, temperature, positive),
+                            "method": "temperature scaling, NLL on validation", "split": "validation",
+                            "threshold_uncalibrated": thr}
+        rule += f"; re-expressed on the calibrated scale (T = {temperature:.3f}, same decisions)"
+        thr = thr_cal
     card.threshold = thr
     backend = getattr(getattr(scorer, "classifier", None), "backend", None)
     card.quantization = {"mode": v.quantization, "io": _io_params(backend) if backend is not None else None}
     if calibration:
         card.quantization["calibration"] = calibration
-    card.optimization = {k: val_ for k, val_ in optimization.items() if k != "onnx"}
+    card.optimization = optimization
     card.provenance = {"leukedge_version": __version__, "parent": {"file": parent_file, "sha256": parent_card.model_sha256},
                        "data": {"root": data_root}, "split": split_desc, "threshold_rule": rule,
                        "variant": {"prunes": v.prunes, "quantization_aware": v.quantization_aware,
                                    "conversion": v.conversion, "runtime": v.runtime},
                        **({"imported": parent_card.provenance["imported"]} if "imported" in parent_card.provenance else {})}
-    vs_parent = {**ev.vs_reference(), **drops}
-    card.metrics = {"validation": ev.report, "vs_parent": vs_parent}
-    card.verdict = {"status": verdict, "reasons": reasons,
+    vs_parent = {**ev.vs_reference(), **drops, "paired_bootstrap": paired}
+    card.metrics = {"validation": {**ev.report, "threshold": thr},
+                    "validation_intervals": stats.screening_intervals(val.labels, p_cal, thr, groups=groups,
+                                                                      positive=positive, seed=opts.seed),
+                    "vs_parent": vs_parent}
+    card.verdict = {"status": verdict, "reasons": reasons, "gate": opts.gate,
                     "budgets": {"max_f1_drop": opts.max_f1_drop, "max_recall_drop": opts.max_recall_drop}}
     card.save(card_path_for(path))
     size_bytes = path.stat().st_size
     return {"variant": v.name, "file": path.name, "format": v.format, "size_bytes": size_bytes,
-            "gzip_bytes": gzip_bytes(path), "input_size": prep.size,
+            "gzip_bytes": gzip_bytes(path), "input_size": prep.size, "output": output,
+            "temperature": (card.calibration or {}).get("temperature"),
+            "ece_before": (card.calibration or {}).get("ece_before"),
+            "ece_after": (card.calibration or {}).get("ece_after"),
             "f1": ev.report["f1_positive"], "recall": ev.report["sensitivity"],
             "specificity": ev.report["specificity"], "threshold": thr, "agreement": ev.agreement,
             "max_abs_delta_p": ev.max_abs_delta_p, "f1_drop": drops["f1_drop"], "recall_drop": drops["recall_drop"],
+            "f1_drop_ci": None if not paired else [-paired["f1_positive"]["high"], -paired["f1_positive"]["low"]],
             "verdict": verdict, "reasons": reasons, "sparsity": optimization.get("pruning", {}).get("overall"),
-            "build_seconds": round(build_s, 1)}
+            "build_seconds": round(build_s, 1), "_p_uncal": p, "_p_cal": p_cal, "_y": val.labels}
 
 
 def summary_markdown(summary: dict) -> str:
@@ -404,16 +506,23 @@ def summary_markdown(summary: dict) -> str:
         f"{summary['budgets']['max_recall_drop']}.",
         *[f"\n**Warning:** {w}." for w in summary.get("warnings", [])],
         "",
-        f"| variant | px | size MB | gzip MB | size vs float32 | F1({pos}) | F1 drop | {pos} sensitivity | agreement | max dP | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| variant | px | size MB | gzip MB | size vs float32 | F1({pos}) | F1 drop (95 % CI) | {pos} sensitivity | agreement | max dP | T | ECE before -> after | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     f32 = next((r["size_bytes"] for r in summary["variants"] if r["variant"] == "float32"), None)
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+    ci = lambda c: "" if not c or None in c else f" ({c[0]:+.3f}, {c[1]:+.3f})"  # noqa: E731
+    ece = lambda r: "-" if r.get("ece_before") is None else f"{r['ece_before']:.3f} -> {r['ece_after']:.3f}"  # noqa: E731
     for r in summary["variants"]:
         ratio = f"{r['size_bytes'] / f32:.1%}" if f32 else "-"
         lines.append(f"| {r['variant']} | {r.get('input_size', '-')} | {r['size_bytes'] / 1e6:.2f} | {r['gzip_bytes'] / 1e6:.2f} | "
-                     f"{ratio} | {r['f1']:.4f} | {r['f1_drop']:+.4f} | {r['recall']:.4f} | {f(r['agreement'], '.3f')} | "
-                     f"{f(r['max_abs_delta_p'], '.3f')} | {r['verdict']}{' (' + '; '.join(r['reasons']) + ')' if r['reasons'] else ''} |")
-    lines += ["", "gzip MB: gzip level 9 of the model file. Variants at another input size (px) are scored on the "
-              "validation images decoded at that size; agreement and max dP compare with the parent on the same cells."]
+                     f"{ratio} | {r['f1']:.4f} | {r['f1_drop']:+.4f}{ci(r.get('f1_drop_ci'))} | {r['recall']:.4f} | "
+                     f"{f(r['agreement'], '.3f')} | {f(r['max_abs_delta_p'], '.3f')} | {f(r.get('temperature'), '.2f')} | "
+                     f"{ece(r)} | {r['verdict']}{' (' + '; '.join(r['reasons']) + ')' if r['reasons'] else ''} |")
+    lines += ["", "All figures: the validation part (where thresholds and temperatures were chosen). gzip MB: gzip "
+              "level 9 of the model file. F1 drop CI: paired bootstrap (1,000 resamples, seeded; subjects when the "
+              "split has them). T: the fitted temperature of a logit variant; ECE: 15 equal-width bins on P(positive), "
+              "before and after temperature scaling (reliability.png). Variants at another input size (px) are scored "
+              "on the validation images decoded at that size; agreement and max dP (uncalibrated) compare with the "
+              "parent on the same cells."]
     return "\n".join(lines) + "\n"

@@ -79,4 +79,4 @@ def test_threshold_in_constructor_and_logit_models_get_softmax_with_temperature(
     x = as_logits.input_tensor(load_rgb(paths[0], card.preprocessing.size))
     z = as_logits.raw_output(x).astype(np.float64) / 2.0  # this tiny model outputs probabilities; treat them as logits
     expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-    np.testing.assert_allclose(as_logits.probabilities(x), expected, rtol=1e-6)
+    np.testing.assert_allclose(as_logits.probabilities(x), expected, rtol=1e-12)

@@ -166,3 +166,34 @@ def test_options_are_typed_from_the_dataclass_and_toml_escapes_paths(tmp_path):
 def test_card_of_a_trained_model_has_its_own_name(run_folder):
     _, run = run_folder
     assert card_path_for(run / "model.keras").name == "model.keras.json"
+
+
+def test_logit_variants_are_calibrated_without_changing_a_decision(run_folder, tmp_path):
+    """Exported variants output logits; the temperature is fitted on validation and the threshold
+    re-expressed on the calibrated scale, so every validation decision is the same as at T = 1."""
+    import numpy as np
+
+    from leukedge.edge.calibration import p_positive_from_logits
+    from leukedge.edge.classifier import Classifier
+    from leukedge.edge.decision import decide
+    from leukedge.evaluation import load_part
+    from leukedge.train.splits import read_split
+
+    data, run = run_folder
+    summary = optimize(run / "model.keras", tmp_path / "opt", OptimizeOptions(
+        variants=("float32",), calibration_size=12, max_f1_drop=1.0, max_recall_drop=1.0, gate="ci"))
+    clf = Classifier.load(tmp_path / "opt" / "float32.tflite")
+    card = clf.card
+    assert card.output == "logits" and "logits" in card.requires
+    T = card.calibration["temperature"]
+    assert T > 0 and card.calibration["split"] == "validation" and "ece_after" in card.calibration
+    _, split, _ = read_split(run)
+    val = load_part(split.parts["validation"], card.preprocessing, "validation")
+    z = clf.logits_for_images(val.images)
+    before = decide(p_positive_from_logits(z, card.positive_index, 1.0), card.calibration["threshold_uncalibrated"])
+    after = decide(clf.p_positive_for_images(val.images), card.threshold)
+    assert np.array_equal(before, after)
+    iv = card.metrics["validation_intervals"]
+    assert iv["sensitivity"]["low"] <= iv["sensitivity"]["value"] <= iv["sensitivity"]["high"]
+    assert summary["variants"][0]["f1_drop_ci"] is not None and card.verdict["gate"] == "ci"
+    assert (tmp_path / "opt" / "reliability.png").read_bytes()[:4] == b"\x89PNG"

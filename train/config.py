@@ -41,7 +41,8 @@ class TrainConfig:
     strict: bool = False
     max_train_images: int = 0  # 0 = all; else a stratified subsample for quick runs
     resize: str = "bilinear"
-    split_file: str = ""  # a split.json (e.g. from `leukedge tune`) to train on instead of making a split
+    split_file: str = ""
+    strict_quality: bool = False  # refuse (instead of skip) training images that fail the quality gate  # a split.json (e.g. from `leukedge tune`) to train on instead of making a split
 
     RANGES = {
         "image_size": (75, 1024), "batch_size": (1, 4096), "epochs_head": (0, 1000), "epochs": (0, 1000),

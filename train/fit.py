@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -154,6 +155,41 @@ def _history_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
+def _screen_training_images(arrays: dict, cfg: TrainConfig) -> tuple[dict | None, list]:
+    """Reference statistics of the training images (the card's `input_statistics`, which the device's
+    quality and out-of-distribution checks compare against), and the training images that fail the
+    quality gate against them (constant, far darker/brighter than the rest, mostly saturated): those
+    are dropped with a count, or refused with `strict_quality`. Out-of-distribution flags do not drop
+    a training image (by construction about 1 % of training images sit at the edge of their own range).
+    Returns (statistics or None when fewer than 20 images, [[path, reason], ...] dropped)."""
+    from leukedge.edge.quality import assess, reference_statistics
+
+    train_arr = arrays["train"]
+    if len(train_arr.labels) < 20:
+        return None, []
+    ref = reference_statistics(train_arr.images)
+    dropped = []
+    for part, arr in arrays.items():
+        bad = {}
+        for i, rgb in enumerate(arr.images):
+            flags = [f for f in assess(rgb, ref) if f.kind == "quality"]
+            if flags:
+                bad[i] = flags[0].message
+        if not bad:
+            continue
+        if cfg.strict_quality:
+            i, why = next(iter(bad.items()))
+            raise DatasetError(f"{arr.paths[i]}: {why} (--strict-quality; {len(bad)} such image(s) in '{part}')")
+        keep = np.array([i not in bad for i in range(len(arr.labels))])
+        dropped += [[arr.paths[i], why] for i, why in bad.items()]
+        arrays[part] = dataclasses.replace(arr, images=arr.images[keep], labels=arr.labels[keep],
+                                           paths=[p for p, k in zip(arr.paths, keep) if k],
+                                           subjects=[s for s, k in zip(arr.subjects, keep) if k])
+        print(f"leukedge train: skipped {len(bad)} {part} image(s) that fail the quality gate "
+              f"(e.g. {arr.paths[next(iter(bad))]}: {next(iter(bad.values()))})", file=sys.stderr)
+    return ref, dropped
+
+
 def split_for(data: str | Path, cfg: TrainConfig) -> tuple[Dataset, Split]:
     """The dataset and its split for a training config: `cfg.split_file` (e.g. tune's split.json) when set,
     else a new split by `cfg.split`. Raises DatasetError for unusable data."""
@@ -198,6 +234,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
                 arrays[part] = decode_samples(split.parts[part], prep, cfg.strict, what=f"{part} images")
     except EvaluationError as exc:  # --strict: an unreadable image is a dataset problem here
         raise DatasetError(str(exc)) from None
+    input_statistics, quality_skipped = _screen_training_images(arrays, cfg)
     for part, arr in arrays.items():
         arr.part = part
         if len(np.unique(arr.labels)) < 2:
@@ -280,7 +317,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
             "leukedge_version": __version__,
             "tensorflow_version": tf.__version__,
             "data": {"root": str(Path(ds.root).resolve()), "layout": ds.layout,
-                     "skipped_images": [list(x) for a in arrays.values() for x in a.skipped]},
+                     "skipped_images": [list(x) for a in arrays.values() for x in a.skipped],
+                     "skipped_for_quality": quality_skipped},
             "split": split.describe(ds),
             "weights": info.to_dict(),
             "architecture": {"backbone": "InceptionV3", "last_block_pool": info.last_pool,
@@ -291,6 +329,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
             "timing": timing,
         },
         metrics=metrics,
+        input_statistics=input_statistics,
     )
     with staged_dir(out) as stage:
         export_model(model, stage / "model.keras")
