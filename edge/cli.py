@@ -156,19 +156,21 @@ def _open_batch_sink(output: str | None):
 
 
 def run_batch(clf, files: list[str], input_errors, emitter, model, strict_quality: bool, show_bar: bool,
-              workers: int = 1, model_path: str | None = None, threads: int | None = None, decode=None) -> None:
-    """Classify `files` in order, one row each (input errors first); raises OutputError if rows cannot be written."""
+              workers: int = 1, threads: int | None = None, decode=None) -> None:
+    """Classify `files`, one row each in input order (input errors first); raises OutputError if rows
+    cannot be written. workers > 1: the throughput layout (edge.throughput), `clf` is worker 0."""
     from .ingest import classify_file
     from .outputs import make_row
 
     for raw, problem in input_errors:
         _log(f"{raw}: {problem}")
         emitter.emit(make_row(raw, model, error=problem, error_type="InputError"))
+    pool = None
     if workers > 1 and len(files) > 1:
-        from .throughput import ordered_rows
+        from .throughput import ClassifierPool
 
-        rows = ordered_rows(model_path, files, model, workers=workers, threads=threads, decode=decode,
-                            threshold=clf.threshold, strict_quality=strict_quality)
+        pool = ClassifierPool(clf, workers, threads=threads, decode=decode)
+        rows = pool.map(lambda c, f: classify_file(c, f, model, strict_quality=strict_quality), files)
     else:
         rows = (classify_file(clf, f, model, strict_quality=strict_quality) for f in files)
     bar = click.progressbar(length=len(files), label="classifying", file=sys.stderr) if show_bar else None
@@ -180,6 +182,8 @@ def run_batch(clf, files: list[str], input_errors, emitter, model, strict_qualit
             bar.update(1)
     if bar is not None:
         bar.render_finish()
+    if pool is not None:
+        pool.close()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -245,11 +249,13 @@ def main(inputs, model, threshold, fmt, output, threads, workers, recursive, wat
     batch_sink = _open_batch_sink(output) if inputs else None
     try:
         files, input_errors = expand_inputs(inputs, recursive) if inputs else ([], [])
-        n_workers = workers or 1  # TODO throughput default
-        if n_workers is None:
-            from .runtime import default_threads
+        # layout: throughput (one single-threaded interpreter per core) for folders and watch backlogs,
+        # latency (one interpreter on every core) for a single image
+        if workers is None:
+            from .throughput import default_workers
 
-            n_workers = default_threads()
+            workers = default_workers() if (watch_dir or len(files) > 1) else 1
+        n_workers = workers
         clf = _load(model, threads if (threads or n_workers == 1) else 1, threshold, decode, require_signature, quiet)
     except SystemExit:
         if batch_sink is not None and batch_sink.path is not None:
@@ -263,7 +269,7 @@ def main(inputs, model, threshold, fmt, output, threads, workers, recursive, wat
     if not quiet:
         _log(f"{Path(model).name} ({clf.card.variant}, sha256 {minfo.model_sha256}) on {clf.runtime.name} "
              f"{clf.runtime.version}, threshold {clf.threshold:.4f}"
-             + (f", {n_workers} workers" if inputs and n_workers > 1 else ""))
+             + (f", {n_workers} workers x {threads or 1} thread(s)" if n_workers > 1 else ""))
     if self_test_flag and not _self_test(clf, required=True):
         sys.exit(EXIT_SOME_FAILED)
     if self_test_flag and not inputs and not watch_dir:
@@ -277,7 +283,7 @@ def main(inputs, model, threshold, fmt, output, threads, workers, recursive, wat
         show_bar = len(files) > 1 and sys.stderr.isatty() and not quiet
         try:
             run_batch(clf, files, input_errors, emitter, minfo, strict_quality, show_bar,
-                      workers=n_workers, model_path=model, threads=threads, decode=decode)
+                      workers=n_workers, threads=threads, decode=decode)
             if output:
                 batch_sink.commit()
             else:
@@ -299,12 +305,13 @@ def main(inputs, model, threshold, fmt, output, threads, workers, recursive, wat
     if watch_dir:
         failed = _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recursive, include_existing,
                         reclassify, poll_mode, poll_interval, full_scan_interval, settle, fsync_interval,
-                        strict_quality, quiet) or failed
+                        strict_quality, quiet, n_workers, threads, decode) or failed
     sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
 def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recursive, include_existing, reclassify,
-           poll_mode, poll_interval, full_scan_interval, settle, fsync_interval, strict_quality, quiet) -> bool:
+           poll_mode, poll_interval, full_scan_interval, settle, fsync_interval, strict_quality, quiet,
+           workers=1, threads=None, decode=None) -> bool:
     """Run the watcher until SIGINT/SIGTERM; returns True if any input failed."""
     from .ingest import Counts, Emitter, Journal, JournalError, WatchOptions, Watcher, default_journal_path
     from .outputs import AppendFileSink, RowWriter, StreamSink, check_csv_header
@@ -352,7 +359,12 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
 
     old_int = signal.signal(signal.SIGINT, _stop)
     old_term = signal.signal(signal.SIGTERM, _stop)
-    watcher = Watcher(clf, watch_dir, emitter, minfo, opts, _log, stop)
+    pool = None
+    if workers > 1:
+        from .throughput import ClassifierPool
+
+        pool = ClassifierPool(clf, workers, threads=threads, decode=decode)
+    watcher = Watcher(clf, watch_dir, emitter, minfo, opts, _log, stop, pool=pool)
     try:
         try:
             watcher.start()  # lists what is there first, so anything written after the next line is new
@@ -363,6 +375,8 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
+        if pool is not None:
+            pool.close()
         sink.close()
         if journal is not None:
             journal.close()

@@ -461,8 +461,9 @@ class Watcher:
     """
 
     def __init__(self, clf, folder: str | os.PathLike, emitter: Emitter, model: ModelInfo, opts: WatchOptions,
-                 log: Callable[[str], None], stop: threading.Event | None = None):
+                 log: Callable[[str], None], stop: threading.Event | None = None, pool=None):
         self.clf = clf
+        self.pool = pool  # edge.throughput.ClassifierPool: a backlog is classified on its workers, rows in order
         self.folder = Path(folder)
         self.emitter = emitter
         self.journal = emitter.journal
@@ -634,13 +635,30 @@ class Watcher:
                 ready.append((rel, ident))
         return sorted(ready)
 
-    def _read_one(self, rel: str, ident: Identity) -> None:
+    def _compute(self, clf, item: tuple[str, Identity, bool]):
+        """On a worker: hash, classify and re-stat one settled file (no shared state touched)."""
+        rel, ident, reread = item
         full = os.path.join(self.folder, rel)
         digest = content_hash(full)
-        prev = self.known.get(rel)
-        reread = prev is not None and prev.has_result
-        row = classify_file(self.clf, full, self.model, reread=reread, strict_quality=self.opts.strict_quality)
-        after = stat_identity(full)
+        row = classify_file(clf, full, self.model, reread=reread, strict_quality=self.opts.strict_quality)
+        return rel, ident, digest, row, stat_identity(full)
+
+    def _read_ready(self, ready: list[tuple[str, Identity]]) -> None:
+        items = []
+        for rel, ident in ready:
+            prev = self.known.get(rel)
+            items.append((rel, ident, prev is not None and prev.has_result))
+        if self.pool is not None and len(items) > 1:
+            results = self.pool.map(self._compute, items)
+        else:
+            results = (self._compute(self.clf, it) for it in items)
+        for res in results:
+            self._commit(*res)
+            if self.stop.is_set():
+                break
+
+    def _commit(self, rel: str, ident: Identity, digest: str | None, row: dict, after: Identity | None) -> None:
+        full = os.path.join(self.folder, rel)
         if after is None:
             self.pending.pop(rel, None)
             return  # deleted while being read: no result for content that no longer exists
@@ -752,10 +770,9 @@ class Watcher:
             if full:
                 self._last_full = now
         self.last_scan = now_iso()
-        for rel, ident in self._ready():
-            if self.stop.is_set():
-                break
-            self._read_one(rel, ident)
+        ready = self._ready()
+        if ready and not self.stop.is_set():
+            self._read_ready(ready)
         if not self.stop.is_set():
             self.stop.wait(self.opts.poll_interval)
 

@@ -377,3 +377,19 @@ def test_watch_folder_vanishes_repro_watcher_keeps_going(tiny_models, tmp_path):
     rows = [json.loads(line) for line in out.decode().splitlines()]
     assert [Path(r["path"]).name for r in rows] == ["after.png"] and rows[0]["status"] == "ok"
     assert b"is gone" in err and b"Traceback" not in err
+
+
+def test_throughput_layout_gives_the_same_rows_in_input_order(tiny_models, synth_arrays, tmp_path):
+    _, _, paths = synth_arrays
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    inputs = [*paths[:9], bad, *paths[9:20]]
+    outs = {}
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}.jsonl"
+        r = run_edge("--model", tiny_models["int8"], "--format", "json", "--workers", workers, "-o", out, *inputs)
+        assert r.returncode == 1, r.stderr
+        assert (f"{workers} workers" in r.stderr) == (workers > 1)
+        outs[workers] = [json.loads(line) for line in out.read_text().splitlines()]
+    key = lambda rows: [(x["path"], x["status"], x.get("label"), x.get("p_all")) for x in rows]  # noqa: E731
+    assert key(outs[1]) == key(outs[3]) and [x["path"] for x in outs[3]] == [str(p) for p in inputs]

@@ -1,0 +1,80 @@
+"""Throughput layout: N workers, each with its own single-threaded interpreter, results in input order.
+
+One interpreter with T threads parallelises inside each convolution, which leaves cores idle
+between layers and while an image is decoded. For a folder, N independent interpreters with one
+thread each keep every core on whole images: one worker decodes while another invokes, and
+nothing waits on a synchronisation inside the network. Decoding (Pillow) and `invoke()`
+(LiteRT) release the GIL, so threads are enough; no process start-up or pickling is paid.
+
+`ClassifierPool.map` hands items to the workers with a bounded look-ahead (4 per worker) and
+yields results strictly in input order, so rows, the journal and their offsets stay exactly as
+in the one-worker layout.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_workers() -> int:
+    """One worker per usable core (sched_getaffinity, so a container's CPU set counts)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class ClassifierPool:
+    """`workers` classifiers for one model, each used by one thread at a time.
+
+    first: an already loaded Classifier to reuse as worker 0 (its card is reused for the others,
+    so the model's SHA-256 is checked once). threads: interpreter threads per worker (default 1).
+    Raises what `Classifier` raises (ModelError) if a further interpreter cannot be made.
+    """
+
+    def __init__(self, first, workers: int, threads: int | None = None, decode=None):
+        from .classifier import Classifier
+
+        self.workers = max(1, int(workers))
+        self._free: queue.Queue = queue.Queue()
+        self._free.put(first)
+        for _ in range(self.workers - 1):
+            kw = {"threads": threads or 1, "threshold": first.threshold}
+            if decode is not None or getattr(first, "decode", None) is not None:
+                kw["decode"] = decode if decode is not None else first.decode
+            self._free.put(Classifier(first.model_path, first.card, **kw))
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="leukedge-worker")
+
+    def _run(self, fn: Callable, item):
+        clf = self._free.get()
+        try:
+            return fn(clf, item)
+        finally:
+            self._free.put(clf)
+
+    def map(self, fn: Callable[[object, T], R], items: Iterable[T], lookahead: int | None = None) -> Iterator[R]:
+        """fn(classifier, item) for every item, on the workers; results yielded in input order.
+
+        fn must not raise for an item's sake (use ingest.classify_file); if it does, the
+        exception is re-raised here when that item's turn comes.
+        """
+        window = lookahead or 4 * self.workers
+        pending: deque = deque()
+        it = iter(items)
+        for item in it:
+            pending.append(self._executor.submit(self._run, fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
