@@ -110,9 +110,8 @@ def _load(model: str, threads: int | None, threshold: float | None, decode, requ
     try:
         if require_signature:
             from .signature import verify_model_signature
-            from .card import card_path_for
 
-            verify_model_signature(model, card_path_for(model), require_signature)
+            verify_model_signature(model, None, require_signature)  # None: the card beside the model
         elif not quiet:
             try:
                 from .signature import signature_status

@@ -393,3 +393,29 @@ def test_throughput_layout_gives_the_same_rows_in_input_order(tiny_models, synth
         outs[workers] = [json.loads(line) for line in out.read_text().splitlines()]
     key = lambda rows: [(x["path"], x["status"], x.get("label"), x.get("p_all")) for x in rows]  # noqa: E731
     assert key(outs[1]) == key(outs[3]) and [x["path"] for x in outs[3]] == [str(p) for p in inputs]
+
+
+def test_signature_and_self_test_flags(tiny_models, synth_arrays, tmp_path):
+    from leukedge.edge.signature import generate_keypair, sign_model
+
+    _, _, paths = synth_arrays
+    model = tmp_path / "m.tflite"
+    shutil.copy(tiny_models["float32"], model)
+    from leukedge.edge.card import card_path_for
+
+    card = json.loads(card_path_for(tiny_models["float32"]).read_text())
+    card["model"]["file"] = model.name
+    card_file = card_path_for(model)
+    card_file.write_text(json.dumps(card))
+    r = run_edge("--model", model, paths[0])
+    assert r.returncode == 0 and r.stderr.splitlines()[0].startswith("edge-classify: unsigned")
+    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    sign_model(model, None, tmp_path / "k.pem")
+    ok = run_edge("--model", model, "--require-signature", tmp_path / "k.pub", paths[0])
+    assert ok.returncode == 0, ok.stderr
+    card["threshold"] = 0.01  # an edited card
+    card_file.write_text(json.dumps(card))
+    bad = run_edge("--model", model, "--require-signature", tmp_path / "k.pub", paths[0])
+    assert bad.returncode == 2 and "changed since it was signed" in bad.stderr and "Traceback" not in bad.stderr
+    st = run_edge("--model", tiny_models["float32"], "--self-test")
+    assert st.returncode == 1 and "self-test FAILED" in st.stderr and "golden" in st.stderr
