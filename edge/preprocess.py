@@ -459,7 +459,8 @@ def _icc_transform(profile: bytes, in_mode: str):
 
     src = ImageCms.ImageCmsProfile(io.BytesIO(profile))
     return ImageCms.buildTransform(src, ImageCms.createProfile("sRGB"), in_mode, "RGB",
-                                   renderingIntent=1)  # ICC intent 1: relative colorimetric (Pillow >= 9.1)
+                                   renderingIntent=1,  # ICC intent 1: relative colorimetric (Pillow >= 9.1)
+                                   flags=0x0040)  # cmsFLAGS_NOCACHE: one cached transform, shared by threads
 
 
 def _orientation(im: Image.Image) -> int:

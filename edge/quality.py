@@ -328,20 +328,23 @@ def dataset_report(paths, size: int = 224, reference: dict | None = None, first:
             "unreadable": unreadable, "reference": source if ref is not None else "none (fewer than 20 images)"}
 
 
-def screen_training_images(images) -> tuple[np.ndarray, list[list[Flag]], dict | None]:
+def screen_training_images(images, drop: tuple[str, ...] = ("quality",)) -> tuple[np.ndarray, list[list[Flag]], dict | None]:
     """The training-time gate: which decoded training images to keep, why others go, and the card's reference.
 
     images: uint8 N x H x W x 3 (the decoded, resized training inputs). Each image is assessed against
-    the statistics of all N (the same checks as the device and `data inspect`); flagged images are
-    dropped, and the reference for the card (`input_statistics`) is computed from the kept ones.
-    Returns (keep: bool array (N,), flags: per image list of Flag, reference dict, or None when fewer
-    than 20 images are kept). Never raises for an odd image.
+    the statistics of the others that pass (the same checks as the device and `data inspect`, iterated
+    so a few broken images cannot widen the range they are judged by). drop: the flag kinds that drop
+    an image ("quality" by default; add "ood" to drop the outliers of the training set too). The
+    reference for the card (`input_statistics`) is computed from the kept images.
+    Returns (keep: bool array (N,), flags: per image list of Flag (all kinds), reference dict, or None
+    when fewer than 20 images are kept). Never raises for an odd image.
     """
     stats = [image_statistics(im) for im in images]
     shape = [int(v) for v in np.asarray(images[0]).shape[:2]] if len(stats) else None
-    keep, flags, ref = _self_screen(stats)
-    if ref is not None:
-        ref["image_size"] = shape
+    _, flags, _ = _self_screen(stats)
+    keep = np.array([not any(f.kind in drop for f in fl) for fl in flags], dtype=bool)
+    kept = [s for s, k in zip(stats, keep) if k]
+    ref = _reference_from_stats(kept, shape) if len(kept) >= 20 else None
     return keep, flags, ref
 
 
@@ -349,21 +352,23 @@ def _self_screen(stats: list[dict[str, float]], rounds: int = 3):
     """Flags of a set of images against their own statistics, robust to a few broken ones.
 
     Round 0 keeps what passes the absolute check (constant); each round then recomputes the reference
-    from the images kept so far and reassesses every image, so one broken image does not widen the
-    range it is judged by. Returns (keep, flags, reference of the kept images or None).
+    from the images without a quality flag so far and reassesses every image, so one broken image does
+    not widen the range it is judged by (OOD-flagged images stay in the reference: they are the
+    dataset's own edges, and dropping them would shrink the range round after round).
+    Returns (keep: no flag of any kind, flags, reference of the images without quality flags, or None).
     """
     flags = [assess(None, None, stats=s) for s in stats]
-    keep = np.array([not f for f in flags], dtype=bool)
+    usable = np.array([not f for f in flags], dtype=bool)
     ref = None
     for _ in range(rounds):
-        kept = [s for s, k in zip(stats, keep) if k]
+        kept = [s for s, k in zip(stats, usable) if k]
         if len(kept) < 20:
-            return keep, flags, None
+            return usable, flags, None
         ref = _reference_from_stats(kept)
         flags = [assess(None, ref, stats=s) for s in stats]
-        new = np.array([not f for f in flags], dtype=bool)
-        if np.array_equal(new, keep):
+        new = np.array([not any(f.kind == "quality" for f in fl) for fl in flags], dtype=bool)
+        if np.array_equal(new, usable):
             break
-        keep = new
-    kept = [s for s, k in zip(stats, keep) if k]
-    return keep, flags, (_reference_from_stats(kept) if len(kept) >= 20 else ref)
+        usable = new
+    keep = np.array([not f for f in flags], dtype=bool)
+    return keep, flags, ref

@@ -173,4 +173,6 @@ def test_screen_training_images_drops_flagged_and_references_the_rest():
     keep, flags, ref = screen_training_images(imgs)
     assert keep.shape == (201,) and not keep[199] and not keep[200]
     assert flags[199][0].code == "constant" and flags[200][0].code == "too_dark"
-    assert keep[:199].sum() >= 195 and ref["n_images"] == int(keep.sum()) and ref["image_size"] == [SIZE, SIZE]
+    assert keep[:199].all() and ref["n_images"] == 199 and ref["image_size"] == [SIZE, SIZE]  # OOD flags keep
+    keep_all, _, _ = screen_training_images(imgs, drop=("quality", "ood"))
+    assert keep_all.sum() <= keep.sum() and not keep_all[199] and not keep_all[200]
