@@ -176,6 +176,8 @@ def run_batch(clf, files: list[str], input_errors, emitter, model, strict_qualit
     for row in rows:
         if row["status"] != "ok":
             _log(f"{row['path']}: {row['error']}")
+        elif row.get("warning"):
+            _log(f"{row['path']}: warning: {row['warning']} (classified; --strict-quality refuses such images)")
         emitter.emit(row)
         if bar is not None:
             bar.update(1)

@@ -671,6 +671,8 @@ class Watcher:
             self.known[rel] = Record(rel, ident.size, ident.mtime_ns, ident.ino, ident.ctime_ns, digest, row["status"])
         if row["status"] != STATUS_OK:
             self.log(f"{full}: {row['error']}")
+        elif row.get("warning"):
+            self.log(f"{full}: warning: {row['warning']} (classified; --strict-quality refuses such images)")
 
     # main loop ----------------------------------------------------------------------------
 

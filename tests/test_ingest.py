@@ -517,3 +517,22 @@ def test_fuzzed_headers_never_escape_the_per_file_handling(tmp_path):
     assert counts.classified + counts.failed + counts.internal == n
     assert counts.failed > n // 4  # the mutations do break files
     assert not internal, f"{len(internal)} internal errors, e.g. {internal[:3]}"
+
+
+def test_warnings_are_logged_in_watch_mode(tmp_path):
+    class Warn(FakeClassifier):
+        def predict_one(self, path):
+            p = super().predict_one(path)
+            p.warnings = ["out of distribution (colour)"]
+            return p
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    run = Run(folder, tmp_path / "out.jsonl", clf=Warn())
+    try:
+        (folder / "w.bmp").write_bytes(image_bytes(tmp_path, 99))
+        assert wait_for(lambda: len(run.rows()) == 1)
+        assert run.rows()[0]["warning"] == "out of distribution (colour)"
+        assert any("w.bmp: warning: out of distribution" in m for m in run.logs)
+    finally:
+        run.close()
