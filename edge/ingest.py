@@ -402,8 +402,18 @@ class Emitter:
             rec = Record(rel, ident.size, ident.mtime_ns, ident.ino, ident.ctime_ns, digest, row["status"])
             if self.to_file:
                 rec.out, rec.n, rec.crc = self.writer.sink.offset, len(data), zlib.crc32(data)
+                before = self.journal.known.get(rel)
                 self.journal.append(rec)
-                self.writer.write_bytes(data)
+                try:
+                    self.writer.write_bytes(data)
+                except OutputError:
+                    # the record names a row that is not there: forget it here; at the next start the
+                    # journal's CRC check drops it too
+                    if before is None:
+                        self.journal.known.pop(rel, None)
+                    else:
+                        self.journal.known[rel] = before
+                    raise
             else:
                 self.writer.write_bytes(data)
                 self.journal.append(rec)
@@ -746,6 +756,16 @@ class Watcher:
                 except (OutputError, JournalError) as exc:
                     self._set_problem("output-error", f"{exc.strerror or exc}; retrying every "
                                                       f"{self.opts.retry_interval:g} s (unfinished files stay pending)")
+                    self.stop.wait(self.opts.retry_interval)
+                except OSError as exc:  # the folder unreadable, replaced by a file, a stale network mount...
+                    self._stop_observer()
+                    self._set_problem("folder-error", f"watch folder {self.folder}: {exc.strerror or exc}; "
+                                                      f"retrying every {self.opts.retry_interval:g} s")
+                    self.stop.wait(self.opts.retry_interval)
+                except Exception as exc:  # noqa: BLE001 - a watcher that runs for days must not die of one bug
+                    self._set_problem("internal-error", f"internal error in the watcher ({type(exc).__name__}: "
+                                                        f"{one_line(str(exc))}); retrying every "
+                                                        f"{self.opts.retry_interval:g} s")
                     self.stop.wait(self.opts.retry_interval)
                 self.heartbeat()
         finally:

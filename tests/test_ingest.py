@@ -417,6 +417,7 @@ def test_full_disk_in_watch_mode_is_retried_without_loss(tmp_path):
         assert wait_for(lambda: len(run.rows()) == 3)
         time.sleep(0.5)
         assert sorted(Path(r["path"]).name for r in run.rows()) == ["f0.bmp", "f1.bmp", "f2.bmp"]
+        assert not any(r.get("reread") for r in run.rows())  # a failed write is no earlier result
     finally:
         run.close()
     run2 = Run(folder, out)  # the journal agrees with the file: nothing redone
