@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import queue
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -40,6 +39,8 @@ class ClassifierPool:
     """
 
     def __init__(self, first, workers: int, threads: int | None = None, decode=None):
+        from concurrent.futures import ThreadPoolExecutor  # here, not at import: cold start of single images
+
         from .classifier import Classifier
 
         self.workers = max(1, int(workers))
