@@ -268,7 +268,8 @@ class OnnxBackend:
         self.output_quantization = (0.0, 0)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """x: (1, H, W, 3) in input_dtype (float32) -> (output_size,) raw output (float32 probabilities).
+        """x: (1, H, W, 3) in input_dtype (float32) -> (output_size,) raw float32 output: probabilities,
+        or logits when the card's `output` says so (the Classifier applies the card's temperature).
 
         Raises ModelError (one line naming the model file) when ONNX Runtime refuses the input.
         """

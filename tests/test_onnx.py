@@ -386,3 +386,60 @@ def test_running_an_onnx_model_never_imports_tensorflow(onnx_models):
     assert out.returncode == 0, out.stderr
     assert "RUNTIME=CPUExecutionProvider" in out.stdout
     assert "TF_IMPORTED=\n" in out.stdout, out.stdout
+
+
+# -- edge-classify with an .onnx model: same rows, errors and exit codes as with TFLite --------------
+
+
+def _edge(*args):
+    return subprocess.run([sys.executable, "-m", "leukedge.edge.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=180)
+
+
+def test_edge_classify_treats_onnx_like_tflite(tiny_models, synth_arrays, onnx_models, tmp_path):
+    from helpers import make_card
+
+    _, _, paths = synth_arrays
+    model = _copy(onnx_models["float32"], tmp_path / "onnx-float32.onnx")
+    make_card(model, SIZE, "onnx-float32", "onnx")
+    empty = tmp_path / "empty.bmp"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    inputs = [*paths[:4], empty, text, tmp_path / "missing.bmp"]
+    rows = {}
+    for name, m in (("onnx", model), ("tflite", tiny_models["float32"])):
+        r = _edge("--model", m, "--format", "json", "--threads", "1", *inputs)
+        assert r.returncode == 1, r.stderr  # some inputs failed, the rest classified
+        rows[name] = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    assert len(rows["onnx"]) == len(inputs)
+    for a, b in zip(rows["onnx"], rows["tflite"]):
+        assert a["path"] == b["path"] and a.get("error") == b.get("error") and a.get("label") == b.get("label")
+        if "p_all" in a:
+            assert abs(a["p_all"] - b["p_all"]) < 1e-4
+    assert sum("error" in row for row in rows["onnx"]) == 3
+
+
+def test_edge_classify_with_onnx_never_imports_tensorflow(synth_arrays, onnx_models, tmp_path):
+    from helpers import make_card
+
+    _, _, paths = synth_arrays
+    model = _copy(onnx_models["int8"], tmp_path / "onnx-int8.onnx")
+    make_card(model, SIZE, "onnx-int8", "onnx")
+    probe = textwrap.dedent(f"""
+        import sys, runpy
+        sys.argv = ['edge-classify', '--model', {str(model)!r}, '--format', 'json', {str(paths[0])!r}]
+        try:
+            runpy.run_module('leukedge.edge.cli', run_name='__main__')
+        except SystemExit as e:
+            code = e.code
+        heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'tf2onnx'))
+        print('TF_IMPORTED=' + ','.join(heavy))
+        print('EXIT=' + str(code))
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180)
+    lines = out.stdout.strip().splitlines()
+    row = json.loads(lines[0])
+    assert row["path"] == str(paths[0]) and row["label"] in ("all", "hem"), out.stderr
+    assert "TF_IMPORTED=" in lines and "EXIT=0" in lines, out.stdout + out.stderr
+    assert any("onnxruntime" in line for line in out.stderr.splitlines()[:3])  # the header names the runtime
