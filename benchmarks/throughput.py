@@ -146,12 +146,15 @@ def main(argv=None) -> int:
               f"({r['ms_per_image']:.2f} ms)  cost ratio {r['cost_ratio']:.3f}", flush=True)
     speedup = results[1]["images_per_s"] / results[0]["images_per_s"]
     print(f"throughput layout / latency layout: {speedup:.2f}x images/s  ({len(files)} images, {cores} cores, "
-          f"{os.path.basename(str(args.model))})")
+          f"{os.path.basename(str(args.model))}; load average {os.getloadavg()[0]:.1f}: figures from a busy "
+          "machine are not speed claims)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"benchmark": "throughput", "model": str(args.model), "cores": cores,
                                         "images": len(files), "images_dir": str(args.images_dir),
-                                        "layouts": results, "speedup": round(speedup, 3)}, indent=2) + "\n")
+                                        "layouts": results, "speedup": round(speedup, 3),
+                                        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()]},
+                                       indent=2) + "\n")
     return 0
 
 
