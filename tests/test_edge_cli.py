@@ -419,3 +419,25 @@ def test_signature_and_self_test_flags(tiny_models, synth_arrays, tmp_path):
     assert bad.returncode == 2 and "changed since it was signed" in bad.stderr and "Traceback" not in bad.stderr
     st = run_edge("--model", tiny_models["float32"], "--self-test")
     assert st.returncode == 1 and "self-test FAILED" in st.stderr and "golden" in st.stderr
+
+
+def test_runtime_import_failure_is_one_line_naming_the_fix(tiny_models, synth_arrays, tmp_path):
+    """The 32-bit Pi case: no LiteRT wheel, tflite-runtime built for NumPy 1 under NumPy 2 (two tracebacks before)."""
+    _, _, paths = synth_arrays
+    fake = tmp_path / "fake"
+    for pkg, body in {
+        "ai_edge_litert": "raise ModuleNotFoundError(\"No module named 'ai_edge_litert'\")",
+        "tflite_runtime": ("import sys, traceback\n"
+                           "sys.stderr.write('A module that was compiled using NumPy 1.x cannot be run in NumPy 2.0.0\\n')\n"
+                           "traceback.print_stack()\n"
+                           "raise AttributeError('_ARRAY_API not found')"),
+        "tensorflow": "raise ModuleNotFoundError(\"No module named 'tensorflow'\")",
+    }.items():
+        (fake / pkg).mkdir(parents=True)
+        (fake / pkg / "__init__.py").write_text(body + "\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
+    r = run_edge("--model", tiny_models["float32"], paths[0], env=env)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "pip install 'numpy<2'" in errors[0]
+    assert "Traceback" not in r.stderr and "File \"" not in r.stderr
