@@ -71,14 +71,18 @@ def make_dataset(arrays: ImageArrays, prep: Preprocessing, batch_size: int, trai
     worker of a multi-worker run sees the same order, which data sharding relies on).
 
     The images never enter the TensorFlow graph: the dataset holds only the row indices and labels
-    and gathers each image from the numpy array with tf.numpy_function. A graph constant is limited
-    to 2 GB (protobuf), and distribution strategies serialize the dataset graph to place it on the
-    input devices: with the images as a constant, a 2.2 GB array serializes to an empty graph and
-    replication fails. The full C-NMC training release (10,661 images) needs 1.49 GiB (1.60 GB)
-    at 224 px and 2.66 GiB (2.86 GB) at 299 px (images_nbytes); this pipeline adds no copy of it,
-    and the order, augmentation and tensors are those of the former from_tensor_slices pipeline. The cost is one
-    Python call per image (microseconds against a training step), and the dataset cannot be sent
-    to another process (tf.data service) -- each worker builds its own.
+    (about 16 bytes an image) and gathers each image from the numpy array with tf.numpy_function.
+    A serialized graph is limited to 2 GiB (protobuf), and a strategy serializes the dataset graph
+    when it places the input on a device other than the one the dataset was built on
+    (tf.data.experimental.replicate); so do tf.data service and iterator checkpoints. With the images
+    as a from_tensor_slices constant, a 2.17 GB array serialized to an empty graph and the replica
+    failed (NotFoundError, TF 2.21); the constant was also a second full copy of the images (peak
+    5.2 GB for that array). The full C-NMC training release (10,661 images) needs 1.49 GiB (1.60 GB)
+    at 224 px and 2.66 GiB (2.86 GB) at 299 px (images_nbytes); this pipeline holds it once, in the
+    given array, and serializes to ~130 kB for 8,100 images. The order, augmentation and tensors are
+    those of the former pipeline. The cost is one Python call per image (microseconds against a
+    training step); the Python function cannot be sent to another process, so each worker of a
+    multi-worker run builds its own pipeline (as train does).
 
     Raises ValueError when images is not (N, S, S, 3) uint8 or labels has another length.
     """
