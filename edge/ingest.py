@@ -607,6 +607,16 @@ class Watcher:
         obs.start()
         self._observer = obs
 
+    def _ensure_observer(self) -> None:
+        """Start inotify; if the system refuses (watch/instance limits, no inotify), poll instead."""
+        try:
+            self._start_observer()
+        except OSError as exc:
+            self.log(f"inotify unavailable for {self.folder} ({exc.strerror or exc}); polling instead "
+                     "(raise fs.inotify.max_user_watches, or pass --poll)")
+            self.opts.mode = "poll"
+            self.opts.full_scan_interval = min(self.opts.full_scan_interval, 30.0)
+
     def _stop_observer(self) -> None:
         if self._observer is not None:
             try:
@@ -730,7 +740,7 @@ class Watcher:
             for rel, st in listing:
                 self._consider(rel, st)
         if self.opts.mode == "inotify":
-            self._start_observer()
+            self._ensure_observer()
         self._last_full = time.monotonic()
         self.state = "watching"
 
@@ -780,7 +790,7 @@ class Watcher:
             raise FileNotFoundError(str(self.folder))
         if self.opts.mode == "inotify":
             if self._observer is None:  # first tick after the folder came back: events were missed
-                self._start_observer()
+                self._ensure_observer()
                 self._full_scan()
                 self._last_full = now
             elif self._drain_events() or now - self._last_full >= self.opts.full_scan_interval:

@@ -537,3 +537,19 @@ def test_warnings_are_logged_in_watch_mode(tmp_path):
         assert any("w.bmp: warning: out of distribution" in m for m in run.logs)
     finally:
         run.close()
+
+
+def test_inotify_failure_falls_back_to_polling(tmp_path, monkeypatch):
+    def broken(self):
+        raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr(Watcher, "_start_observer", broken)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    run = Run(folder, tmp_path / "out.jsonl", mode="inotify")
+    try:
+        (folder / "a.bmp").write_bytes(image_bytes(tmp_path, 98))
+        assert wait_for(lambda: len(run.rows()) == 1)
+        assert run.watcher.opts.mode == "poll" and any("polling instead" in m for m in run.logs)
+    finally:
+        run.close()
