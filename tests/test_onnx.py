@@ -443,3 +443,39 @@ def test_edge_classify_with_onnx_never_imports_tensorflow(synth_arrays, onnx_mod
     assert row["path"] == str(paths[0]) and row["label"] in ("all", "hem"), out.stderr
     assert "TF_IMPORTED=" in lines and "EXIT=0" in lines, out.stdout + out.stderr
     assert any("onnxruntime" in line for line in out.stderr.splitlines()[:3])  # the header names the runtime
+
+
+# -- optimize: the registry's ONNX rows, gated and carded like every variant --------------------------
+
+
+def test_optimize_builds_gated_onnx_variants_with_cards(tiny_models, synth_dir, tmp_path):
+    import shutil
+
+    from helpers import make_card
+    from leukedge.edge.card import load_card_for_model
+    from leukedge.edge.classifier import Classifier
+    from leukedge.optimize.run import OptimizeOptions, optimize
+    from leukedge.train.datasets import read_dataset
+    from leukedge.train.splits import make_split, write_split
+
+    keras = tmp_path / "parent" / "model.keras"
+    keras.parent.mkdir()
+    shutil.copy(tiny_models["keras"], keras)
+    ds = read_dataset(synth_dir)
+    split = make_split(ds)
+    make_card(keras, SIZE, "float", "keras", provenance={
+        "data": {"root": str(synth_dir)}, "split": split.describe(ds), "config": {"val_fraction": 0.2}})
+    write_split(split, ds, keras.parent / "split.json")
+    out = tmp_path / "opt"
+    summary = optimize(keras, out, OptimizeOptions(variants=("onnx-float32", "onnx-int8"), max_f1_drop=1.0,
+                                                   max_recall_drop=1.0, calibration_size=24, finetune_batch=8))
+    rows = {r["variant"]: r for r in summary["variants"]}
+    assert rows["onnx-float32"]["max_abs_delta_p"] < 1e-4 and rows["onnx-int8"]["max_abs_delta_p"] < 0.1
+    for name in ("onnx-float32", "onnx-int8"):
+        card = load_card_for_model(out / f"{name}.onnx")
+        assert card.model_format == "onnx" and card.verdict["status"] == "pass"
+        assert card.onnx["layout"] == "NHWC" and card.onnx["opset"] == 17
+        clf = Classifier.load(out / f"{name}.onnx", threads=1)
+        assert clf.runtime.name == "onnxruntime" and clf.runtime.detail == "CPUExecutionProvider"
+        assert clf.predict_one(ds.labelled[0].path).ok
+    assert card.onnx["quantization"]["format"] == "QDQ" and card.onnx["quantization"]["calibration_images"] == 24
