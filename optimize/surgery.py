@@ -259,3 +259,25 @@ def prepare(model, purpose: str):
     if n_bn:
         steps.append(f"kept the statistics of all {n_bn} BatchNormalization layers frozen during the fine-tune")
     return flat, steps
+
+
+def check_variants(model, variants) -> dict[str, list[str]]:
+    """Refuse, before any image is decoded, a model that the requested variants cannot prune or QAT.
+
+    model: the float parent (tf-keras); variants: optimize.variants.Variant rows. Runs `prepare` once per
+    purpose the rows need ('prune' for rows that prune, 'qat' for quantization-aware rows). Returns
+    {purpose: surgery steps} for the card. Raises SurgeryError naming the variant, the layer and the cause.
+    """
+    needed = {}
+    for v in variants:
+        if getattr(v, "prunes", False):
+            needed.setdefault("prune", v.name)
+        if getattr(v, "quantization_aware", False):
+            needed.setdefault("qat", v.name)
+    found = {}
+    for purpose, name in needed.items():
+        try:
+            found[purpose] = prepare(model, purpose)[1]
+        except SurgeryError as exc:
+            raise SurgeryError(f"variant {name}: {exc}") from None
+    return found

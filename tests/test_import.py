@@ -302,6 +302,38 @@ def test_surgery_refuses_what_tfmot_cannot_quantize_naming_the_layer():
         prepare(tf.keras.Model(inp, L.Dense(2)(L.Flatten()(L.Conv2D(2, 3)(x)))), "qat")
 
 
+def test_check_variants_names_the_variant_and_layer():
+    from leukedge.optimize.surgery import SurgeryError, check_variants
+    from leukedge.optimize.variants import resolve
+    from leukedge.train.tfcompat import tensorflow
+
+    tf = tensorflow()
+    L = tf.keras.layers
+    inp = L.Input((SIZE, SIZE, 3))
+    out = L.Dense(2, activation="softmax")(L.Flatten()(L.Conv2D(2, 3)(L.Rescaling(1 / 255.0, name="rescale")(inp))))
+    model = tf.keras.Model(inp, out)
+    assert check_variants(model, [resolve("float32"), resolve("int8")]) == {}
+    assert "prune" in check_variants(model, [resolve("pruned-int8")])
+    with pytest.raises(SurgeryError, match="variant qat-int8: layer 'rescale'"):
+        check_variants(model, [resolve("pruned-int8"), resolve("qat-int8")])
+
+
+def test_cli_import_without_data_says_unverified_and_bad_labels_fail_in_one_line(reference, tmp_path):
+    from click.testing import CliRunner
+
+    from leukedge.cli import main
+
+    args = ["import", str(reference["keras"]), "--out", str(tmp_path / "cli"), "--positive", "all", "--size",
+            str(SIZE), "--resize", "nearest", "--scale", "raw"]
+    res = CliRunner().invoke(main, args + ["--labels", "all,hem"])
+    assert res.exit_code == 0, res.output
+    assert "UNVERIFIED" in res.output and (tmp_path / "cli" / "model.keras.json").exists()
+    res = CliRunner().invoke(main, args + ["--labels", "all"])
+    assert res.exit_code == 2 and "--labels must name two distinct classes" in res.output
+    res = CliRunner().invoke(main, args[:-2] + ["--labels", "all,hem"])  # no scaling declared
+    assert res.exit_code == 2 and "--scale" in res.output
+
+
 def test_sparsity_counts_nested_kernels():
     from leukedge.optimize.prune import kernel_sparsity
 
