@@ -180,7 +180,7 @@ def prepare_trt_cache(cache_dir: str | os.PathLike, identity: dict[str, Any]) ->
             p.unlink()
         state = "rebuilt" if files else "created"
     else:
-        d.mkdir(parents=True)
+        d.mkdir(parents=True, exist_ok=True)  # exist_ok: another worker of this process may have just made it
         state = "created"
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".sidecar-", suffix=".tmp")
     try:
