@@ -338,7 +338,9 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
         try:
             journal = Journal(journal_path, watch_dir, minfo, output, fmt, reclassify, fsync_interval).open(
                 sink if output else None)
-        except (JournalError, OSError) as exc:
+        except JournalError as exc:
+            _fail(str(exc.strerror or exc))
+        except OSError as exc:
             _fail(f"{journal_path}: cannot use journal: {exc.strerror or exc}")
         for note in journal.notes:
             _log(note)

@@ -260,8 +260,39 @@ class Journal:
                 out.append(d)
         return out
 
+    def _lock(self) -> None:
+        """Hold `<journal>.lock` (flock) while running: two watchers on one journal would both append."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fh = open(lock_path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            other = fh.read().strip() or "another process"
+            fh.close()
+            raise JournalError(0, f"{self.path}: in use by another edge-classify (pid {other}); "
+                                  "one watcher per journal") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock_fh = fh
+
+    def release_lock(self) -> None:
+        fh = getattr(self, "_lock_fh", None)
+        if fh is not None:
+            fh.close()
+            self._lock_fh = None
+
     def open(self, sink=None) -> "Journal":
-        """Load, repair against the results file (`sink`, an AppendFileSink or None), compact, open for appending."""
+        """Lock, load, repair against the results file (`sink`, an AppendFileSink or None), compact,
+        open for appending. Raises JournalError when another process holds the journal."""
+        self._lock()
         lines = self._read()
         sections: list[dict] = []
         records: list[Record] = []
@@ -378,6 +409,7 @@ class Journal:
             except (OSError, ValueError):
                 pass
             self._fh = None
+        self.release_lock()
 
 
 # -- results: rows + journal together --------------------------------------------------

@@ -222,6 +222,8 @@ class Run:
         if clean:
             self.sink.close()
             self.journal.close()
+        else:
+            self.journal.release_lock()  # the kernel drops a killed process's lock
 
     def rows(self):
         return read_rows(self.out, "json")
@@ -553,3 +555,18 @@ def test_inotify_failure_falls_back_to_polling(tmp_path, monkeypatch):
         assert run.watcher.opts.mode == "poll" and any("polling instead" in m for m in run.logs)
     finally:
         run.close()
+
+
+def test_one_watcher_per_journal(tmp_path):
+    from leukedge.edge.ingest import JournalError
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    out = tmp_path / "out.jsonl"
+    run = Run(folder, out)
+    try:
+        with pytest.raises(JournalError, match="in use by another edge-classify"):
+            Journal(default_journal_path(out), folder, MODEL, out, "json").open()
+    finally:
+        run.close()
+    Journal(default_journal_path(out), folder, MODEL, out, "json").open().close()  # free again
