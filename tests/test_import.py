@@ -157,6 +157,61 @@ def test_h5_imports_the_same(reference, tmp_path):
     assert res["check"]["verified"] and res["card"]["provenance"]["imported"]["keras"]["flavour"] == "h5"
 
 
+def _keras3_reference(reference, extra_layer=None):
+    """The reference architecture built in Keras 3 (the `keras` package), with the fitted tf-keras weights."""
+    keras = pytest.importorskip("keras")
+    if not keras.__version__.startswith("3"):
+        pytest.skip("Keras 3 not installed")
+    L, reg = keras.layers, keras.regularizers
+    inp = L.Input((SIZE, SIZE, 3))
+
+    def cbr(x, f, k, s=1):
+        x = L.Conv2D(f, k, strides=s, padding="same", use_bias=False)(x)
+        x = L.BatchNormalization(scale=False)(x)
+        return L.Activation("relu")(x)
+
+    x = cbr(inp, 8, 3, 2)
+    x = L.concatenate([cbr(x, 8, 1), cbr(x, 8, 3)])
+    x = cbr(L.MaxPooling2D(3, 2)(x), 16, 3, 2)
+    backbone = keras.Model(inp, L.GlobalMaxPooling2D()(x), name="inception_v3")
+    head = [L.BatchNormalization(), L.Dense(32, activation="relu", kernel_regularizer=reg.l2(0.016),
+                                            activity_regularizer=reg.l1(0.006), bias_regularizer=reg.l1(0.006)),
+            L.Dropout(0.5), L.Dense(2, activation="softmax")]
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), backbone, *([extra_layer] if extra_layer else []), *head])
+    weights = reference["model"].get_weights()
+    n = len(backbone.get_weights())
+    model.set_weights(weights[:n] + (extra_layer.get_weights() if extra_layer else []) + weights[n:])
+    return keras, model
+
+
+def test_keras3_file_is_rebuilt_in_tf_keras_with_outputs_checked(reference, tmp_path):
+    keras, model = _keras3_reference(reference)
+    model.save(tmp_path / "k3.keras")
+    res = _import(reference, tmp_path / "k3run", source=tmp_path / "k3.keras")
+    assert res["check"]["verified"]
+    assert res["card"]["provenance"]["imported"]["keras"]["flavour"] == "keras3"
+    from leukedge.train.tfcompat import load_keras_model
+
+    flat = load_keras_model(tmp_path / "k3run" / "model.keras")
+    x = reference["x"][:8].astype(np.float32)
+    assert np.max(np.abs(flat.predict(x, verbose=0) - np.asarray(model(x, training=False)))) < 1e-5
+
+
+def test_keras3_file_with_a_layer_tf_keras_lacks_is_refused_in_one_line(reference, tmp_path):
+    keras = pytest.importorskip("keras")
+    _, model = _keras3_reference(reference, keras.layers.RMSNormalization(name="rms") if hasattr(
+        keras.layers, "RMSNormalization") else None)
+    if not any(layer.name == "rms" for layer in model.layers):
+        pytest.skip("this Keras 3 has no RMSNormalization")
+    model.save(tmp_path / "k3.keras")
+    from leukedge.train.importer import ModelImportError
+
+    with pytest.raises(ModelImportError, match="Keras 3 file .*'rms' is a RMSNormalization, which tf-keras has not"
+                       ) as exc:
+        _import(reference, tmp_path / "k3bad", source=tmp_path / "k3.keras")
+    assert "\n" not in str(exc.value) and "model.h5" in str(exc.value)
+
+
 @pytest.mark.parametrize("kw, hint", [({"scale": "inception-2015"}, "--scale"),
                                       ({"labels": ("hem", "all")}, "--labels"),
                                       ({"scale": "unit"}, "--scale")])
