@@ -9,6 +9,7 @@ logit models) and the decision (`edge.decision.decide`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -92,15 +93,15 @@ class Classifier:
         self.threshold = float(card.threshold if threshold is None else threshold)
         if decode is None:
             decode = DecodeOptions(bit_depth=card.preprocessing.bit_depth)
+        elif decode.bit_depth is None and card.preprocessing.bit_depth:
+            decode = dataclasses.replace(decode, bit_depth=card.preprocessing.bit_depth)
         self.decode = decode
         self._lut = self._pixel_table()
         # same scaling on every channel (the usual case): one flat lookup is cheaper
         self._flat_lut = self._lut[:, 0].copy() if (self._lut == self._lut[:, :1]).all() else None
-        self._assess = None
-        if card.input_statistics:
-            from .quality import assess
+        from .quality import assess  # without the card's statistics, only the absolute checks (a blank image)
 
-            self._assess = assess
+        self._assess = assess
 
     @classmethod
     def load(cls, model_path: str | os.PathLike, threads: int | None = None, verify: bool = True,
@@ -190,7 +191,7 @@ class Classifier:
             else:
                 rgb = load_rgb(item, prep.size, prep.resize, self.decode)
             x = self.input_tensor(rgb)
-            warnings = [f.message for f in self._assess(rgb, self.card.input_statistics)] if self._assess else []
+            warnings = [f"{f.kind}: {f.message}" for f in self._assess(rgb, self.card.input_statistics)]
         except ImageError as exc:
             return Prediction(path, error=exc.problem, total_ms=(time.perf_counter() - t0) * 1e3)
         except ValueError as exc:

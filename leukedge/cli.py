@@ -177,6 +177,7 @@ def _train_options(fn):
         ("max_train_images", (), "Stratified subsample of the training split (quick runs)."),
         ("strategy", (), "tf.distribute strategy."), ("seed", (), ""),
         ("strict", (), "Fail on the first unreadable image instead of skipping it."),
+        ("bit_depth", (), "Significant bits of integer images (e.g. 12 for 12-bit camera data in 16-bit TIFFs); 0 = as the file says."),
         ("strict_quality", (), "Refuse training images that fail the quality gate instead of skipping them (with a count)."),
         ("split_file", (), "Train on this split.json (e.g. tune's) instead of making a split."),
     ]

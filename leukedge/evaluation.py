@@ -71,10 +71,12 @@ def decode_samples(samples: Sequence, prep: Preprocessing, strict: bool = False,
     Returns ImageArrays with uint8 images (N, prep.size, prep.size, 3).
     """
     n = len(samples)
+    if decode is None:
+        decode = prep.decode_options()  # the declared bit depth, if any, as on the device
     out = np.empty((n, prep.size, prep.size, 3), np.uint8)
     ok = np.zeros(n, bool)
     skipped: list[tuple[str, str]] = []
-    args = (prep.size, prep.resize) + ((decode,) if decode is not None else ())
+    args = (prep.size, prep.resize, decode)
 
     def one(i: int):
         try:

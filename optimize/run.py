@@ -99,6 +99,10 @@ class OptimizeOptions:
 def load_parent(model_path: str | Path):
     """The float Keras model and its card; refuses anything that is not a leukedge-ready Keras model.
 
+    Refused in one line with the fix: an imported model whose preprocessing was never checked on
+    labelled data (`leukedge import` without --data); a card with no provenance and no split.json
+    beside the model (a model leukedge did not train: `leukedge import`); a card that says leukedge
+    trained the model while the graph is not one leukedge builds (a card copied from another model).
     Returns (tf-keras model, ModelCard). Raises OptimizeError (one line) otherwise.
     """
     p = Path(model_path)
@@ -479,6 +483,15 @@ def _measure_variant(v: Variant, path: Path, parent_card: ModelCard, parent_ev: 
                     "vs_parent": vs_parent}
     card.verdict = {"status": verdict, "reasons": reasons, "gate": opts.gate,
                     "budgets": {"max_f1_drop": opts.max_f1_drop, "max_recall_drop": opts.max_recall_drop}}
+    if card.model_format in ("tflite", "onnx"):
+        # The device self-test's golden set (synthetic inputs, never patient images), measured with the
+        # final card (temperature, threshold) by a fresh classifier, so `edge-classify --self-test` on the
+        # device compares like with like.
+        from leukedge.edge.classifier import Classifier
+
+        from .golden import make_golden
+
+        card.golden = make_golden(Classifier(path, card, threads=opts.threads or None), seed=opts.seed)
     card.save(card_path_for(path))
     size_bytes = path.stat().st_size
     return {"variant": v.name, "file": path.name, "format": v.format, "size_bytes": size_bytes,

@@ -197,3 +197,9 @@ def test_logit_variants_are_calibrated_without_changing_a_decision(run_folder, t
     assert iv["sensitivity"]["low"] <= iv["sensitivity"]["value"] <= iv["sensitivity"]["high"]
     assert summary["variants"][0]["f1_drop_ci"] is not None and card.verdict["gate"] == "ci"
     assert (tmp_path / "opt" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    # every optimized model ships its golden set, and the device's self-test passes on it
+    from leukedge.edge.selftest import self_test
+
+    assert card.golden and (tmp_path / "opt" / card.golden["file"]).exists()
+    report = self_test(clf)
+    assert report.ok, report.message

@@ -158,3 +158,23 @@ def test_batchnorm_learns_only_when_training_from_scratch():
     assert not model.get_layer("conv_10").trainable
     set_trainable_from(model, "all", train_batchnorm=True)
     assert model.get_layer("bn_0").trainable and model.get_layer("bn_93").trainable
+
+
+def test_quality_flagged_training_images_are_skipped_or_refused_and_statistics_recorded(synth_dir, tmp_path):
+    """A blank (all-black) 'cell' in the training set is dropped with a count, or refused with --strict-quality;
+    the card records the training images' statistics for the device's quality and OOD checks."""
+    from PIL import Image
+
+    from leukedge.train.datasets import DatasetError
+    from leukedge.train.fit import train
+
+    root = tmp_path / "C-NMC_Leukemia"
+    shutil.copytree(synth_dir, root)
+    victim = sorted(root.glob("training_data/*/all/*.bmp"))[0]
+    Image.new("RGB", Image.open(victim).size, (0, 0, 0)).save(victim)
+    with pytest.raises(DatasetError, match="strict-quality"):
+        train(root, tmp_path / "strict", TrainConfig(**{**QUICK, "epochs": 0, "strict_quality": True}).validate())
+    res = train(root, tmp_path / "lenient", TrainConfig(**{**QUICK, "epochs": 0}).validate())
+    dropped = res["card"]["provenance"]["data"]["skipped_for_quality"]
+    assert [d[0] for d in dropped] == [str(victim)]
+    assert res["card"]["input_statistics"]["n_images"] >= 20

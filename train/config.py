@@ -42,13 +42,15 @@ class TrainConfig:
     max_train_images: int = 0  # 0 = all; else a stratified subsample for quick runs
     resize: str = "bilinear"
     split_file: str = ""
-    strict_quality: bool = False  # refuse (instead of skip) training images that fail the quality gate  # a split.json (e.g. from `leukedge tune`) to train on instead of making a split
+    strict_quality: bool = False
+    bit_depth: int = 0  # significant bits of integer images when files do not say (e.g. 12 in 16-bit TIFFs); 0 = the file's  # refuse (instead of skip) training images that fail the quality gate  # a split.json (e.g. from `leukedge tune`) to train on instead of making a split
 
     RANGES = {
         "image_size": (75, 1024), "batch_size": (1, 4096), "epochs_head": (0, 1000), "epochs": (0, 1000),
         "lr_head": (1e-7, 1.0), "lr": (1e-8, 1.0), "dense_units": (1, 8192), "dropout": (0.0, 0.95),
         "l1": (0.0, 1.0), "l2": (0.0, 1.0), "patience": (1, 1000), "val_fraction": (0.01, 0.9),
         "test_fraction": (0.0, 0.9), "min_recall_all": (0.0, 1.0), "max_train_images": (0, 10**8),
+        "bit_depth": (0, 32),
     }
     CHOICES = {
         "split": ("auto", "official", "subject", "random"),

@@ -157,30 +157,29 @@ def _history_csv(history: list[dict]) -> str:
 
 def _screen_training_images(arrays: dict, cfg: TrainConfig) -> tuple[dict | None, list]:
     """Reference statistics of the training images (the card's `input_statistics`, which the device's
-    quality and out-of-distribution checks compare against), and the training images that fail the
-    quality gate against them (constant, far darker/brighter than the rest, mostly saturated): those
-    are dropped with a count, or refused with `strict_quality`. Out-of-distribution flags do not drop
-    a training image (by construction about 1 % of training images sit at the edge of their own range).
-    Returns (statistics or None when fewer than 20 images, [[path, reason], ...] dropped)."""
-    from leukedge.edge.quality import assess, reference_statistics
+    quality and out-of-distribution checks compare against) and the quality gate on every part
+    (edge.quality.screen_training_images: each image judged against the others that pass, so a few
+    broken images cannot widen the range they are judged by). Quality-flagged images (constant, far
+    darker/brighter than the rest, mostly saturated) are dropped with a count, or refused with
+    `strict_quality`; out-of-distribution flags drop nothing (about 1 % of any training set sits at the
+    edge of its own range). Returns (statistics or None when fewer than 20 images, [[path, reason], ...] dropped).
+    """
+    from leukedge.edge.quality import screen_training_images
 
-    train_arr = arrays["train"]
-    if len(train_arr.labels) < 20:
-        return None, []
-    ref = reference_statistics(train_arr.images)
+    ref = None
     dropped = []
-    for part, arr in arrays.items():
-        bad = {}
-        for i, rgb in enumerate(arr.images):
-            flags = [f for f in assess(rgb, ref) if f.kind == "quality"]
-            if flags:
-                bad[i] = flags[0].message
+    for part, arr in list(arrays.items()):
+        if len(arr.labels) < 20:
+            continue
+        keep, flags, part_ref = screen_training_images(arr.images)
+        if part == "train":
+            ref = part_ref
+        bad = {i: next(f.message for f in fl if f.kind == "quality") for i, fl in enumerate(flags) if not keep[i]}
         if not bad:
             continue
         if cfg.strict_quality:
             i, why = next(iter(bad.items()))
             raise DatasetError(f"{arr.paths[i]}: {why} (--strict-quality; {len(bad)} such image(s) in '{part}')")
-        keep = np.array([i not in bad for i in range(len(arr.labels))])
         dropped += [[arr.paths[i], why] for i, why in bad.items()]
         arrays[part] = dataclasses.replace(arr, images=arr.images[keep], labels=arr.labels[keep],
                                            paths=[p for p, k in zip(arr.paths, keep) if k],
@@ -188,6 +187,14 @@ def _screen_training_images(arrays: dict, cfg: TrainConfig) -> tuple[dict | None
         print(f"leukedge train: skipped {len(bad)} {part} image(s) that fail the quality gate "
               f"(e.g. {arr.paths[next(iter(bad))]}: {next(iter(bad.values()))})", file=sys.stderr)
     return ref, dropped
+
+
+def _intervals(arrays: ImageArrays, p: np.ndarray, threshold: float, positive: int, seed: int) -> dict:
+    """95 % intervals of one part's figures (leukedge.stats.screening_intervals; subjects resampled when known)."""
+    from leukedge import stats
+
+    groups = arrays.subjects if arrays.subjects and all(arrays.subjects) else None
+    return stats.screening_intervals(arrays.labels, p, threshold, groups=groups, positive=positive, seed=seed)
 
 
 def split_for(data: str | Path, cfg: TrainConfig) -> tuple[Dataset, Split]:
@@ -219,7 +226,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     tf.keras.utils.set_random_seed(cfg.seed)
     ds, split = split_for(data, cfg)
     info = plan_weights(cfg.weights)
-    prep = Preprocessing(size=cfg.image_size, resize=cfg.resize, mean=(info.mean,) * 3, std=(info.std,) * 3)
+    prep = Preprocessing(size=cfg.image_size, resize=cfg.resize, mean=(info.mean,) * 3, std=(info.std,) * 3,
+                         bit_depth=cfg.bit_depth or None)
     positive = ds.labels.index(ds.positive_label)
     train_samples = subsample(split.parts["train"], cfg.max_train_images, cfg.seed)
 
@@ -248,7 +256,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
                                    n_classes=len(ds.labels))
         info = load_backbone_weights(model, info)
 
-    train_ds = make_dataset(arrays["train"], prep, cfg.batch_size, training=cfg.augment, seed=cfg.seed)
+    train_ds = make_dataset(arrays["train"], prep, cfg.batch_size, training=True, augment=cfg.augment, seed=cfg.seed)
     cw = class_weights(arrays["train"].labels) if cfg.class_weight else None
     resume_dir = out / RESUME_DIR
     state = {"stage": "head", "history": [], "best_f1": -1.0, "best_epoch": 0, "best_weights": None,
@@ -301,8 +309,12 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     threshold = choose_threshold(arrays["validation"].labels, p_val, positive,
                                  min_recall=cfg.min_recall_all or None)
     metrics = {"validation": evaluate(p_val, arrays["validation"], threshold, ds.labels, positive).report}
+    metrics["validation"]["threshold_chosen_here"] = True
+    metrics["validation_intervals"] = _intervals(arrays["validation"], p_val, threshold, positive, cfg.seed)
     if "test" in arrays:
-        metrics["test"] = evaluate(scorer, arrays["test"], threshold, ds.labels, positive).report
+        test_ev = evaluate(scorer, arrays["test"], threshold, ds.labels, positive)
+        metrics["test"] = test_ev.report
+        metrics["test_intervals"] = _intervals(arrays["test"], test_ev.p, threshold, positive, cfg.seed)
     epochs_run = len(state["history"])
     images_seen = epochs_run * len(arrays["train"].labels)
     timing = {"wall_seconds": round(time.perf_counter() - t_start, 1), "fit_seconds": round(fit_seconds, 1),
@@ -343,7 +355,12 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
 
     shutil.rmtree(resume_dir, ignore_errors=True)
     v = metrics["validation"]
-    print(f"leukedge train: wrote {out}/model.keras (card model.keras.json, split.json); validation F1({ds.positive_label})={v['f1_positive']:.4f} "
-          f"recall={v['sensitivity']:.4f} weighted F1={v['weighted_f1']:.4f} at threshold {threshold:.4f} "
-          f"({timing['wall_seconds']} s)", file=sys.stderr)
+    print(f"leukedge train: wrote {out}/model.keras (card model.keras.json, split.json); validation F1({ds.positive_label})="
+          f"{v['f1_positive']:.4f} sensitivity={v['sensitivity']:.4f} weighted F1={v['weighted_f1']:.4f} at threshold "
+          f"{threshold:.4f} (chosen on these validation images: optimistic) ({timing['wall_seconds']} s)", file=sys.stderr)
+    if "test" in metrics:
+        t, ti = metrics["test"], metrics["test_intervals"]
+        print(f"leukedge train: held-out test F1({ds.positive_label})={t['f1_positive']:.4f} "
+              f"[{ti['f1_positive']['low']:.3f}, {ti['f1_positive']['high']:.3f}] sensitivity={t['sensitivity']:.4f} "
+              f"[{ti['sensitivity']['low']:.3f}, {ti['sensitivity']['high']:.3f}] (95 % CI)", file=sys.stderr)
     return {"out": str(out), "metrics": metrics, "threshold": threshold, "timing": timing, "card": card.to_dict()}

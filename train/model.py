@@ -131,14 +131,6 @@ def build_inception_v3(image_size: int = 224, last_pool: str = "max", head: Head
     return tf.keras.Model(inputs, outputs, name="leukedge_inception_v3")
 
 
-def backbone_conv_layers(model) -> list:
-    return [model.get_layer(f"conv_{i}") for i in range(BACKBONE_CONVS)]
-
-
-def backbone_bn_layers(model) -> list:
-    return [model.get_layer(f"bn_{i}") for i in range(BACKBONE_CONVS)]
-
-
 # Index of the first conv of each block, in creation order (stem = convs 0..4).
 BLOCK_FIRST_CONV = {"mixed0": 5, "mixed1": 12, "mixed2": 19, "mixed3": 26, "mixed4": 30, "mixed5": 40,
                     "mixed6": 50, "mixed7": 60, "mixed8": 70, "mixed9": 76, "mixed10": 85}
