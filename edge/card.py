@@ -308,10 +308,63 @@ def load_card_for_model(model_path: str | os.PathLike, verify: bool = True) -> M
     if verify:
         if not card.model_sha256:
             raise CardError(f"{cp}: card has no model SHA-256 to verify {mp.name} against")
-        actual = sha256_file(mp)
+        actual = verified_sha256(mp)
         if actual != card.model_sha256:
             raise CardError(
                 f"{mp}: SHA-256 {actual[:12]}… does not match its card ({card.model_sha256[:12]}…); "
                 "the model or the card was replaced or corrupted"
             )
     return card
+
+
+# -- a verified-hash cache (cold start) ------------------------------------------------------------------
+#
+# Hashing a 23 MB model costs ~15 ms here and ~0.1 s on a Raspberry Pi 4 (no SHA instructions) at every
+# start. The cache remembers a file's SHA-256 under its identity (device, inode, size, mtime_ns,
+# ctime_ns): mtime alone can be forged (`cp -p`, `touch -d`), but ctime is set by the kernel on every
+# write, rename or metadata change and cannot be set by a user, so any change to the file re-hashes it.
+# LEUKEDGE_HASH_CACHE=0 turns the cache off; LEUKEDGE_CACHE moves it (default ~/.cache/leukedge).
+
+
+def _hash_cache_path() -> Path | None:
+    if os.environ.get("LEUKEDGE_HASH_CACHE", "1") == "0":
+        return None
+    base = os.environ.get("LEUKEDGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "leukedge")
+    return Path(base) / "verified-sha256.json"
+
+
+def _identity(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def verified_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file, from the verified-hash cache when the file's identity (device, inode,
+    size, mtime_ns, ctime_ns) is unchanged since it was last hashed, else hashed and remembered.
+    A cache that cannot be read or written is ignored (the file is simply hashed)."""
+    p = Path(path)
+    cache_file = _hash_cache_path()
+    before = p.stat()
+    key = f"{p.resolve()}|{_identity(before)}"
+    entries: dict = {}
+    if cache_file is not None:
+        try:
+            entries = json.loads(cache_file.read_text(encoding="utf-8"))
+            if not isinstance(entries, dict):
+                entries = {}
+        except (OSError, ValueError):
+            entries = {}
+        hit = entries.get(key)
+        if isinstance(hit, str) and len(hit) == 64:
+            return hit
+    digest = sha256_file(p)
+    if cache_file is not None and _identity(p.stat()) == _identity(before):  # unchanged while hashing
+        prefix = f"{p.resolve()}|"
+        entries = {k: v for k, v in entries.items() if not k.startswith(prefix)}  # one entry per path
+        entries[key] = digest
+        if len(entries) > 256:  # bounded: keep the newest
+            entries = dict(list(entries.items())[-256:])
+        try:
+            write_text_atomic(cache_file, json.dumps(entries))
+        except OSError:
+            pass
+    return digest

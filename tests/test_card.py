@@ -134,3 +134,34 @@ def test_values_are_validated_not_coerced(tmp_path, path, value, needle):
     card_path_for(model).write_text(json.dumps(d))
     with pytest.raises(CardError, match=needle):
         load_card_for_model(model)
+
+
+def test_verified_hash_cache_follows_file_identity(tmp_path, monkeypatch):
+    """The SHA-256 is cached under (device, inode, size, mtime_ns, ctime_ns): a same-size rewrite with the
+    old mtime restored (what `cp -p` or `touch -d` can fake) still changes ctime and is re-hashed."""
+    import os
+
+    import leukedge.edge.card as card_mod
+
+    monkeypatch.setenv("LEUKEDGE_CACHE", str(tmp_path / "cache"))
+    model, _ = _card(tmp_path)
+    calls = []
+    real = card_mod.sha256_file
+    monkeypatch.setattr(card_mod, "sha256_file", lambda p, *a: calls.append(p) or real(p, *a))
+    load_card_for_model(model)
+    load_card_for_model(model)
+    assert len(calls) == 1, "second start must come from the cache"
+    st = model.stat()
+    data = bytearray(model.read_bytes())
+    data[0] ^= 1  # same size, different content
+    model.write_bytes(bytes(data))
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))  # forge the old mtime
+    with pytest.raises(CardError, match="does not match its card"):
+        load_card_for_model(model)
+    assert len(calls) == 2
+    monkeypatch.setenv("LEUKEDGE_HASH_CACHE", "0")
+    data[0] ^= 1
+    model.write_bytes(bytes(data))
+    load_card_for_model(model)
+    load_card_for_model(model)
+    assert len(calls) == 4
