@@ -232,7 +232,9 @@ def check(model, purpose: str) -> None:
                 raise SurgeryError(f"layer {layer.name!r} ({kind}) cannot be pruned by tfmot; remove or replace it")
             continue
         if isinstance(layer, tf.keras.layers.BatchNormalization):
-            prev = [n.inbound_layers for n in layer._inbound_nodes]
+            # the layer feeding it in this model's graph (a layer reused in another graph has more nodes)
+            prev = [n.inbound_layers for i, n in enumerate(layer._inbound_nodes)
+                    if f"{layer.name}_ib-{i}" in model._network_nodes]  # tf-keras's node key
             prev = [p for group in prev for p in (group if isinstance(group, list) else [group])]
             if not (len(prev) == 1 and isinstance(prev[0], foldable)):
                 raise SurgeryError(f"layer {layer.name!r} (BatchNormalization after "

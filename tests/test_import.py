@@ -418,3 +418,20 @@ def test_reference_with_inception_v3_backbone_at_96_px(cnmc_dir, tmp_path):
     optimize(tmp_path / "run" / "model.keras", tmp_path / "opt", OptimizeOptions(
         variants=("float32", "int8", "pruned-int8", "qat-int8"), calibration_size=40, prune_steps=12, qat_steps=4,
         finetune_batch=8, keep_threshold=True, max_f1_drop=1.0, max_recall_drop=1.0))
+
+
+def test_verify_card_behaviour_catches_a_wrong_card_on_split_samples(reference, imported):
+    """What optimize can run on its validation part for cards not made by import (a copied card)."""
+    from leukedge.edge.card import ModelCard
+    from leukedge.edge.preprocess import Preprocessing
+    from leukedge.train.datasets import read_dataset
+    from leukedge.train.importer import PreprocessingMismatch, verify_card_behaviour
+
+    ds = read_dataset(reference["data"])
+    good = ModelCard(labels=["all", "hem"], positive_label="all", model_file="m.keras", model_format="keras",
+                     preprocessing=Preprocessing(size=SIZE, resize="nearest", mean=(0.0,) * 3, std=(1.0,) * 3))
+    assert verify_card_behaviour(reference["model"], good, ds.labelled, ds.labels)["verified"]
+    copied = ModelCard(labels=["hem", "all"], positive_label="all", model_file="m.keras", model_format="keras",
+                       preprocessing=Preprocessing(size=SIZE, resize="bilinear"))
+    with pytest.raises(PreprocessingMismatch, match="disagrees with the model's behaviour"):
+        verify_card_behaviour(reference["model"], copied, ds.labelled, ds.labels, "m.keras")

@@ -623,3 +623,24 @@ def require_verified(card: ModelCard, model_path: str | Path) -> None:
         raise ModelImportError(f"{model_path}: imported without labelled data, so its preprocessing is unverified — "
                                f"re-run `leukedge import {src} --out DIR ... --data DATA` to check it")
 
+
+
+def verify_card_behaviour(model, card: ModelCard, samples, data_labels: list[str], model_path: str | Path = "",
+                          sample: int = 100, seed: int = 0) -> dict:
+    """The preprocessing check for a card that did not come from `leukedge import` (e.g. in optimize, on the
+    validation part): catches a card whose labels or preprocessing disagree with the model's behaviour.
+
+    samples: split samples (.path, .label in `data_labels` order); up to `sample` are scored (stratified).
+    Returns check_preprocessing's dict. Raises PreprocessingMismatch, prefixed with the model path.
+    """
+    from types import SimpleNamespace
+
+    from .splits import subsample
+
+    chosen = [SimpleNamespace(path=s.path, label=card.labels.index(data_labels[s.label]))
+              for s in subsample(list(samples), sample, seed)]
+    try:
+        return check_preprocessing(model, chosen, card.preprocessing, card.labels, card.positive_index,
+                                   card.threshold, card.output)
+    except PreprocessingMismatch as exc:
+        raise PreprocessingMismatch(f"{model_path}: its card disagrees with the model's behaviour: {exc}") from None
