@@ -302,7 +302,7 @@ def optimize(model_path, out, data_path, config_file, overrides, **options):
 @click.option("--seed", default=0, show_default=True)
 @_one_line_errors
 def import_(model_path, out, labels, positive, size, resize, scale, mean, std, threshold, data_path, sample, seed):
-    """Bring a Keras model trained elsewhere (.keras from tf-keras 2, or .h5) into a leukedge run folder."""
+    """Bring a Keras model trained elsewhere (.keras from tf-keras 2 or Keras 3, or .h5) into a leukedge run folder."""
     from leukedge.train.importer import ImportOptions, import_model
 
     opts = ImportOptions(labels=tuple(labels.split(",")), positive=positive, size=size or 0, resize=resize,
