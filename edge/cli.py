@@ -13,6 +13,7 @@ import glob
 import os
 import signal
 import sys
+import time
 import threading
 from pathlib import Path
 
@@ -126,6 +127,74 @@ def _load(model: str, threads: int | None, threshold: float | None, decode, requ
         _fail(str(exc))
 
 
+class _Summary:
+    """The per-sample summary of a run (edge.calibration.SampleSummary) fed by every written row."""
+
+    def __init__(self, by: str, out: str | None):
+        from .calibration import SampleSummary, check_summary_output
+
+        self.out = out
+        if out:
+            check_summary_output(out)
+        self.summary = SampleSummary(by)
+        self.clf = None
+        self.every = None
+        self.last_write = 0.0
+
+    def attach(self, emitter, clf, every_seconds: float | None = None) -> None:
+        self.clf, self.every = clf, every_seconds
+        self.summary.positive_label = clf.card.positive_label
+        emitter.observers.append(self.add_row)
+
+    def add_row(self, row: dict) -> None:
+        failed = row.get("status") not in (None, "ok") or bool(row.get("error"))
+        self.summary.add(row["path"], None if failed else row.get("label") == self.summary.positive_label,
+                         None if failed or row.get("p_all") in (None, "") else float(row["p_all"]), failed,
+                         bool(row.get("warning")))
+        if self.every is not None and self.out and time.monotonic() - self.last_write >= self.every:
+            self.write()
+
+    def rebuild(self, output: str, fmt: str) -> None:
+        from .outputs import read_rows
+
+        try:
+            for row in read_rows(output, fmt):
+                if row.get("path"):
+                    self.add_row(row)
+        except (OSError, ValueError) as exc:
+            _log(f"{output}: summary not rebuilt from earlier rows: {exc}")
+
+    def rows(self) -> list[dict]:
+        val = (self.clf.card.metrics or {}).get("validation", {}) if self.clf else {}
+        return self.summary.rows(val.get("sensitivity"), val.get("specificity"))
+
+    def write(self) -> None:
+        self.last_write = time.monotonic()
+        try:
+            self.summary.write(self.out, self.rows())
+        except OSError as exc:
+            _log(f"{self.out}: cannot write the summary: {exc.strerror or exc}")
+
+    def finish(self, quiet: bool) -> None:
+        rows = self.rows()
+        if not quiet:
+            _log("per-sample summary (sensitivity/specificity from the card's validation figures):\n"
+                 + self.summary.format_text(rows))
+        if self.out:
+            self.write()
+
+
+def _summary_or_fail(by: str | None, out: str | None):
+    if not by and not out:
+        return None
+    from .errors import LeukedgeError
+
+    try:
+        return _Summary(by or "subject", out)
+    except (LeukedgeError, ValueError) as exc:
+        _fail(str(exc))
+
+
 def _self_test(clf, required: bool) -> bool:
     """Run the golden-set self-test; returns ok. Not required (watch start) and no golden set: a note, ok."""
     from .selftest import self_test
@@ -221,11 +290,16 @@ def run_batch(clf, files: list[str], input_errors, emitter, model, strict_qualit
 @click.option("--self-test", "self_test_flag", is_flag=True, help="Run the model's golden-set self-test first; exit 1 if it fails.")
 @click.option("--require-signature", type=click.Path(exists=True, dir_okay=False),
               help="Refuse a model and card not signed with this Ed25519 public key.")
+@click.option("--summary-by", "summary_by", metavar="folder|subject|REGEX",
+              help="Per-sample summary: group cells by folder, by C-NMC subject (UID_<subject>_...), or by a "
+                   "regular expression with one group over the file name; printed on stderr at the end.")
+@click.option("--summary-out", type=click.Path(dir_okay=False),
+              help="Write the per-sample summary to FILE (.json or .csv, atomically; in --watch mode kept current).")
 @click.option("--quiet", "-q", is_flag=True, help="No summary or runtime line on stderr.")
 @click.version_option(__version__, "--version", prog_name="edge-classify (leukedge)")
 def main(inputs, model, threshold, fmt, output, threads, workers, recursive, watch_dir, include_existing, state_file,
          reclassify, poll_mode, poll_interval, full_scan_interval, settle, heartbeat_file, fsync_interval,
-         strict_quality, bit_depth, page, max_pixels, self_test_flag, require_signature, quiet):
+         strict_quality, bit_depth, page, max_pixels, self_test_flag, require_signature, summary_by, summary_out, quiet):
     """Classify segmented blood-cell images as ALL (leukemic blast) or HEM (normal).
 
     INPUTS are image files (BMP, PNG, JPEG, TIFF), folders, or glob patterns.
@@ -245,6 +319,7 @@ def main(inputs, model, threshold, fmt, output, threads, workers, recursive, wat
     if output and watch_dir and inputs:
         _fail("give either INPUTS or --watch with --output, not both")
     decode = _decode_options(bit_depth, page, max_pixels)
+    summary = _summary_or_fail(summary_by, summary_out)
 
     # output location first: no work is done for results that could not be kept
     batch_sink = _open_batch_sink(output) if inputs else None
@@ -281,6 +356,8 @@ def main(inputs, model, threshold, fmt, output, threads, workers, recursive, wat
         counts = Counts()
         writer = RowWriter(fmt, batch_sink, minfo)
         emitter = Emitter(writer, None, counts)
+        if summary is not None:
+            summary.attach(emitter, clf)
         show_bar = len(files) > 1 and sys.stderr.isatty() and not quiet
         try:
             run_batch(clf, files, input_errors, emitter, minfo, strict_quality, show_bar,
@@ -301,18 +378,20 @@ def main(inputs, model, threshold, fmt, output, threads, workers, recursive, wat
             raise
         if not quiet and (len(files) > 1 or counts.any_failed or input_errors):
             _log(counts.summary())
+        if summary is not None and not watch_dir:
+            summary.finish(quiet)
         failed = counts.any_failed
 
     if watch_dir:
         failed = _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recursive, include_existing,
                         reclassify, poll_mode, poll_interval, full_scan_interval, settle, fsync_interval,
-                        strict_quality, quiet, n_workers, threads, decode) or failed
+                        strict_quality, quiet, n_workers, threads, decode, summary) or failed
     sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
 def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recursive, include_existing, reclassify,
            poll_mode, poll_interval, full_scan_interval, settle, fsync_interval, strict_quality, quiet,
-           workers=1, threads=None, decode=None) -> bool:
+           workers=1, threads=None, decode=None, summary=None) -> bool:
     """Run the watcher until SIGINT/SIGTERM; returns True if any input failed."""
     from .ingest import Counts, Emitter, Journal, JournalError, WatchOptions, Watcher, default_journal_path
     from .outputs import AppendFileSink, RowWriter, StreamSink, check_csv_header
@@ -352,6 +431,10 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
         heartbeat = str(jp.with_suffix(".heartbeat") if jp.suffix == ".journal" else jp.with_name(jp.name + ".heartbeat"))
     counts = Counts()
     emitter = Emitter(RowWriter(fmt, sink, minfo, header_each_run=bool(output)), journal, counts)
+    if summary is not None:
+        if output and fmt in ("json", "csv") and Path(output).exists():
+            summary.rebuild(output, fmt)  # after a restart: what was already classified (a re-read counts once)
+        summary.attach(emitter, clf, every_seconds=5.0)
     opts = WatchOptions(recursive=recursive, settle=settle, poll_interval=poll_interval,
                         mode="poll" if poll_mode else "inotify", full_scan_interval=full_scan_interval,
                         include_existing=include_existing, strict_quality=strict_quality, heartbeat=heartbeat)
@@ -384,6 +467,8 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
         if journal is not None:
             journal.close()
     _log(f"stopped; {counts.summary()}")
+    if summary is not None:
+        summary.finish(quiet)
     return counts.any_failed
 
 

@@ -426,6 +426,7 @@ class Emitter:
         self.journal = journal
         self.counts = counts
         self.to_file = getattr(writer.sink, "path", None) is not None
+        self.observers: list = []  # callables fed every written row (e.g. the per-sample summary)
 
     def emit(self, row: dict, rel: str | None = None, ident: Identity | None = None, digest: str | None = None) -> None:
         """Write `row`; with a journal, record `rel`'s identity. Raises OutputError / JournalError."""
@@ -452,6 +453,8 @@ class Emitter:
         else:
             self.writer.write_bytes(data)
         self.counts.add(row)
+        for observe in self.observers:
+            observe(row)
 
 
 # -- watching ---------------------------------------------------------------------------

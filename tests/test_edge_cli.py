@@ -441,3 +441,32 @@ def test_runtime_import_failure_is_one_line_naming_the_fix(tiny_models, synth_ar
     errors = [line for line in r.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "pip install 'numpy<2'" in errors[0]
     assert "Traceback" not in r.stderr and "File \"" not in r.stderr
+
+
+def test_per_sample_summary_equals_a_hand_count(tiny_models, synth_arrays, tmp_path):
+    """--summary-by folder: per folder, cells classified, flagged, failures — counted here by hand from the
+    per-cell rows of the same run — plus the Wilson interval and the card-corrected fraction."""
+    _, _, paths = synth_arrays
+    for i, p in enumerate(paths[:7]):
+        sub = "patient_a" if i < 4 else "patient_b"
+        (tmp_path / sub).mkdir(exist_ok=True)
+        shutil.copy(p, tmp_path / sub / f"cell{i}.bmp")
+    (tmp_path / "patient_b" / "broken.bmp").write_bytes(b"BM not really")
+    out = tmp_path / "summary.json"
+    r = run_edge("--model", tiny_models["float32"], "--format", "json", "-r", "--summary-by", "folder",
+                 "--summary-out", out, tmp_path / "patient_a", tmp_path / "patient_b")
+    assert r.returncode == 1 and "per-sample summary" in r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    summary = {g["group"]: g for g in json.loads(out.read_text())["groups"]}
+    for folder in ("patient_a", "patient_b"):
+        mine = [x for x in rows if f"/{folder}/" in x["path"]]
+        ok = [x for x in mine if x.get("status") == "ok"]
+        flagged = sum(x["label"] == "all" for x in ok)
+        g = summary[folder]
+        assert g["cells"] == len(ok) and g["flagged"] == flagged and g["failures"] == len(mine) - len(ok)
+        assert g["flagged_low"] <= flagged / len(ok) <= g["flagged_high"]
+    assert summary["patient_b"]["failures"] == 1
+    bad = run_edge("--model", tiny_models["float32"], "--summary-by", "(unclosed", paths[0])
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    bad_out = run_edge("--model", tiny_models["float32"], "--summary-out", tmp_path / "s.txt", paths[0])
+    assert bad_out.returncode == 2 and ".json or .csv" in bad_out.stderr
