@@ -89,12 +89,12 @@ def _fail(message: str, code: int = EXIT_USAGE) -> None:
     sys.exit(code)
 
 
-def _decode_options(bit_depth, page, max_pixels):
-    if bit_depth is None and page is None and max_pixels is None:
+def _decode_options(bit_depth, page, max_pixels, value_range=None):
+    if bit_depth is None and page is None and max_pixels is None and value_range is None:
         return None
     from .preprocess import DecodeOptions
 
-    kw = {"bit_depth": bit_depth, "page": page}
+    kw = {"bit_depth": bit_depth, "page": page, "value_range": value_range}
     if max_pixels is not None:
         kw["max_pixels"] = max_pixels
     try:
@@ -287,6 +287,8 @@ def run_batch(clf, files: list[str], input_errors, emitter, model, strict_qualit
 @click.option("--bit-depth", type=click.IntRange(1, 32), help="Significant bits of integer samples when the file does not say (e.g. 12).")
 @click.option("--page", type=click.IntRange(1), help="Page of multi-page files to classify (1-based).")
 @click.option("--max-pixels", type=click.IntRange(1), help="Refuse images with more pixels than this [default: 16 Mpx].")
+@click.option("--value-range", type=(float, float), metavar="LOW HIGH",
+              help="Float images: the values that mean black and white (e.g. 0 4095); [0, 1] is assumed otherwise.")
 @click.option("--self-test", "self_test_flag", is_flag=True, help="Run the model's golden-set self-test first; exit 1 if it fails.")
 @click.option("--require-signature", type=click.Path(exists=True, dir_okay=False),
               help="Refuse a model and card not signed with this Ed25519 public key.")
@@ -299,7 +301,7 @@ def run_batch(clf, files: list[str], input_errors, emitter, model, strict_qualit
 @click.version_option(__version__, "--version", prog_name="edge-classify (leukedge)")
 def main(inputs, model, threshold, fmt, output, threads, workers, recursive, watch_dir, include_existing, state_file,
          reclassify, poll_mode, poll_interval, full_scan_interval, settle, heartbeat_file, fsync_interval,
-         strict_quality, bit_depth, page, max_pixels, self_test_flag, require_signature, summary_by, summary_out, quiet):
+         strict_quality, bit_depth, page, max_pixels, value_range, self_test_flag, require_signature, summary_by, summary_out, quiet):
     """Classify segmented blood-cell images as ALL (leukemic blast) or HEM (normal).
 
     INPUTS are image files (BMP, PNG, JPEG, TIFF), folders, or glob patterns.
@@ -318,7 +320,7 @@ def main(inputs, model, threshold, fmt, output, threads, workers, recursive, wat
         _fail(f"{watch_dir}: watch folder does not exist")
     if output and watch_dir and inputs:
         _fail("give either INPUTS or --watch with --output, not both")
-    decode = _decode_options(bit_depth, page, max_pixels)
+    decode = _decode_options(bit_depth, page, max_pixels, value_range)
     summary = _summary_or_fail(summary_by, summary_out)
 
     # output location first: no work is done for results that could not be kept
@@ -344,8 +346,11 @@ def main(inputs, model, threshold, fmt, output, threads, workers, recursive, wat
     minfo = ModelInfo.from_classifier(clf)
     if not quiet:
         _log(f"{Path(model).name} ({clf.card.variant}, sha256 {minfo.model_sha256}) on {clf.runtime.name} "
-             f"{clf.runtime.version}, threshold {clf.threshold:.4f}"
+             f"{clf.runtime.version}" + (f" ({clf.runtime.detail})" if clf.runtime.detail else "")
+             + f", threshold {clf.threshold:.4f}"
              + (f", {n_workers} workers x {threads or 1} thread(s)" if n_workers > 1 else ""))
+    for note in getattr(clf.backend, "notes", ()) if not quiet else ():
+        _log(note)  # e.g. ONNX Runtime: "building the TensorRT engine (first start)", "engine cache off"
     if self_test_flag and not _self_test(clf, required=True):
         sys.exit(EXIT_SOME_FAILED)
     if self_test_flag and not inputs and not watch_dir:

@@ -470,3 +470,16 @@ def test_per_sample_summary_equals_a_hand_count(tiny_models, synth_arrays, tmp_p
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     bad_out = run_edge("--model", tiny_models["float32"], "--summary-out", tmp_path / "s.txt", paths[0])
     assert bad_out.returncode == 2 and ".json or .csv" in bad_out.stderr
+
+
+def test_float_images_with_a_declared_value_range(tiny_models, tmp_path):
+    """A float TIFF holding 0..4095 is refused without --value-range and classified with it."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.random.default_rng(0).uniform(0, 4095, (64, 64)).astype(np.float32)
+    Image.fromarray(arr, "F").save(tmp_path / "f.tif")
+    r = run_edge("--model", tiny_models["float32"], "--format", "json", tmp_path / "f.tif")
+    assert r.returncode == 1 and "value" in json.loads(r.stdout.splitlines()[-1])["error"]
+    ok = run_edge("--model", tiny_models["float32"], "--format", "json", "--value-range", "0", "4095", tmp_path / "f.tif")
+    assert ok.returncode == 0, ok.stderr
