@@ -125,6 +125,11 @@ def make_split(ds: Dataset, rule: str | None = None, seed: int = 0, val_fraction
       moves one fold out of training into a test part.
     - subject: subject-level, stratified, seeded split of every labelled image.
     - random: image-level stratified split (duplicates still kept together).
+
+    val_fraction, test_fraction: shares of the labelled images (by group) in validation and test.
+    Byte-identical images are found by size then SHA-256 (this is the one step that hashes images;
+    later steps read the result from split.json). Returns a Split whose parts are lists of Samples.
+    Raises DatasetError for an unknown rule, bad fractions, or a part left without one class.
     """
     labelled = [s for s in ds.samples if s.label is not None]
     if rule is None:
