@@ -315,6 +315,7 @@ def test_imported_model_optimizes_classifies_and_benchmarks_by_label_name(refere
 @pytest.mark.slow
 def test_imported_model_qat_int8_agrees_with_the_keras_model(reference, imported, tmp_path):
     found = _optimize_and_compare(reference, imported, tmp_path / "opt", ("qat-int8", "pruned-qat-int8"))
+    print(f"max |dP(all)|, decision agreement with the Keras model: {found}")
     assert found["qat-int8"][1] >= 0.97, found
 
 
@@ -397,7 +398,9 @@ def test_sparsity_counts_nested_kernels():
 
 @pytest.mark.slow
 def test_reference_with_inception_v3_backbone_at_96_px(cnmc_dir, tmp_path):
-    """The same path with leukedge's full InceptionV3 backbone (random weights) inside the Sequential."""
+    """The same path with leukedge's full InceptionV3 backbone (random weights) nested in the Sequential:
+    import, then float32 / int8 / pruned-int8 / qat-int8 (flatten of 94 conv blocks, activity regularizer
+    dropped, BatchNorm folded) and the device path on every sample file. About 10 minutes on 2 busy cores."""
     from leukedge.train.datasets import read_dataset
     from leukedge.train.importer import ImportOptions, import_model
     from leukedge.train.model import build_inception_v3
@@ -415,9 +418,23 @@ def test_reference_with_inception_v3_backbone_at_96_px(cnmc_dir, tmp_path):
     assert res["check"]["verified"]
     from leukedge.optimize.run import OptimizeOptions, optimize
 
+    from leukedge.edge.classifier import Classifier
+
+    variants = ("float32", "int8", "pruned-int8", "qat-int8")
     optimize(tmp_path / "run" / "model.keras", tmp_path / "opt", OptimizeOptions(
-        variants=("float32", "int8", "pruned-int8", "qat-int8"), calibration_size=40, prune_steps=12, qat_steps=4,
+        variants=variants, calibration_size=40, prune_steps=12, qat_steps=4, calibrate=False,
         finetune_batch=8, keep_threshold=True, max_f1_drop=1.0, max_recall_drop=1.0))
+    p_keras = model.predict(x.astype(np.float32), verbose=0)[:, 0]
+    assert np.percentile(p_keras, 90) - np.percentile(p_keras, 10) > 0.5
+    found = {}
+    for v in variants:
+        clf = Classifier.load(tmp_path / "opt" / f"{v}.tflite")
+        p = np.array([clf.predict_one(path).p_all for path in paths])
+        found[v] = (float(np.max(np.abs(p - p_keras))), float(np.mean((p >= 0.5) == (p_keras >= 0.5))))
+    print(f"InceptionV3 backbone, {size} px: max |dP(all)|, agreement with the Keras model: {found}")
+    # pruned-int8 / qat-int8 build and run here; their agreement on a random-weight backbone measures how fragile
+    # random features are (measured: 0.64 / 0.85 after 12 / 4 fine-tune steps), not the code, so it is not asserted
+    assert found["float32"][0] <= 1e-5 and found["int8"][1] >= 0.97, found
 
 
 def test_verify_card_behaviour_catches_a_wrong_card_on_split_samples(reference, imported):
