@@ -82,9 +82,17 @@ def collect_models(paths) -> list[tuple[Path, ModelCard]]:
     models = []
     for f in files:
         try:
-            models.append((f, load_card_for_model(f)))
+            card = load_card_for_model(f)
         except CardError as exc:
             raise BenchmarkError(str(exc)) from None
+        if card.model_format == "keras":  # an import whose preprocessing was never checked is refused
+            from leukedge.train.importer import require_verified
+
+            try:
+                require_verified(card, f)
+            except LeukedgeError as exc:
+                raise BenchmarkError(str(exc)) from None
+        models.append((f, card))
     labels = {tuple(sorted(c.labels)) for _, c in models}
     if len(labels) > 1:
         raise BenchmarkError(f"models were trained with different labels: {sorted(labels)}; benchmark one family at a time")

@@ -263,8 +263,11 @@ def _build_qat(ctx: BuildContext, v: Variant, path: Path) -> dict:
     qat = quantization_aware(base, ctx.finetune_data(), ctx.opts.qat_steps, ctx.opts.qat_lr,
                              preserve_sparsity=v.prunes, progress=sys.stderr.isatty(),
                              calibration=ctx.calibration_inputs())
+    from .prune import surgery_steps
+
     info["qat"] = {"steps": ctx.opts.qat_steps, "lr": ctx.opts.qat_lr,
-                   "scheme": "Default8BitPrunePreserveQuantizeScheme" if v.prunes else "Default8BitQuantizeScheme"}
+                   "scheme": "Default8BitPrunePreserveQuantizeScheme" if v.prunes else "Default8BitQuantizeScheme",
+                   "surgery": surgery_steps(qat)}
     path.write_bytes(to_tflite(qat, "qat", representative_from(ctx.calibration_inputs()), io=ctx.opts.io))
     return info
 
@@ -317,6 +320,12 @@ def optimize(model_path: str | Path, out: str | Path, opts: OptimizeOptions, dat
     variants = [resolve(v) for v in opts.variants]
     t0 = time.perf_counter()
     model, parent_card = load_parent(model_path)
+    from .surgery import SurgeryError, check_variants
+
+    try:  # what pruning/QAT cannot handle is refused here, before any image is decoded
+        surgery = check_variants(model, variants)
+    except SurgeryError as exc:
+        raise OptimizeError(str(exc)) from None
     split_path = Path(opts.split_file) if opts.split_file else Path(model_path).parent / SPLIT_FILE
     ds, split, data_root = read_split(split_path, data, opts.allow_data_drift, labels=parent_card.labels)
     labels, positive = parent_card.labels, parent_card.positive_index
@@ -371,7 +380,7 @@ def optimize(model_path: str | Path, out: str | Path, opts: OptimizeOptions, dat
                        "recall": parent_rep["sensitivity"], "threshold": parent_card.threshold},
             "budgets": {"max_f1_drop": opts.max_f1_drop, "max_recall_drop": opts.max_recall_drop},
             "validation_images": int(len(val.labels)), "positive_label": parent_card.positive_label,
-            "warnings": warnings, "variants": results, "seconds": round(time.perf_counter() - t0, 1),
+            "warnings": warnings, "surgery": surgery, "variants": results, "seconds": round(time.perf_counter() - t0, 1),
         }
         write_text_atomic(stage / "summary.json", json.dumps(summary, indent=2) + "\n")
         write_text_atomic(stage / "summary.md", summary_markdown(summary))

@@ -189,6 +189,15 @@ def _screen_training_images(arrays: dict, cfg: TrainConfig) -> tuple[dict | None
     return ref, dropped
 
 
+def _tf_keras_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("tf-keras")
+    except Exception:  # noqa: BLE001 - metadata missing: say unknown, do not fail a finished training
+        return "unknown"
+
+
 def _intervals(arrays: ImageArrays, p: np.ndarray, threshold: float, positive: int, seed: int) -> dict:
     """95 % intervals of one part's figures (leukedge.stats.screening_intervals; subjects resampled when known)."""
     from leukedge import stats
@@ -328,6 +337,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
         provenance={
             "leukedge_version": __version__,
             "tensorflow_version": tf.__version__,
+            "keras": {"flavour": "tf-keras", "version": _tf_keras_version(),
+                      "opens_with": "tf-keras 2 with TF_USE_LEGACY_KERAS=1 (not Keras 3)"},
             "data": {"root": str(Path(ds.root).resolve()), "layout": ds.layout,
                      "skipped_images": [list(x) for a in arrays.values() for x in a.skipped],
                      "skipped_for_quality": quality_skipped},
