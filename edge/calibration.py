@@ -185,8 +185,9 @@ def _compile_group_pattern(by: str) -> re.Pattern:
 
 def _key_for(path: str | os.PathLike, by: str, pattern: re.Pattern | None) -> str:
     p = Path(path)
-    if by == "folder":
-        return Path(os.path.abspath(p)).parent.name or UNKNOWN_GROUP
+    if by == "folder":  # the whole folder path: patA/cells and patB/cells are different samples
+        parent = os.path.dirname(os.path.normpath(str(p)))
+        return parent or "."
     if by == "subject":
         m = _CNMC_SUBJECT.match(p.name)
         return m.group(1).upper() if m else UNKNOWN_GROUP

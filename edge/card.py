@@ -258,8 +258,8 @@ def card_path_for(model_path: str | os.PathLike) -> Path:
 
 
 def find_card_for(model_path: str | os.PathLike) -> Path:
-    """The card that describes `model_path`: `<file name>.json`, else a schema-1 `<stem>.json` that
-    names this model file. Raises CardError when neither exists."""
+    """The card that describes `model_path`: `<file name>.json`, else a `<stem>.json` (the schema-1 name)
+    that names this model file or records its SHA-256. Raises CardError when neither exists."""
     p = Path(model_path)
     new = card_path_for(p)
     if new.exists():
@@ -267,10 +267,12 @@ def find_card_for(model_path: str | os.PathLike) -> Path:
     legacy = p.with_suffix(".json")
     if legacy.exists() and legacy != p:
         try:
-            named = json.loads(legacy.read_text(encoding="utf-8")).get("model", {}).get("file")
+            model = json.loads(legacy.read_text(encoding="utf-8")).get("model", {})
+            named, sha = model.get("file"), model.get("sha256")
         except (OSError, ValueError, AttributeError):
-            named = None
-        if named in (None, p.name):
+            named, sha = None, None
+        # it claims this model when it names it, or (a renamed copy) when it records this file's hash
+        if named in (None, p.name) or (isinstance(sha, str) and sha == verified_sha256(p)):
             return legacy
     raise CardError(f"{new}: model card not found (every model needs its card beside it, named {new.name})")
 

@@ -29,9 +29,11 @@ _GLOB_CHARS = set("*?[")
 
 
 def _log(msg: str) -> None:
+    """One stderr line per line of `msg` (each escaped, so no file name can forge a line)."""
     from .outputs import escape_text
 
-    click.echo(f"edge-classify: {escape_text(msg)}", err=True)
+    for line in str(msg).split("\n"):
+        click.echo(f"edge-classify: {escape_text(line)}", err=True)
 
 
 def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
@@ -127,6 +129,10 @@ def _load(model: str, threads: int | None, threshold: float | None, decode, requ
         _fail(str(exc))
 
 
+class SummaryLocationError(OSError):
+    pass
+
+
 class _Summary:
     """The per-sample summary of a run (edge.calibration.SampleSummary) fed by every written row."""
 
@@ -136,6 +142,14 @@ class _Summary:
         self.out = out
         if out:
             check_summary_output(out)
+            folder = Path(os.path.realpath(out)).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SummaryLocationError(f"{out}: cannot write the summary there: {exc.strerror or exc}") from None
+            if not os.access(folder, os.W_OK):
+                raise SummaryLocationError(f"{out}: cannot write the summary there: folder not writable")
+        self.failed_write = False
         self.summary = SampleSummary(by)
         self.clf = None
         self.every = None
@@ -172,7 +186,9 @@ class _Summary:
         self.last_write = time.monotonic()
         try:
             self.summary.write(self.out, self.rows())
+            self.failed_write = False
         except OSError as exc:
+            self.failed_write = True
             _log(f"{self.out}: cannot write the summary: {exc.strerror or exc}")
 
     def finish(self, quiet: bool) -> None:
@@ -191,7 +207,7 @@ def _summary_or_fail(by: str | None, out: str | None):
 
     try:
         return _Summary(by or "subject", out)
-    except (LeukedgeError, ValueError) as exc:
+    except (LeukedgeError, ValueError, SummaryLocationError) as exc:
         _fail(str(exc))
 
 
@@ -211,11 +227,14 @@ def _open_batch_sink(output: str | None):
     """Check the output location before any work; returns the sink (temp file beside -o, or stdout)."""
     from .outputs import StreamSink, TempFileSink
 
-    if output is None:
+    if output is None or output == "-":
         return StreamSink(sys.stdout.buffer)
-    target = Path(output)
+    target = Path(os.path.realpath(output))  # a symlink's target is what gets written (atomically)
     if target.is_dir():
         _fail(f"{output}: --output is a folder; give a file name")
+    if target.exists() and not target.is_file():
+        _fail(f"{output}: not a regular file (a device, FIFO or socket); results are written atomically "
+              "to a file — use stdout for pipes")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         return TempFileSink(target)
@@ -294,7 +313,8 @@ def run_batch(clf, files: list[str], input_errors, emitter, model, strict_qualit
               help="Refuse a model and card not signed with this Ed25519 public key.")
 @click.option("--summary-by", "summary_by", metavar="folder|subject|REGEX",
               help="Per-sample summary: group cells by folder, by C-NMC subject (UID_<subject>_...), or by a "
-                   "regular expression with one group over the file name; printed on stderr at the end.")
+                   "regular expression with one group, searched in each file's path (no match: group 'unknown'); "
+                   "printed on stderr at the end.")
 @click.option("--summary-out", type=click.Path(dir_okay=False),
               help="Write the per-sample summary to FILE (.json or .csv, atomically; in --watch mode kept current).")
 @click.option("--quiet", "-q", is_flag=True, help="No summary or runtime line on stderr.")
@@ -353,7 +373,7 @@ def main(inputs, model, threshold, fmt, output, threads, workers, recursive, wat
         _log(note)  # e.g. ONNX Runtime: "building the TensorRT engine (first start)", "engine cache off"
     if self_test_flag and not _self_test(clf, required=True):
         sys.exit(EXIT_SOME_FAILED)
-    if self_test_flag and not inputs and not watch_dir:
+    if self_test_flag and not inputs and not watch_dir and summary is None:
         sys.exit(EXIT_OK)
 
     failed = False
@@ -364,6 +384,10 @@ def main(inputs, model, threshold, fmt, output, threads, workers, recursive, wat
         if summary is not None:
             summary.attach(emitter, clf)
         show_bar = len(files) > 1 and sys.stderr.isatty() and not quiet
+        def _terminate(signum, frame):  # SIGTERM (systemd, kill) ends a batch like Ctrl-C: rows kept, file named
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             run_batch(clf, files, input_errors, emitter, minfo, strict_quality, show_bar,
                       workers=n_workers, threads=threads, decode=decode)
@@ -385,6 +409,8 @@ def main(inputs, model, threshold, fmt, output, threads, workers, recursive, wat
             _log(counts.summary())
         if summary is not None and not watch_dir:
             summary.finish(quiet)
+            if summary.failed_write:
+                _fail(f"{summary_out}: the per-sample summary could not be written (every row was)")
         failed = counts.any_failed
 
     if watch_dir:

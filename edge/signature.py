@@ -269,5 +269,14 @@ def signature_status(model_path: str | os.PathLike) -> str:
             return (f"unsigned: no {signature_path_for(mp).name} beside {mp.name}; the card (threshold, "
                     "preprocessing) is not authenticated")
         return f"unsigned: {exc}"
+    try:  # without the key nothing is proved, but a changed card or model is visible from the hashes alone
+        cp = _card_for(mp, None)
+        if (doc.get("card") or {}).get("sha256") != _hash(cp, "model card"):
+            return (f"SIGNED BUT CHANGED: {cp.name} differs from what key {doc.get('key_id')} signed "
+                    "(threshold or preprocessing edited?); pass --require-signature PUBKEY to refuse it")
+        if (doc.get("model") or {}).get("sha256") != _hash(mp, "model file"):
+            return f"SIGNED BUT CHANGED: {mp.name} differs from what key {doc.get('key_id')} signed"
+    except SignatureError:
+        pass
     return (f"signed (key {doc.get('key_id')}), not verified: pass --require-signature PUBKEY to check "
             "model and card before use")

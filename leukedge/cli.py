@@ -241,8 +241,12 @@ def _optimize_options(fn):
         ("keep_failing", (), "Exit 0 even when a variant is over budget (it stays marked failed)."),
         ("keep_threshold", (), "Keep the parent's decision threshold instead of re-choosing it per variant."),
         ("threads", (), "Interpreter threads for verification (0: all cores)."),
-        ("split_file", (), "The split.json to measure on [default: beside MODEL]."),
+        ("split_file", (), "The split.json to measure on (none: the one beside MODEL)."),
         ("allow_data_drift", (), "Measure on the recorded files still present when the data changed."),
+        ("gate", (), "point: budgets on the point estimates; ci: on the worst end of the paired 95 % interval."),
+        ("calibrate", (), "Fit a temperature per logit variant on validation (temperature scaling)."),
+        ("resize_lr", (), "Learning rate of the input-size fine-tunes."),
+        ("seed", (), "Seed of the calibration set, fine-tunes, golden set and bootstrap."),
     ]
     from leukedge.optimize.variants import choices
 
@@ -338,7 +342,7 @@ def _benchmark_options(fn):
         ("max_f1_regression", (), "Allowed F1 drop vs the baseline."),
         ("max_recall_regression", (), "Allowed sensitivity drop vs the baseline."),
         ("max_latency_ratio", (), "Allowed slowdown vs the baseline (ratio of each variant to its float32 sibling)."),
-        ("split_file", (), "The split.json to measure on [default: beside the models]."),
+        ("split_file", (), "The split.json to measure on (none: the one beside the models)."),
         ("allow_data_drift", (), "Measure on the recorded files still present when the data changed."),
     ]
     for key, decls, help_ in reversed(flags):

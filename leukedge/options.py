@@ -161,8 +161,10 @@ def dataclass_option(cls, key: str, *decls: str, help: str = ""):
         ptype, shown = click.FloatRange(*rng), default
     else:
         ptype, shown = (base if base in (int, float, str) else str), default
-    decls = decls or (f"--{key.replace('_', '-')}",)
-    if base is bool:
-        return click.option(*decls, key, is_flag=True, default=None, help=f"{help} [default: {default}]".strip())
+    flag = key.replace("_", "-")
+    decls = decls or (f"--{flag}",)
+    if base is bool:  # --x / --no-x, so a default of True can be turned off too
+        return click.option(f"--{flag}/--no-{flag}", key, default=None,
+                            help=f"{help} [default: {'on' if default else 'off'}]".strip())
     return click.option(*decls, key, type=ptype, default=None,
                         help=f"{help} [default: {shown if shown not in (None, '') else 'none'}]".strip())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import csv
 import json
 import math
@@ -102,7 +104,8 @@ def test_rogan_gladen_interval_transforms_the_wilson_bounds():
 # -- grouping ---------------------------------------------------------------------------------------
 
 def test_group_keys_folder_subject_and_regex(tmp_path):
-    assert group_key("/data/patient7/cell_1.png", "folder") == "patient7"
+    assert group_key("/data/patient7/cell_1.png", "folder") == "/data/patient7"  # the whole folder path
+    assert group_key("a/cells/x.png", "folder") != group_key("b/cells/x.png", "folder")
     assert group_key("UID_h3_12_4_hem.bmp", "subject") == "H3"
     assert group_key("/x/fold_0/all/UID_45_3_1_all.bmp", "subject") == "45"
     assert group_key("/x/validation/1002.bmp", "subject") == "unknown"
@@ -176,7 +179,7 @@ def test_summary_of_a_labelled_folder_equals_the_hand_count(tmp_path):
     f = SampleSummary("folder")
     for rel, (pos, p, failed, warned) in cells.items():
         f.add(tmp_path / rel, pos, p, failed, warned)
-    by_folder = {r["group"]: (r["cells"], r["flagged"], r["failures"]) for r in f.rows()}
+    by_folder = {Path(r["group"]).name: (r["cells"], r["flagged"], r["failures"]) for r in f.rows()}
     assert by_folder == {"all": (3, 2, 1), "hem": (3, 1, 0)}
 
 
@@ -241,13 +244,13 @@ def test_write_json_and_csv_atomically_and_refuse_other_extensions(tmp_path):
     rows = s.rows(0.9, 0.8)
     s.write(tmp_path / "out" / "summary.json", rows)
     doc = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert doc["summary_by"] == "folder" and [g["group"] for g in doc["groups"]] == ["s1", "s2"]
+    assert doc["summary_by"] == "folder" and [Path(g["group"]).name for g in doc["groups"]] == ["s1", "s2"]
     assert doc["groups"][0]["flagged_fraction"] == 0.5 and doc["groups"][1]["flagged_fraction"] is None
     s.write(tmp_path / "summary.CSV", rows)
     with open(tmp_path / "summary.CSV", newline="") as fh:
         table = list(csv.DictReader(fh))
     assert tuple(table[0]) == SUMMARY_FIELDS
-    assert (table[0]["group"], table[0]["cells"], table[0]["flagged"]) == ("s1", "2", "1")
+    assert (Path(table[0]["group"]).name, table[0]["cells"], table[0]["flagged"]) == ("s1", "2", "1")
     assert table[1]["flagged_fraction"] == "" and table[1]["failures"] == "1"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
     with pytest.raises(SummaryError, match="summary.txt"):

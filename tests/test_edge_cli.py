@@ -458,6 +458,7 @@ def test_per_sample_summary_equals_a_hand_count(tiny_models, synth_arrays, tmp_p
     assert r.returncode == 1 and "per-sample summary" in r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     summary = {g["group"]: g for g in json.loads(out.read_text())["groups"]}
+    summary = {Path(k).name: g for k, g in summary.items()}  # groups are whole folder paths
     for folder in ("patient_a", "patient_b"):
         mine = [x for x in rows if f"/{folder}/" in x["path"]]
         ok = [x for x in mine if x.get("status") == "ok"]
@@ -470,6 +471,24 @@ def test_per_sample_summary_equals_a_hand_count(tiny_models, synth_arrays, tmp_p
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     bad_out = run_edge("--model", tiny_models["float32"], "--summary-out", tmp_path / "s.txt", paths[0])
     assert bad_out.returncode == 2 and ".json or .csv" in bad_out.stderr
+    blocked = tmp_path / "a_file"
+    blocked.write_text("x")
+    nowhere = run_edge("--model", tiny_models["float32"], "--summary-out", blocked / "s.json", paths[0])
+    assert nowhere.returncode == 2 and "cannot write the summary there" in nowhere.stderr and not nowhere.stdout
+
+
+def test_output_refuses_special_files_and_follows_symlinks(tiny_models, synth_arrays, tmp_path):
+    _, _, paths = synth_arrays
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    r = run_edge("--model", tiny_models["float32"], "-o", fifo, paths[0])
+    assert r.returncode == 2 and "not a regular file" in r.stderr and fifo.exists() and not fifo.is_file()
+    target = tmp_path / "real.csv"
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    ok = run_edge("--model", tiny_models["float32"], "--format", "csv", "-o", link, paths[0])
+    assert ok.returncode == 0 and link.is_symlink() and paths[0] in target.read_text()
 
 
 def test_float_images_with_a_declared_value_range(tiny_models, tmp_path):

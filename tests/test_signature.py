@@ -69,6 +69,8 @@ def test_edited_card_threshold_is_refused(model, keys):
     with pytest.raises(SignatureError, match="card changed since it was signed") as err:
         verify_model_signature(model, None, pub)
     assert card_path.name in str(err.value) and "\n" not in str(err.value)
+    # without the key nothing is proved, but the start-up line says the card is not what was signed
+    assert signature_status(model).startswith("SIGNED BUT CHANGED") and card_path.name in signature_status(model)
 
 
 def test_replaced_model_is_refused(model, keys):
