@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 
 from .errors import LeukedgeError
-from .files import sha256_file, write_text_atomic
+from .files import write_text_atomic
 
 SIGNATURE_SCHEMA = "leukedge.signature"
 SIGNATURE_VERSION = 1
@@ -161,8 +161,10 @@ def _card_for(model_path: Path, card_path: str | os.PathLike | None) -> Path:
 
 
 def _hash(path: Path, what: str) -> str:
+    from .card import verified_sha256  # the start-up path hashes a model once, through the verified-hash cache
+
     try:
-        return sha256_file(path)
+        return verified_sha256(path)
     except FileNotFoundError:
         raise SignatureError(f"{path}: {what} not found") from None
     except IsADirectoryError:

@@ -439,7 +439,14 @@ def _measure_variant(v: Variant, path: Path, parent_card: ModelCard, parent_ev: 
     card.bind(path)
     scorer = scorer_for(path, card, threads=opts.threads or None)
     positive = card.positive_index
-    p = scorer.p_positive(val.images)  # uncalibrated (T = 1): what the gate and the parent comparison use
+    z = None
+    if output == "logits":  # one inference pass: logits give P at T = 1 now and the temperature fit below
+        from leukedge.edge.calibration import p_positive_from_logits
+
+        z = scorer.classifier.logits_for_images(val.images)
+        p = p_positive_from_logits(z, card.positive_index, 1.0)
+    else:
+        p = scorer.p_positive(val.images)  # uncalibrated (T = 1): what the gate and the parent comparison use
     if opts.keep_threshold:
         thr = parent_card.threshold
         rule = "the parent's threshold, kept (--keep-threshold)"
@@ -464,7 +471,6 @@ def _measure_variant(v: Variant, path: Path, parent_card: ModelCard, parent_ev: 
         verdict = "fail" if reasons else "pass"
     p_cal = p
     if output == "logits" and opts.calibrate:
-        z = scorer.classifier.logits_for_images(val.images)
         temperature = stats.fit_temperature(z, val.labels)
         p_cal = stats.p_positive_from_logits(z, positive, temperature)
         thr_cal = stats.threshold_on_calibrated_scale(thr, temperature, logits=z, positive_index=positive,
