@@ -81,65 +81,67 @@ def _laplacian_var(x: np.ndarray) -> float:
     return max(float(f @ f) / f.size - (float(f.sum()) / f.size) ** 2, 0.0)
 
 
-def _quantiles_from_hist(hist: np.ndarray, qs=_QUANTILES) -> list[float]:
-    total = hist.sum()
-    if total == 0:
-        return [0.0] * len(qs)
-    cdf = np.cumsum(hist)
-    return [float(np.searchsorted(cdf, total * q / 100.0)) for q in qs]
+_LEVELS = np.arange(256, dtype=np.float64)
+_QUANTILE_LEVELS = np.asarray(_QUANTILES, dtype=np.float64)
 
 
 def image_statistics(rgb: np.ndarray) -> dict[str, float]:
     """Cheap statistics of one uint8 HxWx3 RGB image (H, W >= 8), named as in `STATISTICS`.
 
-    Returns plain floats. Raises ValueError for an array of the wrong shape or dtype.
+    Returns plain floats. Raises ValueError for an array of the wrong shape or dtype. Every figure
+    is exact integer arithmetic or the float32 sums of the focus measures, so the values are the
+    same bit for bit on every machine and thread layout (tests compare with a plain reference
+    implementation); the rules are the module docstring's.
     """
     a = np.asarray(rgb)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or min(a.shape[:2]) < 8:
         raise ValueError(f"image_statistics needs a uint8 HxWx3 array (H, W >= 8), got {a.dtype} {a.shape}")
     # Colour statistics on every second pixel of every second row: a quarter of the cost, same figures
     # within sampling noise; the focus measures below use every pixel of the green channel.
-    planes = np.ascontiguousarray(np.moveaxis(a[::2, ::2], 2, 0))  # uint8, 3 x h x w
+    planes = np.ascontiguousarray(np.moveaxis(a[::2, ::2], 2, 0))  # uint8, 3 x h x w (channel-first: fast)
     h, w = planes.shape[1:]
     n = h * w
-    mx = np.maximum(np.maximum(planes[0], planes[1]), planes[2])
+    flat = planes.reshape(3, n)
+    mx = np.maximum(np.maximum(flat[0], flat[1]), flat[2])
     # Background: within _BG_TOLERANCE (every channel) of the median colour of the outer ring.
     ring = np.concatenate([planes[:, :2].reshape(3, -1), planes[:, -2:].reshape(3, -1),
                            planes[:, 2:-2, :2].reshape(3, -1), planes[:, 2:-2, -2:].reshape(3, -1)], axis=1)
     bg_colour = np.median(ring, axis=1)
-    levels = np.arange(256, dtype=np.float64)
-    fg = np.abs(levels - bg_colour[0])[planes[0]] > _BG_TOLERANCE  # per-channel lookup: "far from background"
-    fg |= np.abs(levels - bg_colour[1])[planes[1]] > _BG_TOLERANCE
-    fg |= np.abs(levels - bg_colour[2])[planes[2]] > _BG_TOLERANCE
+    far = np.abs(_LEVELS - bg_colour[:, None]) > _BG_TOLERANCE  # (3, 256) lookup: level "far from background"
+    fg = far[0].take(flat[0])
+    fg |= far[1].take(flat[1])
+    fg |= far[2].take(flat[2])
     n_fg = int(np.count_nonzero(fg))
-    all_means = [float(np.bincount(planes[k].ravel(), minlength=256) @ levels) / n for k in range(3)]
+    sums = flat.sum(axis=1, dtype=np.int64)
     green = a[..., 1].astype(np.int16)  # full resolution: stain contrast is highest in green
     gf = green.ravel().astype(np.float32)
     g_var = max(float(gf @ gf) / gf.size - (float(gf.sum()) / gf.size) ** 2, 0.0)
     stats = {
-        "mean_r": all_means[0], "mean_g": all_means[1], "mean_b": all_means[2],
+        "mean_r": int(sums[0]) / n, "mean_g": int(sums[1]) / n, "mean_b": int(sums[2]) / n,
         "green_std": math.sqrt(g_var),
         "bg_fraction": 1.0 - n_fg / n,
     }
     if n_fg:
-        fmean = []
+        hist = np.stack([np.bincount(flat[k][fg], minlength=256) for k in range(3)])
+        fmean = hist @ _LEVELS / n_fg
+        cdf = np.cumsum(hist, axis=1)
+        targets = n_fg * _QUANTILE_LEVELS / 100.0  # quantile q: the first level whose cumulative count reaches it
         for k, name in enumerate("rgb"):
-            hist = np.bincount(planes[k][fg], minlength=256)
-            fmean.append(float(hist @ levels) / n_fg)
-            for q, v in zip(_QUANTILES, _quantiles_from_hist(hist)):
-                stats[f"fg_{name}_p{q:02d}"] = v
-        stats["fg_r_minus_g"] = fmean[0] - fmean[1]
-        stats["fg_b_minus_g"] = fmean[2] - fmean[1]
+            for q, v in zip(_QUANTILES, np.searchsorted(cdf[k], targets)):
+                stats[f"fg_{name}_p{q:02d}"] = float(v)
+        stats["fg_r_minus_g"] = float(fmean[0] - fmean[1])
+        stats["fg_b_minus_g"] = float(fmean[2] - fmean[1])
     else:
         for k, name in enumerate("rgb"):
             for q in _QUANTILES:
                 stats[f"fg_{name}_p{q:02d}"] = float(bg_colour[k])
         stats["fg_r_minus_g"] = float(bg_colour[0] - bg_colour[1])
         stats["fg_b_minus_g"] = float(bg_colour[2] - bg_colour[1])
-    stats["dark_fraction"] = float(np.count_nonzero(mx < 20)) / n
-    stats["clipped_fraction"] = float(np.count_nonzero(mx == 255)) / n
+    stats["dark_fraction"] = int(np.count_nonzero(mx < 20)) / n
+    stats["clipped_fraction"] = int(np.count_nonzero(mx == 255)) / n
     cy, cx = h // 4, w // 4
-    stats["centre_fg"] = float(fg[cy:h - cy, cx:w - cx].mean())
+    centre = fg.reshape(h, w)[cy:h - cy, cx:w - cx]
+    stats["centre_fg"] = int(np.count_nonzero(centre)) / centre.size
     lv = _laplacian_var(green)
     stats["focus"] = math.log10(lv + 1.0)
     stats["sharpness"] = lv / (g_var + 1.0)
