@@ -5,19 +5,20 @@ reported as its own row; the others are still classified); 2 usage, model or out
 error (a batch with -o keeps every finished row in the temporary file the message names).
 
 Rows: edge.outputs (one versioned field list). Watch mode and its journal: edge.ingest.
+Options: the standard library's argparse (click costs a device ~10 ms at every start; it is
+imported only to draw the progress bar of a multi-file batch on a terminal).
 """
 
 from __future__ import annotations
 
-import glob
+import argparse
+import errno
 import os
 import signal
 import sys
 import time
 import threading
 from pathlib import Path
-
-import click
 
 from leukedge import __version__
 
@@ -32,8 +33,8 @@ def _log(msg: str) -> None:
     """One stderr line per line of `msg` (each escaped, so no file name can forge a line)."""
     from .outputs import escape_text
 
-    for line in str(msg).split("\n"):
-        click.echo(f"edge-classify: {escape_text(line)}", err=True)
+    sys.stderr.write("".join(f"edge-classify: {escape_text(line)}\n" for line in str(msg).split("\n")))
+    sys.stderr.flush()
 
 
 def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
@@ -71,6 +72,8 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
                 else:
                     add(raw)
             elif _GLOB_CHARS & set(raw):
+                import glob
+
                 matches = sorted(m for m in glob.glob(raw, recursive=True)
                                  if os.path.isfile(m) and not is_ignored_name(m))
                 if not matches:
@@ -87,7 +90,8 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
     from .outputs import escape_text
 
-    click.echo(f"edge-classify: error: {escape_text(message)}", err=True)
+    sys.stderr.write(f"edge-classify: error: {escape_text(message)}\n")
+    sys.stderr.flush()
     sys.exit(code)
 
 
@@ -260,7 +264,11 @@ def run_batch(clf, files: list[str], input_errors, emitter, model, strict_qualit
         rows = pool.map(lambda c, f: classify_file(c, f, model, strict_quality=strict_quality), files)
     else:
         rows = (classify_file(clf, f, model, strict_quality=strict_quality) for f in files)
-    bar = click.progressbar(length=len(files), label="classifying", file=sys.stderr) if show_bar else None
+    bar = None
+    if show_bar:
+        import click  # only for the bar: a single image or a pipe never pays for importing click
+
+        bar = click.progressbar(length=len(files), label="classifying", file=sys.stderr)
     for row in rows:
         if row["status"] != "ok":
             _log(f"{row['path']}: {row['error']}")
@@ -275,63 +283,227 @@ def run_batch(clf, files: list[str], input_errors, emitter, model, strict_qualit
         pool.close()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("inputs", nargs=-1)
-@click.option("--model", "-m", envvar="LEUKEDGE_MODEL", help="Model .tflite (its card .json beside it). Env: LEUKEDGE_MODEL.")
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0), help="Override the card's decision threshold on P(ALL).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False),
-              help="Results FILE. Batch: written to a temporary file beside it, renamed at the end. "
-                   "Watch: appended, with a journal FILE.journal for restarts.")
-@click.option("--threads", type=click.IntRange(1, 256), help="Interpreter threads per worker [default: all cores with one worker, 1 with several].")
-@click.option("--workers", type=click.IntRange(1, 256),
-              help="Parallel workers, each with its own interpreter [default: one per core for several files, 1 for one file].")
-@click.option("--recursive", "-r", is_flag=True, help="Descend into subfolders of folder inputs (and of --watch DIR).")
-@click.option("--watch", "watch_dir", type=click.Path(file_okay=False), help="Classify each image saved into DIR until Ctrl-C / SIGTERM.")
-@click.option("--include-existing", is_flag=True, help="With --watch, first start: also classify images already in DIR.")
-@click.option("--state", "state_file", type=click.Path(dir_okay=False),
-              help="With --watch: journal FILE for restarts [default: beside --output; needed when results go to stdout].")
-@click.option("--reclassify", is_flag=True, help="With --watch: classify again what another model already classified.")
-@click.option("--poll", "poll_mode", is_flag=True, help="With --watch: poll instead of inotify (network shares: inotify misses remote writes).")
-@click.option("--poll-interval", type=click.FloatRange(0.01, 60.0), default=0.5, show_default=True, help="With --watch: seconds between checks.")
-@click.option("--full-scan-interval", type=click.FloatRange(1.0, 86400.0),
-              help="With --watch: seconds between full sweeps [default: 30 with --poll, 300 with inotify].")
-@click.option("--settle", type=click.FloatRange(0.0, 600.0), default=1.0, show_default=True,
-              help="With --watch: seconds a file's size and mtime must hold still before it is read.")
-@click.option("--heartbeat", "heartbeat_file", type=click.Path(dir_okay=False),
-              help="With --watch: status FILE rewritten every few seconds [default: beside the journal].")
-@click.option("--fsync-interval", type=click.FloatRange(0.0, 3600.0), default=1.0, show_default=True,
-              help="Seconds between fsyncs of results and journal (0: every row).")
-@click.option("--strict-quality", is_flag=True, help="An image with quality warnings is a failed input, not a result.")
-@click.option("--bit-depth", type=click.IntRange(1, 32), help="Significant bits of integer samples when the file does not say (e.g. 12).")
-@click.option("--page", type=click.IntRange(1), help="Page of multi-page files to classify (1-based).")
-@click.option("--max-pixels", type=click.IntRange(1), help="Refuse images with more pixels than this [default: 16 Mpx].")
-@click.option("--value-range", type=(float, float), metavar="LOW HIGH",
-              help="Float images: the values that mean black and white (e.g. 0 4095); [0, 1] is assumed otherwise.")
-@click.option("--self-test", "self_test_flag", is_flag=True, help="Run the model's golden-set self-test first; exit 1 if it fails.")
-@click.option("--require-signature", type=click.Path(exists=True, dir_okay=False),
-              help="Refuse a model and card not signed with this Ed25519 public key.")
-@click.option("--summary-by", "summary_by", metavar="folder|subject|REGEX",
-              help="Per-sample summary: group cells by folder, by C-NMC subject (UID_<subject>_...), or by a "
-                   "regular expression with one group, searched in each file's path (no match: group 'unknown'); "
-                   "printed on stderr at the end.")
-@click.option("--summary-out", type=click.Path(dir_okay=False),
-              help="Write the per-sample summary to FILE (.json or .csv, atomically; in --watch mode kept current).")
-@click.option("--quiet", "-q", is_flag=True, help="No summary or runtime line on stderr.")
-@click.version_option(__version__, "--version", prog_name="edge-classify (leukedge)")
-def main(inputs, model, threshold, fmt, output, threads, workers, recursive, watch_dir, include_existing, state_file,
-         reclassify, poll_mode, poll_interval, full_scan_interval, settle, heartbeat_file, fsync_interval,
-         strict_quality, bit_depth, page, max_pixels, value_range, self_test_flag, require_signature, summary_by, summary_out, quiet):
-    """Classify segmented blood-cell images as ALL (leukemic blast) or HEM (normal).
+DESCRIPTION = """\
+Classify segmented blood-cell images as ALL (leukemic blast) or HEM (normal).
 
-    INPUTS are image files (BMP, PNG, JPEG, TIFF), folders, or glob patterns.
+INPUTS are image files (BMP, PNG, JPEG, TIFF), folders, or glob patterns.
 
-    \b
-    Exit codes:
-      0  every input was classified
-      1  some inputs failed (each is reported; the others are still classified)
-      2  usage, model or output error (a batch's finished rows are kept; the message says where)
+Exit codes:
+  0  every input was classified
+  1  some inputs failed (each is reported; the others are still classified)
+  2  usage, model or output error (a batch's finished rows are kept; the message says where)
+"""
+
+
+class _Range:
+    """argparse type: an int or float within [low, high] (None: unbounded), like click's IntRange/FloatRange.
+
+    A value that is not a number, or lies outside the range (NaN included), is a usage error (exit 2)
+    whose message names the option, the value and the range: `2.0 is not in the range 0.0<=x<=1.0`.
     """
+
+    def __init__(self, kind: type, low=None, high=None):
+        self.kind, self.low, self.high = kind, low, high
+
+    def describe(self) -> str:
+        if self.low is None:
+            return f"x<={self.high}"
+        if self.high is None:
+            return f"x>={self.low}"
+        return f"{self.low}<=x<={self.high}"
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a valid {'integer' if self.kind is int else 'number'}") from None
+        if value != value or (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise argparse.ArgumentTypeError(f"{value} is not in the range {self.describe()}")
+        return value
+
+
+class _PathArg:
+    """argparse type: a path checked like click.Path: when it exists, it must be of the allowed kind
+    (a file or a folder) and readable; with exists=True it must exist. The path is returned as given."""
+
+    def __init__(self, file_okay: bool = True, dir_okay: bool = True, exists: bool = False):
+        self.file_okay, self.dir_okay, self.exists = file_okay, dir_okay, exists
+        self.noun = "file" if not dir_okay else "folder" if not file_okay else "path"
+
+    def __call__(self, text: str) -> str:
+        import stat
+
+        try:
+            st = os.stat(text)
+        except OSError:
+            if self.exists:
+                raise argparse.ArgumentTypeError(f"{self.noun} {text!r} does not exist") from None
+            return text
+        if not self.file_okay and stat.S_ISREG(st.st_mode):
+            raise argparse.ArgumentTypeError(f"{self.noun} {text!r} is a file")
+        if not self.dir_okay and stat.S_ISDIR(st.st_mode):
+            raise argparse.ArgumentTypeError(f"{self.noun} {text!r} is a folder")
+        if not os.access(text, os.R_OK):
+            raise argparse.ArgumentTypeError(f"{self.noun} {text!r} is not readable")
+        return text
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The help layout: the description as written, option help in a column from 34 characters.
+
+    argparse makes a formatter for every add_argument (to check the metavar); the terminal width,
+    which costs importing shutil, is looked up only when help or usage is really formatted."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=34, width=120)
+
+    def _fit_terminal(self) -> None:
+        import shutil
+
+        self._width = max(shutil.get_terminal_size().columns - 2, 40)
+        self._max_help_position = min(34, max(self._width - 20, 2 * self._indent_increment))
+
+    def format_help(self) -> str:
+        self._fit_terminal()
+        return super().format_help()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """A usage error: the usage line, one escaped `PROG: error: ...` line and a hint; exit 2."""
+        from .outputs import escape_text
+
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {escape_text(message)}\nTry '{self.prog} --help' for help.\n")
+        sys.stderr.flush()
+        sys.exit(EXIT_USAGE)
+
+
+def build_parser(prog: str = "edge-classify") -> argparse.ArgumentParser:
+    """The option parser of `edge-classify` (argparse; every default and range is in its help)."""
+    ap = _Parser(prog=prog, usage="%(prog)s [OPTIONS] [INPUTS]...", description=DESCRIPTION, add_help=False,
+                 allow_abbrev=False, formatter_class=_HelpFormatter)
+    ap.add_argument("inputs", nargs="*", metavar="INPUTS", help="Image files, folders or glob patterns.")
+    opt = ap.add_argument
+
+    def ranged(*flags, kind, low=None, high=None, default=None, help, **kw):
+        """An option with a _Range type; its help ends like click's: [default: D; RANGE] or [RANGE]."""
+        t = _Range(kind, low, high)
+        note = f"[default: {default}; {t.describe()}]" if default is not None else f"[{t.describe()}]"
+        opt(*flags, type=t, default=default, help=f"{help}  {note}", **kw)
+
+    opt("-m", "--model", metavar="FILE", default=os.environ.get("LEUKEDGE_MODEL") or None,
+        help="Model .tflite (its card .json beside it). Env: LEUKEDGE_MODEL.")
+    ranged("--threshold", kind=float, low=0.0, high=1.0, metavar="P",
+           help="Override the card's decision threshold on P(ALL).")
+    opt("--format", dest="fmt", choices=["text", "json", "csv"], default="text", metavar="[text|json|csv]",
+        help="[default: text]")
+    opt("-o", "--output", type=_PathArg(dir_okay=False), metavar="FILE",
+        help="Results FILE. Batch: written to a temporary file beside it, renamed at the end. "
+             "Watch: appended, with a journal FILE.journal for restarts.")
+    ranged("--threads", kind=int, low=1, high=256, metavar="N",
+           help="Interpreter threads per worker [default: all cores with one worker, 1 with several].")
+    ranged("--workers", kind=int, low=1, high=256, metavar="N",
+           help="Parallel workers, each with its own interpreter [default: one per core for several files, "
+                "1 for one file].")
+    opt("-r", "--recursive", action="store_true", help="Descend into subfolders of folder inputs (and of --watch DIR).")
+    opt("--watch", dest="watch_dir", type=_PathArg(file_okay=False), metavar="DIR",
+        help="Classify each image saved into DIR until Ctrl-C / SIGTERM.")
+    opt("--include-existing", action="store_true", help="With --watch, first start: also classify images already in DIR.")
+    opt("--state", dest="state_file", type=_PathArg(dir_okay=False), metavar="FILE",
+        help="With --watch: journal FILE for restarts [default: beside --output; needed when results go to stdout].")
+    opt("--reclassify", action="store_true", help="With --watch: classify again what another model already classified.")
+    opt("--poll", dest="poll_mode", action="store_true",
+        help="With --watch: poll instead of inotify (network shares: inotify misses remote writes).")
+    ranged("--poll-interval", kind=float, low=0.01, high=60.0, default=0.5, metavar="SECONDS",
+           help="With --watch: seconds between checks.")
+    ranged("--full-scan-interval", kind=float, low=1.0, high=86400.0, metavar="SECONDS",
+           help="With --watch: seconds between full sweeps [default: 30 with --poll, 300 with inotify].")
+    ranged("--settle", kind=float, low=0.0, high=600.0, default=1.0, metavar="SECONDS",
+           help="With --watch: seconds a file's size and mtime must hold still before it is read.")
+    opt("--heartbeat", dest="heartbeat_file", type=_PathArg(dir_okay=False), metavar="FILE",
+        help="With --watch: status FILE rewritten every few seconds [default: beside the journal].")
+    ranged("--fsync-interval", kind=float, low=0.0, high=3600.0, default=1.0, metavar="SECONDS",
+           help="Seconds between fsyncs of results and journal (0: every row).")
+    opt("--strict-quality", action="store_true", help="An image with quality warnings is a failed input, not a result.")
+    ranged("--bit-depth", kind=int, low=1, high=32, metavar="BITS",
+           help="Significant bits of integer samples when the file does not say (e.g. 12).")
+    ranged("--page", kind=int, low=1, metavar="N", help="Page of multi-page files to classify (1-based).")
+    ranged("--max-pixels", kind=int, low=1, metavar="N", help="Refuse images with more pixels than this [default: 16 Mpx].")
+    opt("--value-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+        help="Float images: the values that mean black and white (e.g. 0 4095); [0, 1] is assumed otherwise.")
+    opt("--self-test", dest="self_test_flag", action="store_true",
+        help="Run the model's golden-set self-test first; exit 1 if it fails.")
+    opt("--require-signature", type=_PathArg(dir_okay=False, exists=True), metavar="FILE",
+        help="Refuse a model and card not signed with this Ed25519 public key.")
+    opt("--summary-by", metavar="folder|subject|REGEX",
+        help="Per-sample summary: group cells by folder, by C-NMC subject (UID_<subject>_...), or by a "
+             "regular expression with one group, searched in each file's path (no match: group 'unknown'); "
+             "printed on stderr at the end.")
+    opt("--summary-out", type=_PathArg(dir_okay=False), metavar="FILE",
+        help="Write the per-sample summary to FILE (.json or .csv, atomically; in --watch mode kept current).")
+    opt("-q", "--quiet", action="store_true", help="No summary or runtime line on stderr.")
+    opt("--version", action="version", version=f"edge-classify (leukedge), version {__version__}",
+        help="Show the version and exit.")
+    opt("-h", "--help", action="help", help="Show this message and exit.")
+    return ap
+
+
+def parse_args(argv: list[str] | None = None, prog: str = "edge-classify") -> dict:
+    """The options of one run as `classify`'s keyword arguments; a usage error exits 2.
+
+    Options and INPUTS may be mixed in any order; everything after `--` is an input.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    tail: list[str] = []
+    if "--" in args:  # parse_intermixed_args mishandles `--`: split it off here
+        cut = args.index("--")
+        args, tail = args[:cut], args[cut + 1:]
+    opts = vars(build_parser(prog).parse_intermixed_args(args))
+    opts["inputs"] = (*opts["inputs"], *tail)
+    if opts["value_range"] is not None:
+        opts["value_range"] = tuple(opts["value_range"])
+    return opts
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """The `edge-classify` console script: parse `argv` (default: sys.argv[1:]), run, sys.exit(code).
+
+    prog: the name in usage and errors (`leukedge classify` when called from the workstation CLI).
+    Ctrl-C outside a batch's own handling prints "Aborted!" and exits 1; a closed stdout pipe exits 1
+    quietly (both as the click version did).
+    """
+    try:
+        classify(**parse_args(argv, prog or "edge-classify"))
+    except (EOFError, KeyboardInterrupt):
+        sys.stderr.write("\nAborted!\n")  # the blank line closes the terminal's ^C echo
+        sys.exit(EXIT_SOME_FAILED)
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        _quiet_closed_pipes()
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _quiet_closed_pipes() -> None:
+    """After EPIPE: point stdout and stderr at /dev/null so the final flush at exit cannot complain."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(null, stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def classify(inputs, model, threshold, fmt, output, threads, workers, recursive, watch_dir, include_existing,
+             state_file, reclassify, poll_mode, poll_interval, full_scan_interval, settle, heartbeat_file,
+             fsync_interval, strict_quality, bit_depth, page, max_pixels, value_range, self_test_flag,
+             require_signature, summary_by, summary_out, quiet) -> None:
+    """Run `edge-classify` with parsed options (see `build_parser`); ends with sys.exit(code)."""
     if not model:
         _fail("no model given: pass --model FILE.tflite or set LEUKEDGE_MODEL")
     if not inputs and not watch_dir and not self_test_flag:
@@ -350,9 +522,12 @@ def main(inputs, model, threshold, fmt, output, threads, workers, recursive, wat
         # layout: throughput (one single-threaded interpreter per core) for folders and watch backlogs,
         # latency (one interpreter on every core) for a single image
         if workers is None:
-            from .throughput import default_workers
+            if watch_dir or len(files) > 1:
+                from .throughput import default_workers
 
-            workers = default_workers() if (watch_dir or len(files) > 1) else 1
+                workers = default_workers()
+            else:
+                workers = 1
         n_workers = workers
         clf = _load(model, threads if (threads or n_workers == 1) else 1, threshold, decode, require_signature, quiet)
     except SystemExit:

@@ -329,7 +329,7 @@ def classify(ctx):
     """Same as edge-classify (see: leukedge classify --help)."""
     from leukedge.edge.cli import main as edge_main
 
-    edge_main.main(args=ctx.args, prog_name="leukedge classify")
+    edge_main(list(ctx.args), prog="leukedge classify")
 
 
 def _benchmark_options(fn):

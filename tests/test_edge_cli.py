@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from helpers import write_image
 from leukedge.edge.card import card_path_for
@@ -194,9 +195,8 @@ def test_tiff_typeerror_repro_does_not_end_the_batch(tiny_models, synth_arrays, 
     assert "1 failed" in r.stderr or "1 internal" in r.stderr
 
 
-def test_any_exception_from_the_decoder_is_an_internal_error_row(tiny_models, synth_arrays, tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
+def test_any_exception_from_the_decoder_is_an_internal_error_row(tiny_models, synth_arrays, tmp_path, monkeypatch,
+                                                                 capsys):
     import leukedge.edge.classifier as classifier
     from leukedge.edge import cli
 
@@ -210,19 +210,19 @@ def test_any_exception_from_the_decoder_is_an_internal_error_row(tiny_models, sy
 
     monkeypatch.setattr(classifier, "load_rgb", exploding)
     out = tmp_path / "out.csv"
-    res = CliRunner().invoke(cli.main, ["--model", str(tiny_models["float32"]), "--format", "csv", "-o", str(out),
-                                        *paths[:3]])
-    assert res.exit_code == 1, res.output
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--model", str(tiny_models["float32"]), "--format", "csv", "-o", str(out), *paths[:3]])
+    err = capsys.readouterr().err
+    assert done.value.code == 1, err
     rows = list(csv.DictReader(out.open()))
     assert [r["status"] for r in rows] == ["ok", "internal", "ok"]
     assert rows[1]["error_type"] == "TypeError" and "IFDRational" in rows[1]["error"]
     assert all(r["model_sha256"] and r["variant"] == "float32" and r["leukedge_version"] for r in rows)
-    assert "2 classified, 0 failed, 1 internal errors" in res.output
+    assert "2 classified, 0 failed, 1 internal errors" in err
 
 
-def test_full_disk_exits_2_naming_the_temp_file_with_every_finished_row(tiny_models, synth_arrays, tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
+def test_full_disk_exits_2_naming_the_temp_file_with_every_finished_row(tiny_models, synth_arrays, tmp_path, monkeypatch,
+                                                                        capsys):
     from leukedge.edge import cli, outputs
 
     _, _, paths = synth_arrays
@@ -247,11 +247,12 @@ def test_full_disk_exits_2_naming_the_temp_file_with_every_finished_row(tiny_mod
 
     monkeypatch.setattr(outputs.TempFileSink, "__init__", init)
     target = tmp_path / "res.csv"
-    res = CliRunner().invoke(cli.main, ["--model", str(tiny_models["float32"]), "--format", "csv", "-o", str(target),
-                                        *paths[:5]])
-    assert res.exit_code == 2 and "No space left" in res.output and "Traceback" not in res.output
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--model", str(tiny_models["float32"]), "--format", "csv", "-o", str(target), *paths[:5]])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "No space left" in err and "Traceback" not in err
     temp = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
-    assert len(temp) == 1 and str(temp[0]) in res.output and not target.exists()
+    assert len(temp) == 1 and str(temp[0]) in err and not target.exists()
     assert [r["path"] for r in csv.DictReader(temp[0].open())] == paths[:2]
 
 
@@ -502,3 +503,106 @@ def test_float_images_with_a_declared_value_range(tiny_models, tmp_path):
     assert r.returncode == 1 and "value" in json.loads(r.stdout.splitlines()[-1])["error"]
     ok = run_edge("--model", tiny_models["float32"], "--format", "json", "--value-range", "0", "4095", tmp_path / "f.tif")
     assert ok.returncode == 0, ok.stderr
+
+
+# -- the option parser (argparse since the cold-start work; it keeps the click version's options) -----------
+
+
+def test_options_defaults_env_intermixed_inputs_and_double_dash(monkeypatch):
+    from leukedge.edge.cli import parse_args
+
+    monkeypatch.delenv("LEUKEDGE_MODEL", raising=False)
+    o = parse_args(["a.png"])
+    assert o["inputs"] == ("a.png",) and o["model"] is None and o["fmt"] == "text"
+    assert (o["poll_interval"], o["settle"], o["fsync_interval"]) == (0.5, 1.0, 1.0)
+    assert o["threshold"] is None and o["threads"] is None and o["workers"] is None and o["value_range"] is None
+    assert not any(o[k] for k in ("recursive", "include_existing", "reclassify", "poll_mode", "strict_quality",
+                                  "self_test_flag", "quiet"))
+    o = parse_args(["a.png", "-m", "m.tflite", "b.png", "-qr", "--format=csv", "--value-range", "-1", "4095",
+                    "--threshold", "0.25", "--threads", "2", "--page", "3", "--", "-odd.png", "--quiet"])
+    assert o["inputs"] == ("a.png", "b.png", "-odd.png", "--quiet") and o["model"] == "m.tflite"
+    assert o["quiet"] and o["recursive"] and o["fmt"] == "csv" and o["value_range"] == (-1.0, 4095.0)
+    assert (o["threshold"], o["threads"], o["page"]) == (0.25, 2, 3)
+    monkeypatch.setenv("LEUKEDGE_MODEL", "env.tflite")
+    assert parse_args(["x"])["model"] == "env.tflite" and parse_args(["-m", "cli.tflite", "x"])["model"] == "cli.tflite"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threshold", "1.5"], "argument --threshold: 1.5 is not in the range 0.0<=x<=1.0"),
+    (["--threshold", "nan"], "argument --threshold: nan is not in the range 0.0<=x<=1.0"),
+    (["--threshold", "high"], "argument --threshold: 'high' is not a valid number"),
+    (["--threads", "0"], "argument --threads: 0 is not in the range 1<=x<=256"),
+    (["--workers", "257"], "argument --workers: 257 is not in the range 1<=x<=256"),
+    (["--workers", "2.5"], "argument --workers: '2.5' is not a valid integer"),
+    (["--poll-interval", "0"], "argument --poll-interval: 0.0 is not in the range 0.01<=x<=60.0"),
+    (["--full-scan-interval", "0.5"], "argument --full-scan-interval: 0.5 is not in the range 1.0<=x<=86400.0"),
+    (["--settle", "601"], "argument --settle: 601.0 is not in the range 0.0<=x<=600.0"),
+    (["--fsync-interval", "-1"], "argument --fsync-interval: -1.0 is not in the range 0.0<=x<=3600.0"),
+    (["--bit-depth", "33"], "argument --bit-depth: 33 is not in the range 1<=x<=32"),
+    (["--page", "0"], "argument --page: 0 is not in the range x>=1"),
+    (["--max-pixels", "0"], "argument --max-pixels: 0 is not in the range x>=1"),
+    (["--format", "xml"], "argument --format: invalid choice: 'xml'"),
+    (["--value-range", "0"], "argument --value-range: invalid float value: 'x.png'"),
+    (["--thresh", "0.5"], "unrecognized arguments: --thresh"),  # no abbreviations (click had none)
+    (["--require-signature", "/no/such/key.pub"], "argument --require-signature: file '/no/such/key.pub' does not exist"),
+    (["-o", "/"], "argument -o/--output: file '/' is a folder"),
+    (["--watch", "/etc/hostname"], "argument --watch: folder '/etc/hostname' is a file"),
+])
+def test_bad_options_are_usage_errors_with_exit_2(args, message, capsys):
+    from leukedge.edge import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main([*args, "x.png"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2
+    assert f"edge-classify: error: {message}" in err and "Traceback" not in err
+    assert err.startswith("usage: edge-classify [OPTIONS] [INPUTS]...")
+
+
+def test_help_and_version(capsys):
+    from leukedge.edge import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == "edge-classify (leukedge), version 0.1.0"
+    for flag in ("-h", "--help"):
+        with pytest.raises(SystemExit) as done:
+            cli.main([flag])
+        out = capsys.readouterr().out
+        assert done.value.code == 0 and "Exit codes:" in out and "LEUKEDGE_MODEL" in out
+    for option in ("--model", "--threshold", "--format", "--output", "--threads", "--workers", "--recursive", "--watch",
+                   "--include-existing", "--state", "--reclassify", "--poll", "--poll-interval",
+                   "--full-scan-interval", "--settle", "--heartbeat", "--fsync-interval", "--strict-quality",
+                   "--bit-depth", "--page", "--max-pixels", "--value-range LOW HIGH", "--self-test",
+                   "--require-signature", "--summary-by", "--summary-out", "--quiet", "--version"):
+        assert option in out, option
+    assert "[default: 0.5; 0.01<=x<=60.0]" in out and "[default: text]" in out
+
+
+def test_progress_bar_of_a_batch_still_draws(tiny_models, synth_arrays, capsys):
+    import io
+
+    from leukedge.edge.classifier import Classifier
+    from leukedge.edge.cli import run_batch
+    from leukedge.edge.ingest import Counts, Emitter
+    from leukedge.edge.outputs import ModelInfo, RowWriter, StreamSink
+
+    _, _, paths = synth_arrays
+    clf = Classifier.load(tiny_models["float32"], threads=1)
+    minfo = ModelInfo.from_classifier(clf)
+    buf = io.BytesIO()
+    counts = Counts()
+    run_batch(clf, paths[:3], [], Emitter(RowWriter("json", StreamSink(buf), minfo), None, counts), minfo,
+              strict_quality=False, show_bar=True)
+    assert counts.classified == 3 and len(buf.getvalue().splitlines()) == 3
+    assert "classifying" in capsys.readouterr().err
+
+
+def test_leukedge_classify_passes_everything_through(tiny_models, synth_arrays):
+    _, _, paths = synth_arrays
+    r = subprocess.run([sys.executable, "-m", "leukedge.cli", "classify", "--model", str(tiny_models["float32"]),
+                        "--format", "json", paths[0]], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["path"] == paths[0], r.stderr
+    bad = subprocess.run([sys.executable, "-m", "leukedge.cli", "classify", "--threshold", "2", paths[0]],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "leukedge classify: error: argument --threshold" in bad.stderr
