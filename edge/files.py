@@ -1,12 +1,13 @@
-"""Small file helpers shared by every step: hashing, whole-or-nothing writes, names to skip."""
+"""Small file helpers shared by every step: hashing, whole-or-nothing writes, names to skip.
+
+hashlib, tempfile and shutil are imported by the functions that use them: the device's cold start
+(one image, the model's hash from the verified-hash cache, results on stdout) needs none of them.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -34,6 +35,9 @@ def is_ignored_name(name: str | os.PathLike) -> bool:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 (hex) of a file's content, read in `chunk`-byte blocks."""
+    import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(chunk), b""):
@@ -47,6 +51,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     Readers never see a half-written file, and a failure leaves the old file (or none).
     """
+    import tempfile
+
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
@@ -80,6 +86,9 @@ def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     Files already in `out_dir` that the step does not produce are left alone; on failure
     nothing of this run appears in `out_dir`.
     """
+    import shutil
+    import tempfile
+
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
