@@ -11,19 +11,19 @@ Raspberry Pi. The workstation re-exports these from `leukedge.stats` and fits th
   imperfect test's sensitivity and specificity (Rogan & Gladen 1978, Am J Epidemiol 107:71).
 - `SampleSummary`: per-sample (per-subject, per-folder, or per-regex-group) counts of cells flagged
   positive, for `edge-classify --summary-by`.
+
+Every device start imports this module (the classifier's softmax), so what only the summary needs
+(statistics.NormalDist, csv) is imported where it is used.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -33,8 +33,9 @@ from .files import write_text_atomic
 
 # C-NMC training file names: UID_<subject>_<image>_<cell>_<all|hem>.bmp; the release mixes case
 # ('UID_h3_' and 'UID_H3_' are one subject). Same rule as leukedge.train.datasets.subject_from_name,
-# repeated here because the device never imports the training package.
-_CNMC_SUBJECT = re.compile(r"^UID_([A-Za-z]?\d+)_", re.IGNORECASE)
+# repeated here because the device never imports the training package. Compiled on first use (re's
+# cache), not at every device start.
+_CNMC_SUBJECT = r"^UID_([A-Za-z]?\d+)_"
 
 UNKNOWN_GROUP = "unknown"
 SUMMARY_FORMATS = (".json", ".csv")
@@ -96,6 +97,8 @@ def p_positive_from_logits(logits, positive_index: int, temperature: float = 1.0
 def _z(confidence: float) -> float:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+    from statistics import NormalDist  # here: statistics imports fractions, decimal and random
+
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)  # 1.959964 for 0.95
 
 
@@ -189,7 +192,7 @@ def _key_for(path: str | os.PathLike, by: str, pattern: re.Pattern | None) -> st
         parent = os.path.dirname(os.path.normpath(str(p)))
         return parent or "."
     if by == "subject":
-        m = _CNMC_SUBJECT.match(p.name)
+        m = re.match(_CNMC_SUBJECT, p.name, re.IGNORECASE)
         return m.group(1).upper() if m else UNKNOWN_GROUP
     m = pattern.search(p.as_posix())
     return m.group(1) if m and m.group(1) else UNKNOWN_GROUP
@@ -227,13 +230,14 @@ def _natural_key(group: str) -> tuple:
     return (group == UNKNOWN_GROUP, [int(t) if i % 2 else t.lower() for i, t in enumerate(parts)])
 
 
-@dataclass(frozen=True)
 class _Cell:
-    key: str
-    positive: bool | None
-    p_positive: float | None
-    failed: bool
-    warned: bool
+    """One cell's result in a summary: its group, decision, P(positive), failed, warned.
+    A slotted class, not a dataclass: making a dataclass costs every device start ~0.3 ms."""
+
+    __slots__ = ("key", "positive", "p_positive", "failed", "warned")
+
+    def __init__(self, key: str, positive: bool | None, p_positive: float | None, failed: bool, warned: bool):
+        self.key, self.positive, self.p_positive, self.failed, self.warned = key, positive, p_positive, failed, warned
 
 
 class SampleSummary:
@@ -347,6 +351,8 @@ class SampleSummary:
                                            "sensitivity and specificity taken as known",
                                "groups": clean}, indent=2) + "\n"
         else:
+            import csv
+
             buf = io.StringIO()
             fields = list(clean[0]) if clean else list(SUMMARY_FIELDS)
             writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
