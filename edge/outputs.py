@@ -31,16 +31,16 @@ no finished row). fsync: measured on this workstation's disk, fsync costs 0.22 m
 0.002 ms for a flush (SD cards on a Pi: milliseconds); the default fsyncs on a 1-second timer and
 at the end, so a power loss costs at most the last second of rows, which the ingest journal
 detects and classifies again (`fsync_interval=0` fsyncs every row).
+
+csv, base64 and tempfile are imported where they are used (CSV rows, undecodable names, -o), not
+at every device start.
 """
 
 from __future__ import annotations
 
-import base64
-import csv
 import io
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -244,9 +244,13 @@ class RowFormat:
                     continue
                 d[k] = _json_str(v) if isinstance(v, str) else v
             if _has_surrogates(row["path"]):
+                import base64
+
                 d["path_b64"] = base64.b64encode(path_bytes(row["path"])).decode("ascii")
             return (json.dumps(d, ensure_ascii=False) + "\n").encode("utf-8")
         if self.fmt == "csv":
+            import csv
+
             buf = io.StringIO()
             w = csv.writer(buf, lineterminator="\n")
             w.writerow([_csv_value(row.get(k)) for k in FIELD_NAMES])
@@ -290,9 +294,13 @@ def read_rows(path: str | os.PathLike, fmt: str) -> list[dict]:
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         for r in rows:
             if "path_b64" in r:
+                import base64
+
                 r["path"] = os.fsdecode(base64.b64decode(r["path_b64"]))
         return rows
     if fmt == "csv":
+        import csv
+
         rows = list(csv.DictReader(io.StringIO(text)))
         for r in rows:
             r["path"] = os.fsdecode(unescape_text(r["path"]))
@@ -419,6 +427,8 @@ class TempFileSink(_FileSink):
     """
 
     def __init__(self, target: str | os.PathLike, fsync_interval: float = DEFAULT_FSYNC_INTERVAL):
+        import tempfile
+
         target = Path(target)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
         umask = os.umask(0)
