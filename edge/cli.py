@@ -250,7 +250,7 @@ def run_batch(clf, files: list[str], input_errors, emitter, model, strict_qualit
               workers: int = 1, threads: int | None = None, decode=None) -> None:
     """Classify `files`, one row each in input order (input errors first); raises OutputError if rows
     cannot be written. workers > 1: the throughput layout (edge.throughput), `clf` is worker 0."""
-    from .ingest import classify_file
+    from .handling import classify_file
     from .outputs import make_row
 
     for raw, problem in input_errors:
@@ -535,7 +535,7 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
             batch_sink.close()
             Path(batch_sink.path).unlink(missing_ok=True)
         raise
-    from .ingest import Counts, Emitter
+    from .handling import Counts, Emitter
     from .outputs import ModelInfo, OutputError, RowWriter
 
     minfo = ModelInfo.from_classifier(clf)
@@ -599,7 +599,8 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
            poll_mode, poll_interval, full_scan_interval, settle, fsync_interval, strict_quality, quiet,
            workers=1, threads=None, decode=None, summary=None) -> bool:
     """Run the watcher until SIGINT/SIGTERM; returns True if any input failed."""
-    from .ingest import Counts, Emitter, Journal, JournalError, WatchOptions, Watcher, default_journal_path
+    from .handling import Counts, Emitter
+    from .ingest import Journal, JournalError, WatchOptions, Watcher, default_journal_path
     from .outputs import AppendFileSink, RowWriter, StreamSink, check_csv_header
 
     if not _self_test(clf, required=False):

@@ -1,0 +1,126 @@
+"""Per-file handling shared by a batch and the watcher: one file -> one row, counted and written.
+
+- `classify_file`: classify one file into a result row (edge.outputs); never raises for the file's sake.
+- `Counts`: classified / failed / internal / re-read counts of a run.
+- `Emitter`: writes a row, and with a journal its record, in the order that keeps both consistent.
+
+A batch needs only this module; the journal and the watcher (edge.ingest, which re-exports these
+names) are imported only in --watch mode, so a single-image start does not pay for them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .outputs import STATUS_INTERNAL, STATUS_OK, ModelInfo, OutputError, make_row, row_from_prediction
+
+if TYPE_CHECKING:
+    from .ingest import Identity, Journal
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """First meaningful content of a message as a single line (CR/LF/TAB become spaces)."""
+    flat = " ".join(str(text).replace("\t", " ").split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def classify_file(clf, path: str, model: ModelInfo, reread: bool = False, strict_quality: bool = False) -> dict:
+    """Classify one file and return its result row (edge.outputs); never raises for the file's sake.
+
+    Decoding problems come back from `clf.predict_one` as the image error (status "error");
+    anything else raised while handling the file becomes a row with status "internal" naming
+    the exception type, so one input can never end a run. With strict_quality, a prediction
+    carrying quality warnings becomes an error row. KeyboardInterrupt/SystemExit still propagate.
+    """
+    t0 = time.perf_counter()
+    try:
+        pred = clf.predict_one(path)
+        if pred.ok and strict_quality and getattr(pred, "warnings", None):
+            return make_row(path, model, error="quality check: " + one_line("; ".join(pred.warnings)),
+                            error_type="QualityWarning", reread=reread, total_ms=pred.total_ms)
+        return row_from_prediction(pred, model, reread=reread, path=path)
+    except Exception as exc:  # noqa: BLE001 - the point: no single input ends the run
+        problem = getattr(exc, "problem", None)
+        if problem is not None and type(exc).__name__ == "ImageError":
+            return make_row(path, model, error=one_line(problem), error_type="ImageError", reread=reread,
+                            total_ms=(time.perf_counter() - t0) * 1e3)
+        return make_row(path, model, status=STATUS_INTERNAL, error=one_line(f"{type(exc).__name__}: {exc}"),
+                        error_type=type(exc).__name__, reread=reread, total_ms=(time.perf_counter() - t0) * 1e3)
+
+
+@dataclass
+class Counts:
+    """Summary counts: classified (ok rows), failed (error rows), internal errors, re-reads (rows of either kind)."""
+
+    classified: int = 0
+    failed: int = 0
+    internal: int = 0
+    rereads: int = 0
+
+    def add(self, row: dict) -> None:
+        st = row["status"]
+        if st == STATUS_OK:
+            self.classified += 1
+        elif st == STATUS_INTERNAL:
+            self.internal += 1
+        else:
+            self.failed += 1
+        if row.get("reread"):
+            self.rereads += 1
+
+    @property
+    def any_failed(self) -> bool:
+        return bool(self.failed or self.internal)
+
+    def summary(self) -> str:
+        return (f"{self.classified} classified, {self.failed} failed, {self.internal} internal errors, "
+                f"{self.rereads} re-reads")
+
+
+class Emitter:
+    """Writes one row and its journal record in the order that keeps both consistent (see edge.ingest's
+    module docstring: with a results file the record goes first, with stdout the row goes first).
+
+    writer: edge.outputs.RowWriter; journal: edge.ingest.Journal or None; counts: Counts.
+    """
+
+    def __init__(self, writer, journal: Journal | None, counts: Counts):
+        self.writer = writer
+        self.journal = journal
+        self.counts = counts
+        self.to_file = getattr(writer.sink, "path", None) is not None
+        self.observers: list = []  # callables fed every written row (e.g. the per-sample summary)
+
+    def emit(self, row: dict, rel: str | None = None, ident: Identity | None = None, digest: str | None = None) -> None:
+        """Write `row`; with a journal, record `rel`'s identity. Raises OutputError / JournalError."""
+        data = self.writer.render(row)
+        if self.journal is not None and rel is not None and ident is not None:
+            from .ingest import Record  # a journal means --watch: edge.ingest is loaded already
+
+            rec = Record(rel, ident.size, ident.mtime_ns, ident.ino, ident.ctime_ns, digest, row["status"])
+            if self.to_file:
+                import zlib
+
+                rec.out, rec.n, rec.crc = self.writer.sink.offset, len(data), zlib.crc32(data)
+                before = self.journal.known.get(rel)
+                self.journal.append(rec)
+                try:
+                    self.writer.write_bytes(data)
+                except OutputError:
+                    # the record names a row that is not there: forget it here; at the next start the
+                    # journal's CRC check drops it too
+                    if before is None:
+                        self.journal.known.pop(rel, None)
+                    else:
+                        self.journal.known[rel] = before
+                    raise
+            else:
+                self.writer.write_bytes(data)
+                self.journal.append(rec)
+        else:
+            self.writer.write_bytes(data)
+        self.counts.add(row)
+        for observe in self.observers:
+            observe(row)
