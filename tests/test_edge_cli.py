@@ -579,12 +579,32 @@ def test_help_and_version(capsys):
     assert "[default: 0.5; 0.01<=x<=60.0]" in out and "[default: text]" in out
 
 
+def test_a_single_image_imports_no_click_no_watcher_and_no_hashing(tiny_models, synth_arrays, tmp_path):
+    """Cold start: one image, results on stdout, hash from the verified-hash cache (second run)."""
+    _, _, paths = synth_arrays
+    probe = (
+        "import sys, runpy\n"
+        f"sys.argv = ['edge-classify', '-q', '--model', {str(tiny_models['int8'])!r}, '--format', 'json', {paths[0]!r}]\n"
+        "try:\n    runpy.run_module('leukedge.edge.cli', run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "mods = ('click', 'watchdog', 'leukedge.edge.ingest', 'hashlib', 'statistics', 'shutil', 'tempfile', 'csv')\n"
+        "print('LOADED=' + ','.join(m for m in mods if m in sys.modules))\n"
+        "print('EXIT=' + str(code))\n"
+    )
+    env = dict(os.environ, LEUKEDGE_CACHE=str(tmp_path / "cache"))
+    for _ in range(2):  # the first run fills the verified-hash cache
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    lines = out.stdout.strip().splitlines()
+    assert json.loads(lines[0])["path"] == paths[0] and "EXIT=0" in lines, out.stderr
+    assert "LOADED=" in lines, f"a single-image run imported {lines[-2]}"
+
+
 def test_progress_bar_of_a_batch_still_draws(tiny_models, synth_arrays, capsys):
     import io
 
     from leukedge.edge.classifier import Classifier
     from leukedge.edge.cli import run_batch
-    from leukedge.edge.ingest import Counts, Emitter
+    from leukedge.edge.handling import Counts, Emitter
     from leukedge.edge.outputs import ModelInfo, RowWriter, StreamSink
 
     _, _, paths = synth_arrays
