@@ -16,14 +16,14 @@ for the card. Keys are PEM files (private: PKCS#8, unencrypted, mode 0600; publi
 SubjectPublicKeyInfo), made by `generate_keypair` / `leukedge keygen`. The key id is the
 first 16 hex digits of the SHA-256 of the raw 32-byte public key. Cryptography: the
 `cryptography` library (pyca), never own code.
+
+Every device start without -q imports this module for `signature_status`; hashlib and base64 are
+imported only where a key id is computed or a signature is encoded or decoded.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as _dt
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -60,6 +60,8 @@ def _raw_public(public_key) -> bytes:
 
 def key_id(public_key) -> str:
     """First 16 hex digits of SHA-256 over the raw 32-byte Ed25519 public key."""
+    import hashlib
+
     return hashlib.sha256(_raw_public(public_key)).hexdigest()[:16]
 
 
@@ -181,6 +183,8 @@ def sign_model(model_path: str | os.PathLike, card_path: str | os.PathLike | Non
     Refuses (SignatureError) a card that does not describe this model file (its model SHA-256
     differs): signing must not bless a mismatched pair. Overwrites an earlier signature.
     """
+    import base64
+
     from .card import CardError, load_card
 
     mp = Path(model_path)
@@ -235,6 +239,9 @@ def verify_model_signature(model_path: str | os.PathLike, card_path: str | os.Pa
     signature was made with another key, the model or the card changed since signing, or the
     signature does not verify.
     """
+    import base64
+    import binascii
+
     from cryptography.exceptions import InvalidSignature
 
     mp = Path(model_path)
