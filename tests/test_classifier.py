@@ -53,7 +53,11 @@ def test_input_tensor_is_edge_preprocessing_exactly(tiny_models, synth_arrays):
     scale, zero = i8._in_q
     expected = quantize(normalize(rgb, prep), scale, zero, np.int8)
     got = i8.input_tensor(rgb)
-    assert got.dtype == np.int8 and np.array_equal(got[0], expected)
+    assert got.dtype == np.int8 and got.shape == (1,) + rgb.shape and np.array_equal(got[0], expected)
+    # every uint8 level, and a non-contiguous view (the byte-table path copies it first)
+    every = np.resize(np.arange(256, dtype=np.uint8), (2 * prep.size, prep.size, 3))[::2]
+    assert not every.flags.c_contiguous
+    assert np.array_equal(i8.input_tensor(every)[0], quantize(normalize(every, prep), scale, zero, np.int8))
 
 
 def test_corrupt_model_file_is_a_model_error(tmp_path, tiny_models):
