@@ -7,8 +7,8 @@ medians and their ratio are printed (issue target: edge-classify within 1.2x of 
 The bare script is what any device program must do at least: import numpy, Pillow and the
 runtime, load and allocate the model, decode and resize the image, invoke once. edge-classify adds
 the card (parse, validate, SHA-256 check through the verified-hash cache), the lookup table, the
-quality checks, its option parser (argparse) and its output row. A verbose run (`-X importtime`) is parsed for the
-largest imports so a regression shows where it comes from.
+quality checks, its option parser (argparse) and its output row. A verbose run (`-X importtime`)
+is parsed for the largest imports so a regression shows where it comes from.
 """
 
 from __future__ import annotations
