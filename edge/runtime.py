@@ -96,15 +96,76 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+# What the runtime's C++ side prints on every load, which is not news: "INFO: Created TensorFlow Lite
+# XNNPACK delegate for CPU." and "INFO: Initialized TensorFlow Lite runtime." (LiteRT/TFLite).
+_ROUTINE_NATIVE_LINES = ("INFO: Created TensorFlow Lite XNNPACK delegate", "INFO: Initialized TensorFlow Lite runtime")
+
+
+class _NativeStderr:
+    """Capture what native code writes to file descriptor 2 while loading a model (Linux memfd).
+
+    The runtime's routine INFO lines are dropped, so leukedge's own line is the first on stderr;
+    anything else (warnings, errors) is written back to stderr unchanged when the block ends, and
+    `lines` keeps it for error messages. Where memfd is unavailable nothing is captured.
+    """
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self._saved = self._fd = None
+
+    def __enter__(self):
+        if not hasattr(os, "memfd_create"):
+            return self
+        try:
+            import sys
+
+            sys.stderr.flush()
+            self._fd = os.memfd_create("leukedge-native-stderr")
+            self._saved = os.dup(2)
+            os.dup2(self._fd, 2)
+        except OSError:
+            self._close()
+        return self
+
+    def _close(self) -> None:
+        for fd in (self._fd, self._saved):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._saved = None
+
+    def __exit__(self, *exc) -> None:
+        if self._saved is None:
+            return
+        os.dup2(self._saved, 2)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        data = b""
+        while chunk := os.read(self._fd, 1 << 16):
+            data += chunk
+        self._close()
+        text = data.decode("utf-8", "replace")
+        self.lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(_ROUTINE_NATIVE_LINES)]
+        if self.lines:
+            os.write(2, ("\n".join(self.lines) + "\n").encode("utf-8", "replace"))
+
+
 def open_interpreter(model_path: str | os.PathLike, threads: int | None = None, runtime: Runtime | None = None):
-    """Load and allocate a TFLite interpreter; returns (interpreter, runtime)."""
+    """Load and allocate a TFLite interpreter; returns (interpreter, runtime).
+
+    Raises ModelError (one line naming the file, the runtime and its reason; the runtime's own
+    ERROR line when it printed one) for a file the runtime cannot load.
+    """
     rt = runtime or find_runtime()
     threads = threads or default_threads()
+    native = _NativeStderr()
     try:
-        interp = rt.interpreter_cls(model_path=str(model_path), num_threads=int(threads))
-        interp.allocate_tensors()
+        with native:
+            interp = rt.interpreter_cls(model_path=str(model_path), num_threads=int(threads))
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        said = next((ln.strip() for ln in native.lines if ln.startswith("ERROR:")), "")
+        if said and said[len("ERROR:"):].strip() not in msg:
+            msg = f"{msg} ({said})"
         raise ModelError(f"{model_path}: not a loadable TFLite model ({rt.name}): {msg}") from None
     return interp, rt
 
