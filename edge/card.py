@@ -45,6 +45,9 @@ class CardError(LeukedgeError, ValueError):
 
 @dataclass
 class ModelCard:
+    """One model's card (see the module docstring): read with `load_card` / `from_dict`, checked by
+    `validate`, written by `save` (`bind` first records the model file's SHA-256 and size)."""
+
     labels: list[str]
     positive_label: str
     preprocessing: Preprocessing

@@ -18,6 +18,8 @@ class ModelError(LeukedgeError, RuntimeError):
 
 @dataclass(frozen=True)
 class Runtime:
+    """A TFLite runtime that imported: its package name, version and Interpreter class."""
+
     name: str
     version: str
     interpreter_cls: Any
