@@ -323,10 +323,11 @@ def import_(model_path, out, labels, positive, size, resize, scale, mean, std, t
 
 # -- classify / benchmark / flow -------------------------------------------------
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+              add_help_option=False)
 @click.pass_context
 def classify(ctx):
-    """Same as edge-classify (see: leukedge classify --help)."""
+    """Same as edge-classify, every option passed through (leukedge classify --help shows them)."""
     from leukedge.edge.cli import main as edge_main
 
     edge_main(list(ctx.args), prog="leukedge classify")

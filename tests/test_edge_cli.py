@@ -626,3 +626,6 @@ def test_leukedge_classify_passes_everything_through(tiny_models, synth_arrays):
     bad = subprocess.run([sys.executable, "-m", "leukedge.cli", "classify", "--threshold", "2", paths[0]],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "leukedge classify: error: argument --threshold" in bad.stderr
+    helped = subprocess.run([sys.executable, "-m", "leukedge.cli", "classify", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "usage: leukedge classify" in helped.stdout and "--summary-by" in helped.stdout
