@@ -422,6 +422,8 @@ def build_parser(prog: str = "edge-classify") -> argparse.ArgumentParser:
            help="With --watch: seconds between full sweeps [default: 30 with --poll, 300 with inotify].")
     ranged("--settle", kind=float, low=0.0, high=600.0, default=1.0, metavar="SECONDS",
            help="With --watch: seconds a file's size and mtime must hold still before it is read.")
+    ranged("--empty-timeout", kind=float, low=0.0, high=86400.0, default=60.0, metavar="SECONDS",
+           help="With --watch: seconds a 0-byte file waits for its writer before it is reported as empty.")
     opt("--heartbeat", dest="heartbeat_file", type=_PathArg(dir_okay=False), metavar="FILE",
         help="With --watch: status FILE rewritten every few seconds [default: beside the journal].")
     ranged("--fsync-interval", kind=float, low=0.0, high=3600.0, default=1.0, metavar="SECONDS",
@@ -502,7 +504,7 @@ def _quiet_closed_pipes() -> None:
 def classify(inputs, model, threshold, fmt, output, threads, workers, recursive, watch_dir, include_existing,
              state_file, reclassify, poll_mode, poll_interval, full_scan_interval, settle, heartbeat_file,
              fsync_interval, strict_quality, bit_depth, page, max_pixels, value_range, self_test_flag,
-             require_signature, summary_by, summary_out, quiet) -> None:
+             require_signature, summary_by, summary_out, quiet, empty_timeout=60.0) -> None:
     """Run `edge-classify` with parsed options (see `build_parser`); ends with sys.exit(code)."""
     if not model:
         _fail("no model given: pass --model FILE.tflite or set LEUKEDGE_MODEL")
@@ -591,14 +593,14 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
     if watch_dir:
         failed = _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recursive, include_existing,
                         reclassify, poll_mode, poll_interval, full_scan_interval, settle, fsync_interval,
-                        strict_quality, quiet, n_workers, threads, decode, summary) or failed
+                        strict_quality, quiet, n_workers, threads, decode, summary, empty_timeout) or failed
     sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
 def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recursive, include_existing, reclassify,
            poll_mode, poll_interval, full_scan_interval, settle, fsync_interval, strict_quality, quiet,
-           workers=1, threads=None, decode=None, summary=None) -> bool:
-    """Run the watcher until SIGINT/SIGTERM; returns True if any input failed."""
+           workers=1, threads=None, decode=None, summary=None, empty_timeout=60.0) -> bool:
+    """Run the watcher until SIGINT/SIGTERM; returns True if any input's latest row failed."""
     from .handling import Counts, Emitter
     from .ingest import Journal, JournalError, WatchOptions, Watcher, default_journal_path
     from .outputs import AppendFileSink, RowWriter, StreamSink, check_csv_header
@@ -644,7 +646,8 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
         summary.attach(emitter, clf, every_seconds=5.0)
     opts = WatchOptions(recursive=recursive, settle=settle, poll_interval=poll_interval,
                         mode="poll" if poll_mode else "inotify", full_scan_interval=full_scan_interval,
-                        include_existing=include_existing, strict_quality=strict_quality, heartbeat=heartbeat)
+                        include_existing=include_existing, strict_quality=strict_quality, heartbeat=heartbeat,
+                        empty_timeout=empty_timeout)
     stop = threading.Event()
 
     def _stop(signum, frame):

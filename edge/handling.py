@@ -11,7 +11,7 @@ names) are imported only in --watch mode, so a single-image start does not pay f
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .outputs import STATUS_INTERNAL, STATUS_OK, ModelInfo, OutputError, make_row, row_from_prediction
@@ -52,31 +52,47 @@ def classify_file(clf, path: str, model: ModelInfo, reread: bool = False, strict
 
 @dataclass
 class Counts:
-    """Summary counts: classified (ok rows), failed (error rows), internal errors, re-reads (rows of either kind)."""
+    """Summary counts: classified (ok rows), failed (error rows), internal errors, re-reads (rows of either kind).
+
+    Rows are counted as written; `any_failed` (the exit code) asks whether any input's *latest* row
+    failed, so a file read half-written in watch mode and classified when read again (a `reread`
+    ok row) no longer fails the run; `recovered` counts those files.
+    """
 
     classified: int = 0
     failed: int = 0
     internal: int = 0
     rereads: int = 0
+    recovered: int = 0
+    failing: set = field(default_factory=set)  # paths whose latest row failed
 
     def add(self, row: dict) -> None:
         st = row["status"]
+        path = row.get("path")
         if st == STATUS_OK:
             self.classified += 1
-        elif st == STATUS_INTERNAL:
-            self.internal += 1
+            if path in self.failing:
+                self.failing.discard(path)
+                self.recovered += 1
         else:
-            self.failed += 1
+            if st == STATUS_INTERNAL:
+                self.internal += 1
+            else:
+                self.failed += 1
+            self.failing.add(path)
         if row.get("reread"):
             self.rereads += 1
 
     @property
     def any_failed(self) -> bool:
-        return bool(self.failed or self.internal)
+        return bool(self.failing)
 
     def summary(self) -> str:
-        return (f"{self.classified} classified, {self.failed} failed, {self.internal} internal errors, "
+        text = (f"{self.classified} classified, {self.failed} failed, {self.internal} internal errors, "
                 f"{self.rereads} re-reads")
+        if self.recovered:
+            text += f" ({self.recovered} failed file(s) classified when read again; {len(self.failing)} still failing)"
+        return text
 
 
 class Emitter:

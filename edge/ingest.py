@@ -371,7 +371,9 @@ class WatchOptions:
     poll_interval: seconds between checks. mode: "inotify" (watchdog; local disks) or "poll"
     (network shares). full_scan_interval: seconds between full stat sweeps (poll mode sees in-place
     overwrites only then: directory mtimes change on create/rename/delete, not on rewrites).
-    heartbeat_interval: seconds between heartbeat rewrites."""
+    heartbeat_interval: seconds between heartbeat rewrites. empty_timeout: seconds a 0-byte file
+    waits for its writer (created first, written later) before it is read and reported as empty.
+    A row that failed and a later `reread` row that succeeded leave the run's exit code at 0."""
 
     recursive: bool = False
     settle: float = 1.0
@@ -383,6 +385,7 @@ class WatchOptions:
     heartbeat: str | None = None
     heartbeat_interval: float = 5.0
     retry_interval: float = 2.0
+    empty_timeout: float = 60.0  # a 0-byte file still empty after this long gets an error row
 
     def __post_init__(self):
         if self.full_scan_interval is None:
@@ -585,7 +588,8 @@ class Watcher:
             if ident.key != pend.ident.key:
                 self.pending[rel] = _Pending(ident, now)
                 continue
-            if now - pend.since >= self.opts.settle and ident.size > 0:
+            held = now - pend.since
+            if held >= self.opts.settle and (ident.size > 0 or held >= max(self.opts.empty_timeout, self.opts.settle)):
                 ready.append((rel, ident))
         return sorted(ready)
 

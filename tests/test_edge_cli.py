@@ -514,7 +514,7 @@ def test_options_defaults_env_intermixed_inputs_and_double_dash(monkeypatch):
     monkeypatch.delenv("LEUKEDGE_MODEL", raising=False)
     o = parse_args(["a.png"])
     assert o["inputs"] == ("a.png",) and o["model"] is None and o["fmt"] == "text"
-    assert (o["poll_interval"], o["settle"], o["fsync_interval"]) == (0.5, 1.0, 1.0)
+    assert (o["poll_interval"], o["settle"], o["fsync_interval"], o["empty_timeout"]) == (0.5, 1.0, 1.0, 60.0)
     assert o["threshold"] is None and o["threads"] is None and o["workers"] is None and o["value_range"] is None
     assert not any(o[k] for k in ("recursive", "include_existing", "reclassify", "poll_mode", "strict_quality",
                                   "self_test_flag", "quiet"))

@@ -198,7 +198,7 @@ class Run:
     """A Watcher in a thread with a journal and an append-only JSONL output, like `edge-classify --watch -o`."""
 
     def __init__(self, folder, out, clf=None, model=MODEL, mode="poll", reclassify=False, include_existing=False,
-                 settle=0.3, sink=None):
+                 settle=0.3, sink=None, empty_timeout=60.0):
         self.out = out
         self.sink = sink or AppendFileSink(out, fsync_interval=0)
         self.journal = Journal(default_journal_path(out), folder, model, out, "json", reclassify).open(self.sink)
@@ -208,7 +208,7 @@ class Run:
         self.clf = clf or FakeClassifier()
         opts = WatchOptions(settle=settle, poll_interval=0.05, mode=mode, include_existing=include_existing,
                             full_scan_interval=0.5, heartbeat=str(out) + ".heartbeat", heartbeat_interval=0.1,
-                            retry_interval=0.1, recursive=True)
+                            retry_interval=0.1, recursive=True, empty_timeout=empty_timeout)
         self.stop = threading.Event()
         self.watcher = Watcher(self.clf, folder, self.emitter, model, opts, self.logs.append, self.stop)
         self.watcher.start()
@@ -261,6 +261,9 @@ def test_paused_writer_and_overwrite_are_read_again(tmp_path, mode):
         first, second = run.rows()
         assert first["status"] == "error" and "truncated" in first["error"]
         assert second["status"] == "ok" and second["reread"] is True
+        # the file's latest row is ok: the run does not fail for the half-written read
+        assert wait_for(lambda: run.counts.recovered == 1)
+        assert not run.counts.any_failed and "1 failed file(s) classified when read again" in run.counts.summary()
         other = image_bytes(tmp_path, 4, size=(64, 64))
         (folder / "cell.bmp").write_bytes(other)  # overwritten in place
         assert wait_for(lambda: len(run.rows()) == 3)
@@ -570,3 +573,23 @@ def test_one_watcher_per_journal(tmp_path):
     finally:
         run.close()
     Journal(default_journal_path(out), folder, MODEL, out, "json").open().close()  # free again
+
+
+def test_empty_files_wait_for_their_writer_then_get_an_error_row(tmp_path):
+    """A 0-byte file is a writer that has not written yet -- until --empty-timeout says it is an empty file."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    run = Run(folder, tmp_path / "out.jsonl", empty_timeout=1.5)
+    try:
+        (folder / "empty.bmp").write_bytes(b"")
+        (folder / "late.bmp").write_bytes(b"")
+        time.sleep(0.8)  # past --settle (0.3 s), within --empty-timeout: no row yet
+        assert run.rows() == []
+        (folder / "late.bmp").write_bytes(image_bytes(tmp_path, 6))
+        assert wait_for(lambda: len(run.rows()) == 2)
+        rows = by_path(run.rows())
+        assert [r["status"] for r in rows["late.bmp"]] == ["ok"]  # one row: never read while empty
+        assert rows["empty.bmp"][0]["status"] == "error" and "empty file" in rows["empty.bmp"][0]["error"]
+        assert run.counts.any_failed
+    finally:
+        run.close()
