@@ -45,6 +45,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -508,7 +509,11 @@ def _page_plan(im: Image.Image, path: Path, n: int) -> str:
                            f"choose one with --page 1..{n}")
 
 
-def _decode(im: Image.Image, path: Path, size: int | None, resize: str, opts: DecodeOptions) -> Image.Image:
+def _decode(im: Image.Image, path: Path, size: int | None, opts: DecodeOptions) -> Image.Image:
+    """The file's pixels as an RGB (or L/LA/RGBA, converted later) image in memory, orientation applied.
+
+    size: the model's input side, only to choose a reduced-size JPEG decode (>= 2x size); the resize
+    itself is the caller's (`_finish`), outside the warnings lock."""
     _check_cap(im, path, opts)
     n = _frames(im)
     if opts.page is not None:
@@ -547,9 +552,21 @@ def _decode(im: Image.Image, path: Path, size: int | None, resize: str, opts: De
             rgb = _to_rgb(im, path, opts, raw)
     if orientation != 1:
         rgb = rgb.transpose(_ORIENTATION[orientation])
+    return rgb
+
+
+def _finish(rgb: Image.Image, size: int | None, resize: str) -> Image.Image:
+    """Resize to size x size (the card's method) and make it RGB. Pillow's resize releases the GIL."""
     if size is not None and rgb.size != (size, size):
         rgb = rgb.resize((size, size), _RESAMPLE[resize])
     return rgb if rgb.mode == "RGB" else rgb.convert("RGB")
+
+
+# warnings.catch_warnings swaps the process-wide filter list and is not thread-safe: two worker
+# threads entering and leaving it interleaved can leave "ignore" installed for good, or remove it
+# under the other's decode. Decoding holds the GIL anyway (Pillow's JPEG decoder), so one lock
+# around open + decode costs no parallelism; the resize (which releases the GIL) runs outside it.
+_WARNINGS_LOCK = threading.Lock()
 
 
 def load_rgb(path: str | os.PathLike, size: int | None = None, resize: str = "bilinear",
@@ -577,14 +594,15 @@ def load_rgb(path: str | os.PathLike, size: int | None = None, resize: str = "bi
         raise ImageError(p, "empty file (0 bytes)")
     if resize not in _RESAMPLE:
         raise ValueError(f"unknown resize method {resize!r}; one of {sorted(_RESAMPLE)}")
+    im = None
     try:
-        with warnings.catch_warnings():
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             # Pillow warns about odd metadata and about sizes near its own bomb guard; the pixel cap
             # above decides, and a warning must never become an exception under `-W error`.
             warnings.simplefilter("ignore")
-            with Image.open(p, formats=_FORMATS) as im:
-                rgb = _decode(im, p, size, resize, opts)
-                arr = np.asarray(rgb, dtype=np.uint8)
+            im = Image.open(p, formats=_FORMATS)
+            rgb = _decode(im, p, size, opts)  # loaded: nothing below reads the file or warns
+        arr = np.asarray(_finish(rgb, size, resize), dtype=np.uint8)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -600,6 +618,9 @@ def load_rgb(path: str | os.PathLike, size: int | None = None, resize: str = "bi
         raise ImageError(p, f"corrupt or truncated image: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - no file content may end a batch; name the type for bug reports
         raise ImageError(p, f"corrupt image (decoder failed with {type(exc).__name__}: {exc})") from None
+    finally:
+        if im is not None:
+            im.close()  # the file (and a multi-page file's frames) closed whatever happened
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ImageError(p, f"unexpected decoded shape {arr.shape}")
     return arr

@@ -144,3 +144,27 @@ def test_nan_card_is_one_card_error_naming_the_field(tmp_path):
     with pytest.raises(CardError, match=r"std\[0\]") as e:
         ModelCard.from_dict(d, where="m.json")
     assert "\n" not in str(e.value)
+
+
+def test_concurrent_decodes_leave_the_warning_filters_as_they_were(tmp_path):
+    """Worker threads decode at once (the throughput layout); load_rgb's warnings.catch_warnings is
+    process-wide, so unguarded it leaves an extra 'ignore' filter behind (reproduced without the lock)."""
+    import threading
+    import warnings
+
+    from PIL import Image
+
+    path = tmp_path / "t.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(path)
+    before = list(warnings.filters)
+
+    def work():
+        for _ in range(300):
+            load_rgb(path, 8)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert warnings.filters == before
