@@ -1,8 +1,9 @@
 """`edge-classify`: classify segmented blood-cell images on the device, in a batch or watching a folder.
 
 Exit codes: 0 every input classified; 1 some inputs failed or hit an internal error (each is
-reported as its own row; the others are still classified); 2 usage, model or output-location
-error (a batch with -o keeps every finished row in the temporary file the message names).
+reported as its own row; the others are still classified); 2 usage, model (a failed self-test
+included) or output-location error (a batch with -o keeps every finished row in the temporary
+file the message names); 130 / 143 a batch interrupted by SIGINT (Ctrl-C) / SIGTERM (rows kept).
 
 Rows: edge.outputs (one versioned field list). Watch mode and its journal: edge.ingest.
 Options: the standard library's argparse (click costs a device ~10 ms at every start; it is
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import signal
 import sys
 import time
@@ -26,19 +28,25 @@ from .files import is_ignored_name
 from .preprocess import IMAGE_EXTENSIONS, is_image_name
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_SIGINT, EXIT_SIGTERM = 128 + 2, 128 + 15  # the shell's convention for a run ended by that signal
 _GLOB_CHARS = set("*?[")
+_PROG = "edge-classify"  # the name on every stderr line (`leukedge classify` through the workstation CLI)
+_BAR_ON_SCREEN = False  # a progress bar is drawn on stderr: a log line clears it first
 
 
 def _log(msg: str) -> None:
     """One stderr line per line of `msg` (each escaped, so no file name can forge a line)."""
     from .outputs import escape_text
 
-    sys.stderr.write("".join(f"edge-classify: {escape_text(line)}\n" for line in str(msg).split("\n")))
+    clear = "\r\x1b[2K" if _BAR_ON_SCREEN else ""  # the bar is redrawn below at its next update
+    sys.stderr.write(clear + "".join(f"{_PROG}: {escape_text(line)}\n" for line in str(msg).split("\n")))
     sys.stderr.flush()
 
 
-def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
-    """Turn files, folders and glob patterns into a file list plus (input, problem) errors.
+def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], list[tuple[str, str, int]]]:
+    """Turn files, folders and glob patterns into a file list plus (input, problem, position) errors.
+
+    position: how many files come before the error's input, so rows can follow the input order.
 
     Folders and patterns yield image names (IMAGE_EXTENSIONS) that are not temp/OS-metadata
     files (edge.files.is_ignored_name: AppleDouble `._*` sidecars and the like); a file named
@@ -46,7 +54,7 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
     with a note. Never raises for unreadable folders: they become errors.
     """
     files: list[str] = []
-    errors: list[tuple[str, str]] = []
+    errors: list[tuple[str, str, int]] = []
     seen: set[str] = set()
 
     def add(p: str) -> None:
@@ -63,7 +71,8 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
                                if is_image_name(p) and not is_ignored_name(p.name) and p.is_file())
                 if not found:
                     hint = "" if recursive else " (use --recursive for subfolders)"
-                    errors.append((raw, f"folder has no images ({', '.join(IMAGE_EXTENSIONS)}){hint}"))
+                    problem = f"folder has no images ({', '.join(IMAGE_EXTENSIONS)}){hint}"
+                    errors.append((raw, problem, len(files)))
                 for f in found:
                     add(f)
             elif path.exists():
@@ -77,20 +86,21 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
                 matches = sorted(m for m in glob.glob(raw, recursive=True)
                                  if os.path.isfile(m) and not is_ignored_name(m))
                 if not matches:
-                    errors.append((raw, "pattern matches no files"))
+                    errors.append((raw, "pattern matches no files", len(files)))
                 for m in matches:
                     add(m)
             else:
-                errors.append((raw, "no such file or folder"))
+                errors.append((raw, "no such file or folder", len(files)))
         except OSError as exc:
-            errors.append((raw, f"cannot read: {exc.strerror or exc}"))
+            errors.append((raw, f"cannot read: {exc.strerror or exc}", len(files)))
     return files, errors
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
     from .outputs import escape_text
 
-    sys.stderr.write(f"edge-classify: error: {escape_text(message)}\n")
+    clear = "\r\x1b[2K" if _BAR_ON_SCREEN else ""
+    sys.stderr.write(f"{clear}{_PROG}: error: {escape_text(message)}\n")
     sys.stderr.flush()
     sys.exit(code)
 
@@ -105,8 +115,11 @@ def _decode_options(bit_depth, page, max_pixels, value_range=None):
         kw["max_pixels"] = max_pixels
     try:
         return DecodeOptions(**kw)
-    except ValueError as exc:
-        _fail(str(exc))
+    except ValueError as exc:  # the message names the field; the user typed the option
+        msg = re.sub(r"'(bit_depth|page|max_pixels|value_range)(\[\d\])?'",
+                     lambda m: "--" + m.group(1).replace("_", "-") + (" " + ("LOW" if m.group(2) == "[0]" else "HIGH")
+                                                                       if m.group(2) else ""), str(exc))
+        _fail(msg)
 
 
 def _load(model: str, threads: int | None, threshold: float | None, decode, require_signature: str | None,
@@ -119,18 +132,19 @@ def _load(model: str, threads: int | None, threshold: float | None, decode, requ
             from .signature import verify_model_signature
 
             verify_model_signature(model, None, require_signature)  # None: the card beside the model
-        elif not quiet:
-            try:
-                from .signature import signature_status
-            except ImportError:
-                signature_status = None
-            if signature_status is not None:
-                _log(signature_status(model))
         from .classifier import Classifier
 
-        return Classifier.load(model, threads=threads, threshold=threshold, decode=decode)
+        clf = Classifier.load(model, threads=threads, threshold=threshold, decode=decode)
     except LeukedgeError as exc:
-        _fail(str(exc))
+        _fail(str(exc))  # a model that cannot be used: this one line is all (nothing said before it)
+    if not require_signature and not quiet:
+        try:
+            from .signature import signature_status
+        except ImportError:  # the cryptography package is missing: signing is unavailable, not an error
+            signature_status = None
+        if signature_status is not None:
+            _log(signature_status(model))
+    return clf
 
 
 class SummaryLocationError(OSError):
@@ -248,14 +262,24 @@ def _open_batch_sink(output: str | None):
 
 def run_batch(clf, files: list[str], input_errors, emitter, model, strict_quality: bool, show_bar: bool,
               workers: int = 1, threads: int | None = None, decode=None) -> None:
-    """Classify `files`, one row each in input order (input errors first); raises OutputError if rows
-    cannot be written. workers > 1: the throughput layout (edge.throughput), `clf` is worker 0."""
+    """Classify `files`, one row each, in input order; raises OutputError if rows cannot be written.
+
+    input_errors: (input, problem, position) from `expand_inputs`: each becomes an InputError row
+    before the files[position] row (the order the inputs were given in). workers > 1: the
+    throughput layout (edge.throughput), `clf` is worker 0.
+    """
+    global _BAR_ON_SCREEN
     from .handling import classify_file
     from .outputs import make_row
 
-    for raw, problem in input_errors:
-        _log(f"{raw}: {problem}")
-        emitter.emit(make_row(raw, model, error=problem, error_type="InputError"))
+    pending_errors = sorted(input_errors, key=lambda e: e[2])
+
+    def emit_errors_before(position: int) -> None:
+        while pending_errors and pending_errors[0][2] <= position:
+            raw, problem, _ = pending_errors.pop(0)
+            _log(f"{raw}: {problem}")
+            emitter.emit(make_row(raw, model, error=problem, error_type="InputError"))
+
     pool = None
     if workers > 1 and len(files) > 1:
         from .throughput import ClassifierPool
@@ -269,29 +293,38 @@ def run_batch(clf, files: list[str], input_errors, emitter, model, strict_qualit
         import click  # only for the bar: a single image or a pipe never pays for importing click
 
         bar = click.progressbar(length=len(files), label="classifying", file=sys.stderr)
-    for row in rows:
-        if row["status"] != "ok":
-            _log(f"{row['path']}: {row['error']}")
-        elif row.get("warning"):
-            _log(f"{row['path']}: warning: {row['warning']} (classified; --strict-quality refuses such images)")
-        emitter.emit(row)
+        _BAR_ON_SCREEN = True
+    try:
+        for i, row in enumerate(rows):
+            emit_errors_before(i)
+            if row["status"] != "ok":
+                _log(f"{row['path']}: {row['error']}")
+            elif row.get("warning"):
+                _log(f"{row['path']}: warning: {row['warning']} (classified; --strict-quality refuses such images)")
+            emitter.emit(row)
+            if bar is not None:
+                bar.update(1)
+        emit_errors_before(len(files))
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.render_finish()
-    if pool is not None:
-        pool.close()
+            bar.render_finish()
+    finally:
+        _BAR_ON_SCREEN = False
+        if pool is not None:
+            pool.close()
 
 
 DESCRIPTION = """\
-Classify segmented blood-cell images as ALL (leukemic blast) or HEM (normal).
+Classify segmented blood-cell images with a screening model. The model's card names its labels
+(C-NMC models: ALL = leukemic blast, HEM = normal); p_all is P(the card's positive label).
 
 INPUTS are image files (BMP, PNG, JPEG, TIFF), folders, or glob patterns.
 
 Exit codes:
-  0  every input was classified
-  1  some inputs failed (each is reported; the others are still classified)
-  2  usage, model or output error (a batch's finished rows are kept; the message says where)
+  0    every input was classified
+  1    some inputs failed (each is reported; the others are still classified)
+  2    usage, model (a failed self-test included) or output error (a batch's finished rows are
+       kept; the message says where)
+  130  a batch interrupted by Ctrl-C (SIGINT), 143 by SIGTERM: every finished row is kept
 """
 
 
@@ -371,19 +404,24 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
-        """A usage error: the usage line, one escaped `PROG: error: ...` line and a hint; exit 2."""
+        """A usage error: one escaped `PROG: error: ... (PROG --help lists the options)` line; exit 2."""
         from .outputs import escape_text
 
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"{self.prog}: error: {escape_text(message)}\nTry '{self.prog} --help' for help.\n")
+        sys.stderr.write(f"{self.prog}: error: {escape_text(message)} ({self.prog} --help lists the options)\n")
         sys.stderr.flush()
         sys.exit(EXIT_USAGE)
+
+
+# argparse takes "-1e3" or "-inf" for an option name (its own pattern knows only -1 and -.5); no
+# option of edge-classify looks like a number, so every number-like word is a value.
+_NEGATIVE_NUMBER = re.compile(r"^-(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf(?:inity)?|nan)$", re.IGNORECASE)
 
 
 def build_parser(prog: str = "edge-classify") -> argparse.ArgumentParser:
     """The option parser of `edge-classify` (argparse; every default and range is in its help)."""
     ap = _Parser(prog=prog, usage="%(prog)s [OPTIONS] [INPUTS]...", description=DESCRIPTION, add_help=False,
                  allow_abbrev=False, formatter_class=_HelpFormatter)
+    ap._negative_number_matcher = _NEGATIVE_NUMBER  # argparse's hook for this (a private name since 3.2)
     ap.add_argument("inputs", nargs="*", metavar="INPUTS", help="Image files, folders or glob patterns.")
     opt = ap.add_argument
 
@@ -396,7 +434,7 @@ def build_parser(prog: str = "edge-classify") -> argparse.ArgumentParser:
     opt("-m", "--model", metavar="FILE", default=os.environ.get("LEUKEDGE_MODEL") or None,
         help="Model .tflite (its card .json beside it). Env: LEUKEDGE_MODEL.")
     ranged("--threshold", kind=float, low=0.0, high=1.0, metavar="P",
-           help="Override the card's decision threshold on P(ALL).")
+           help="Override the card's decision threshold on P(positive label), e.g. P(ALL).")
     opt("--format", dest="fmt", choices=["text", "json", "csv"], default="text", metavar="[text|json|csv]",
         help="[default: text]")
     opt("-o", "--output", type=_PathArg(dir_okay=False), metavar="FILE",
@@ -462,30 +500,61 @@ def parse_args(argv: list[str] | None = None, prog: str = "edge-classify") -> di
     if "--" in args:  # parse_intermixed_args mishandles `--`: split it off here
         cut = args.index("--")
         args, tail = args[:cut], args[cut + 1:]
-    opts = vars(build_parser(prog).parse_intermixed_args(args))
+    parser = build_parser(prog)
+    opts = vars(parser.parse_intermixed_args(args))
     opts["inputs"] = (*opts["inputs"], *tail)
     if opts["value_range"] is not None:
         opts["value_range"] = tuple(opts["value_range"])
+    if "" in opts["inputs"]:  # Path("") is the current folder: an unset "$IMG" must not classify it
+        parser.error("an input is an empty string (an unset shell variable?)")
+    for action in parser._actions:
+        if action.option_strings and isinstance(opts.get(action.dest), str) and opts[action.dest] == "":
+            parser.error(f"argument {'/'.join(action.option_strings)}: empty value")
+    if not opts["watch_dir"]:
+        stray = [a.option_strings[-1] for a in parser._actions
+                 if a.dest in _WATCH_ONLY and opts[a.dest] != a.default]
+        if stray:
+            parser.error(f"{', '.join(stray)} only appl{'ies' if len(stray) == 1 else 'y'} with --watch DIR")
     return opts
+
+
+# Options that mean something only in watch mode: given without --watch, they are a usage error
+# rather than silently ignored.
+_WATCH_ONLY = {"include_existing", "state_file", "reclassify", "poll_mode", "poll_interval", "full_scan_interval",
+               "settle", "empty_timeout", "heartbeat_file"}
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     """The `edge-classify` console script: parse `argv` (default: sys.argv[1:]), run, sys.exit(code).
 
     prog: the name in usage and errors (`leukedge classify` when called from the workstation CLI).
-    Ctrl-C outside a batch's own handling prints "Aborted!" and exits 1; a closed stdout pipe exits 1
-    quietly (both as the click version did).
+    A batch ended by SIGINT (Ctrl-C) or SIGTERM says so in one line and exits 130 / 143 (128 + the
+    signal, as a shell reports it); a closed stdout pipe exits 1 quietly.
     """
+    global _PROG
+    _PROG = prog or "edge-classify"
     try:
-        classify(**parse_args(argv, prog or "edge-classify"))
+        classify(**parse_args(argv, _PROG))
+    except _Terminated:
+        _interrupted("SIGTERM", EXIT_SIGTERM)
     except (EOFError, KeyboardInterrupt):
-        sys.stderr.write("\nAborted!\n")  # the blank line closes the terminal's ^C echo
-        sys.exit(EXIT_SOME_FAILED)
+        _interrupted("SIGINT", EXIT_SIGINT)
     except OSError as exc:
         if exc.errno != errno.EPIPE:
             raise
         _quiet_closed_pipes()
         sys.exit(EXIT_SOME_FAILED)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, kill) during a batch: it ends the batch like Ctrl-C, with its own exit code."""
+
+
+def _interrupted(signal_name: str, code: int, where: str | None = None) -> None:
+    """One line for a batch ended by a signal (naming the file that keeps its rows), then exit `code`."""
+    kept = f"; every finished row is in {where}" if where else ""
+    sys.stderr.write("\n" if signal_name == "SIGINT" and sys.stderr.isatty() else "")  # after the ^C echo
+    _fail(f"interrupted by {signal_name}{kept}", code)
 
 
 def _quiet_closed_pipes() -> None:
@@ -549,7 +618,7 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
     for note in getattr(clf.backend, "notes", ()) if not quiet else ():
         _log(note)  # e.g. ONNX Runtime: "building the TensorRT engine (first start)", "engine cache off"
     if self_test_flag and not _self_test(clf, required=True):
-        sys.exit(EXIT_SOME_FAILED)
+        sys.exit(EXIT_USAGE)  # the model does not reproduce the workstation's outputs here: a model error
     if self_test_flag and not inputs and not watch_dir and summary is None:
         sys.exit(EXIT_OK)
 
@@ -562,13 +631,13 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
             summary.attach(emitter, clf)
         show_bar = len(files) > 1 and sys.stderr.isatty() and not quiet
         def _terminate(signum, frame):  # SIGTERM (systemd, kill) ends a batch like Ctrl-C: rows kept, file named
-            raise KeyboardInterrupt
+            raise _Terminated
 
         signal.signal(signal.SIGTERM, _terminate)
         try:
             run_batch(clf, files, input_errors, emitter, minfo, strict_quality, show_bar,
                       workers=n_workers, threads=threads, decode=decode)
-            if output:
+            if batch_sink.path is not None:  # -o FILE (not stdout): rename the finished file into place
                 batch_sink.commit()
             else:
                 batch_sink.close()
@@ -577,10 +646,12 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
             _fail(f"{exc.strerror or exc}{where}")
         except BrokenPipeError:
             sys.exit(EXIT_SOME_FAILED)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if batch_sink.path is not None:
                 batch_sink.close()
-                _fail(f"interrupted; every finished row is in {batch_sink.path}", 130)
+                if isinstance(exc, _Terminated):
+                    _interrupted("SIGTERM", EXIT_SIGTERM, batch_sink.path)
+                _interrupted("SIGINT", EXIT_SIGINT, batch_sink.path)
             raise
         if not quiet and (len(files) > 1 or counts.any_failed or input_errors):
             _log(counts.summary())
@@ -603,19 +674,21 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
     """Run the watcher until SIGINT/SIGTERM; returns True if any input's latest row failed."""
     from .handling import Counts, Emitter
     from .ingest import Journal, JournalError, WatchOptions, Watcher, default_journal_path
-    from .outputs import AppendFileSink, RowWriter, StreamSink, check_csv_header
+    from .outputs import AppendFileSink, RowWriter, StreamSink, check_append_target
 
     if not _self_test(clf, required=False):
-        sys.exit(EXIT_SOME_FAILED)
+        sys.exit(EXIT_USAGE)  # a model that fails its self-test here is not started (systemd: failed, not restarted)
+    if output == "-":  # stdout, as in a batch
+        output = None
     if output:
         try:
             sink = AppendFileSink(output, fsync_interval)
         except OSError as exc:
             _fail(f"{output}: cannot write results there: {exc.strerror or exc}")
-        if fmt == "csv":
-            problem = check_csv_header(sink)
-            if problem:
-                _fail(problem)
+        problem = check_append_target(sink, fmt)  # a restart with another --format must not mix formats
+        if problem:
+            sink.close()
+            _fail(problem)
         if sink.repaired:
             _log(f"{output}: cut a half-written last line ({sink.repaired} bytes) left by a crash")
     else:

@@ -488,13 +488,31 @@ class RowWriter:
         self.sink.close()
 
 
-def check_csv_header(sink: AppendFileSink) -> str | None:
-    """For an existing CSV output: None if its header is this version's, else the problem in words."""
-    first = sink.first_line()
-    if not first:
+def detect_format(first_line: bytes) -> str | None:
+    """The rows format of a results file from its first line: "json" (an object), "text" (the
+    `# leukedge` header), "csv" (anything else: a header of column names); None when empty."""
+    line = first_line.lstrip()
+    if not line:
         return None
-    want = (",".join(FIELD_NAMES) + "\n").encode()
-    if first != want:
+    if line.startswith(b"{"):
+        return "json"
+    if line.startswith(b"# leukedge"):
+        return "text"
+    return "csv"
+
+
+def check_append_target(sink: AppendFileSink, fmt: str) -> str | None:
+    """For an existing output that rows are appended to (watch mode): None if it holds `fmt` rows of
+    this version (for CSV: the same header), else the problem in words, naming the file."""
+    first = sink.first_line()
+    found = detect_format(first)
+    if found is None:
+        return None
+    if found != fmt:
+        return (f"{sink.path}: holds {found} rows, this run writes {fmt} (--format); use --format {found} "
+                "or another --output file")
+    if fmt == "csv" and first != (",".join(FIELD_NAMES) + "\n").encode():
         return (f"{sink.path}: existing CSV has other columns (rows v{ROWS_VERSION} writes {len(FIELD_NAMES)}); "
                 "choose a new --output file")
     return None
+

@@ -131,7 +131,9 @@ def self_test(clf, golden: dict | None = None) -> SelfTestReport:
     """Run the golden set beside `clf`'s model and compare with the workstation's outputs.
 
     clf: a loaded `Classifier` (its card already verified against the model file).
-    golden: the card's `golden` entry ({"file", "sha256", ...}); default `clf.card.golden`.
+    golden: the card's `golden` entry ({"file", "sha256", ...}); default `clf.card.golden`. The file
+    is the one the card names, beside the model, else `<model file>.golden.npz` (a renamed copy);
+    either way its SHA-256 must be the card's.
     The decisions are taken at the threshold the golden set was measured at (the card's).
     Never raises for a bad or missing golden set: returns a report with ok=False and a
     one-line message naming the file and the problem.
@@ -142,6 +144,9 @@ def self_test(clf, golden: dict | None = None) -> SelfTestReport:
         return SelfTestReport(False, message=f"{model_path}: no golden set in its card; "
                                              "re-run leukedge optimize to make one (self-test not possible)")
     path = model_path.parent / entry["file"]
+    renamed = golden_path_for(model_path)  # a model copied under another name, its golden set beside it likewise
+    if not path.is_file() and renamed.is_file():
+        path = renamed  # still checked against the card's SHA-256 below
     if not entry.get("sha256"):
         return SelfTestReport(False, golden_file=str(path), message=f"{path}: the card gives no SHA-256 for the golden set")
     try:

@@ -330,7 +330,11 @@ def classify(ctx):
     """Same as edge-classify, every option passed through (leukedge classify --help shows them)."""
     from leukedge.edge.cli import main as edge_main
 
-    edge_main(list(ctx.args), prog="leukedge classify")
+    args = list(ctx.args)
+    raw = sys.argv[1:]
+    if "--" in raw and "classify" in raw:  # click drops `--`; edge-classify needs it (inputs named like options)
+        args = raw[raw.index("classify") + 1:]
+    edge_main(args, prog="leukedge classify")
 
 
 def _benchmark_options(fn):

@@ -419,7 +419,7 @@ def test_signature_and_self_test_flags(tiny_models, synth_arrays, tmp_path):
     bad = run_edge("--model", model, "--require-signature", tmp_path / "k.pub", paths[0])
     assert bad.returncode == 2 and "changed since it was signed" in bad.stderr and "Traceback" not in bad.stderr
     st = run_edge("--model", tiny_models["float32"], "--self-test")
-    assert st.returncode == 1 and "self-test FAILED" in st.stderr and "golden" in st.stderr
+    assert st.returncode == 2 and "self-test FAILED" in st.stderr and "golden" in st.stderr  # a model error
 
 
 def test_runtime_import_failure_is_one_line_naming_the_fix(tiny_models, synth_arrays, tmp_path):
@@ -556,7 +556,31 @@ def test_bad_options_are_usage_errors_with_exit_2(args, message, capsys):
     err = capsys.readouterr().err
     assert done.value.code == 2
     assert f"edge-classify: error: {message}" in err and "Traceback" not in err
-    assert err.startswith("usage: edge-classify [OPTIONS] [INPUTS]...")
+    assert len(err.splitlines()) == 1 and err.rstrip().endswith("(edge-classify --help lists the options)")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--value-range", "-1e3", "4095"], None),  # number-like words are values, not options
+    (["--threshold", "-1e-3"], "argument --threshold: -0.001 is not in the range 0.0<=x<=1.0"),
+    (["--value-range", "-inf", "1"], "--value-range LOW must be finite"),
+    (["--value-range", "1", "0"], "--value-range needs low < high"),
+    ([""], "an input is an empty string (an unset shell variable?)"),
+    (["-o", ""], "argument -o/--output: empty value"),
+    (["--summary-by", ""], "argument --summary-by: empty value"),
+    (["--settle", "3"], "--settle only applies with --watch DIR"),
+    (["--poll", "--state", "j"], "--state, --poll only apply with --watch DIR"),
+])
+def test_values_that_look_like_options_empty_values_and_watch_only_options(args, message, capsys, tmp_path):
+    from leukedge.edge import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["-m", str(tmp_path / "none.tflite"), *args, "x.png"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and len(err.splitlines()) == 1, err
+    if message is None:  # parsed: it fails later, on the missing model
+        assert "model file not found" in err or "none.tflite" in err
+    else:
+        assert f"edge-classify: error: {message}" in err
 
 
 def test_help_and_version(capsys):
@@ -629,3 +653,108 @@ def test_leukedge_classify_passes_everything_through(tiny_models, synth_arrays):
     helped = subprocess.run([sys.executable, "-m", "leukedge.cli", "classify", "--help"],
                             capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and "usage: leukedge classify" in helped.stdout and "--summary-by" in helped.stdout
+
+
+# -- found by trying the tool as a new user -------------------------------------------------
+
+
+def test_dash_output_is_stdout_in_a_batch_and_in_watch_mode(tiny_models, synth_arrays, tmp_path):
+    _, _, paths = synth_arrays
+    r = subprocess.run([*EDGE, "-m", str(tiny_models["float32"]), "--format", "json", "-o", "-", *paths[:2]],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert [json.loads(ln)["path"] for ln in r.stdout.splitlines()] == paths[:2]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    proc = subprocess.Popen([*EDGE, "--model", str(tiny_models["float32"]), "--format", "json", "--watch", str(folder),
+                             "--poll", "--poll-interval", "0.1", "--settle", "0.3", "-o", "-"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        time.sleep(2.0)
+        shutil.copy(paths[0], folder / "a.bmp")
+        time.sleep(2.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert [Path(json.loads(ln)["path"]).name for ln in out.decode().splitlines()] == ["a.bmp"], err
+    assert not (tmp_path / "-").exists() and not (tmp_path / "-.journal").exists()
+
+
+def test_rows_follow_the_input_order_with_missing_inputs_in_place(tiny_models, synth_arrays):
+    _, _, paths = synth_arrays
+    for workers in ("1", "2"):
+        r = run_edge("-m", tiny_models["float32"], "--format", "json", "--workers", workers,
+                     paths[0], "/no/such.png", paths[1], paths[2], "/nope*.png")
+        assert r.returncode == 1
+        rows = [json.loads(ln) for ln in r.stdout.splitlines()]
+        assert [row["path"] for row in rows] == [paths[0], "/no/such.png", paths[1], paths[2], "/nope*.png"]
+        assert [row["status"] for row in rows] == ["ok", "error", "ok", "ok", "error"]
+
+
+def test_an_unusable_model_is_one_stderr_line(tmp_path):
+    for model in (tmp_path, tmp_path / "missing.tflite"):
+        r = run_edge("-m", model, "x.png")
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert r.stderr.startswith("edge-classify: error: ") and str(model.name) in r.stderr
+
+
+@pytest.mark.parametrize("sig, code, with_output", [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, True),
+                                                    (signal.SIGINT, 130, False)])
+def test_an_interrupted_batch_says_so_with_the_signal_s_exit_code(tiny_models, tmp_path, sig, code, with_output):
+    big = write_image(tmp_path / "big.png", size=(1600, 1600), fmt="PNG")
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(400):
+        (folder / f"{i:03d}.png").symlink_to(big)
+    out = tmp_path / "rows.csv"
+    extra = ["-o", str(out)] if with_output else []
+    proc = subprocess.Popen([*EDGE, "-m", str(tiny_models["float32"]), "--format", "csv", "--workers", "1",
+                             *extra, str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(4.0)  # loaded and classifying (a 1600 px PNG takes tens of ms)
+    proc.send_signal(sig)
+    stdout, err = proc.communicate(timeout=60)
+    name = "SIGTERM" if sig == signal.SIGTERM else "SIGINT"
+    assert proc.returncode == code, err
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith(f"edge-classify: error: interrupted by {name}") and b"Traceback" not in err
+    if with_output:
+        kept = Path(last.split("every finished row is in ", 1)[1])
+        assert kept.name.endswith(".part") and len(kept.read_text().splitlines()) > 1 and not out.exists()
+    else:
+        assert len(stdout.decode().splitlines()) > 1  # the rows printed before the signal
+
+
+def test_watch_restart_with_another_format_is_refused(tiny_models, tmp_path):
+    from leukedge.edge.outputs import AppendFileSink, check_append_target
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    out = tmp_path / "r.csv"
+    proc = _watch_proc(tiny_models["float32"], folder, "-o", out)  # _watch_proc writes json
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    out.write_text('{"path": "a.png", "status": "ok"}\n')  # as if rows had come
+    r = run_edge("-m", tiny_models["float32"], "--watch", folder, "-o", out, "--format", "csv")
+    last = r.stderr.splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("edge-classify: error: ") and "holds json rows, this run writes csv" in last
+    assert out.read_text() == '{"path": "a.png", "status": "ok"}\n'
+    for first, fmt, ok in [(b"# leukedge 0.1.0 rows v1: model m\n", "text", True),
+                           (b"# leukedge 0.1.0 rows v1: model m\n", "json", False), (b"path,status\n", "csv", False),
+                           (b"", "csv", True)]:
+        f = tmp_path / f"t{len(first)}{fmt}"
+        f.write_bytes(first)
+        sink = AppendFileSink(f)
+        try:
+            assert (check_append_target(sink, fmt) is None) == ok, (first, fmt)
+        finally:
+            sink.close()
+
+
+def test_leukedge_classify_keeps_the_double_dash(tiny_models, synth_arrays, tmp_path):
+    _, _, paths = synth_arrays
+    odd = tmp_path / "-x.bmp"
+    shutil.copy(paths[0], odd)
+    r = subprocess.run([sys.executable, "-m", "leukedge.cli", "classify", "-m", str(tiny_models["float32"]),
+                        "--format", "json", "--", "-x.bmp"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["path"] == "-x.bmp"

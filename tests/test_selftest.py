@@ -174,3 +174,20 @@ def test_golden_meta_is_json_without_pickles(golden_model):
     with np.load(golden_path_for(clf.model_path), allow_pickle=False) as z:
         meta = json.loads(str(z["meta"][()]))
     assert meta["schema"] == "leukedge.golden" and meta["model_sha256"] == clf.card.model_sha256
+
+
+def test_renamed_model_finds_its_renamed_golden_set(golden_model, tmp_path):
+    """A model copied as good.tflite with good.tflite.json and good.tflite.golden.npz: the card still names
+    the original golden file, the self-test finds the renamed one beside the model and checks its hash."""
+    clf, entry = golden_model
+    other = tmp_path / "renamed"
+    other.mkdir()
+    model = other / ("good" + clf.model_path.suffix)
+    shutil.copy2(clf.model_path, model)
+    shutil.copy2(golden_path_for(clf.model_path), golden_path_for(model))
+    moved = Classifier(model, clf.card)
+    rep = self_test(moved, golden=entry)
+    assert rep.ok, rep.message
+    golden_path_for(model).write_bytes(b"not the golden set")
+    rep = self_test(moved, golden=entry)
+    assert not rep.ok and "good" in rep.message
