@@ -260,6 +260,29 @@ def _open_batch_sink(output: str | None):
         _fail(f"{output}: cannot write results there: {exc.strerror or exc}")
 
 
+def _check_watch_output(output: str | None, fmt: str) -> None:
+    """Before the model is loaded: a watch results file that cannot be appended to in `fmt` is a usage
+    error (one line). The file itself is opened (and a crash's half-written line cut) later."""
+    if not output or output == "-":
+        return
+    target = Path(os.path.realpath(output))
+    if target.is_dir():
+        _fail(f"{output}: --output is a folder; give a file name")
+    if not target.exists():
+        return
+    if not target.is_file():
+        _fail(f"{output}: not a regular file (a device, FIFO or socket); use stdout (-o -) for pipes")
+    from .outputs import check_append_target
+
+    try:
+        with open(target, "rb") as fh:
+            problem = check_append_target(output, fh.readline(), fmt)
+    except OSError as exc:
+        problem = f"{output}: cannot read results there: {exc.strerror or exc}"
+    if problem:
+        _fail(problem)
+
+
 def run_batch(clf, files: list[str], input_errors, emitter, model, strict_quality: bool, show_bar: bool,
               workers: int = 1, threads: int | None = None, decode=None) -> None:
     """Classify `files`, one row each, in input order; raises OutputError if rows cannot be written.
@@ -588,6 +611,8 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
 
     # output location first: no work is done for results that could not be kept
     batch_sink = _open_batch_sink(output) if inputs else None
+    if watch_dir and not inputs:
+        _check_watch_output(output, fmt)
     try:
         files, input_errors = expand_inputs(inputs, recursive) if inputs else ([], [])
         # layout: throughput (one single-threaded interpreter per core) for folders and watch backlogs,
@@ -685,7 +710,7 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
             sink = AppendFileSink(output, fsync_interval)
         except OSError as exc:
             _fail(f"{output}: cannot write results there: {exc.strerror or exc}")
-        problem = check_append_target(sink, fmt)  # a restart with another --format must not mix formats
+        problem = check_append_target(output, sink.first_line(), fmt)  # another --format must not mix formats
         if problem:
             sink.close()
             _fail(problem)

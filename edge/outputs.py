@@ -501,18 +501,18 @@ def detect_format(first_line: bytes) -> str | None:
     return "csv"
 
 
-def check_append_target(sink: AppendFileSink, fmt: str) -> str | None:
-    """For an existing output that rows are appended to (watch mode): None if it holds `fmt` rows of
-    this version (for CSV: the same header), else the problem in words, naming the file."""
-    first = sink.first_line()
+def check_append_target(path: str | os.PathLike, first: bytes, fmt: str) -> str | None:
+    """For an existing output that rows are appended to (watch mode), given its first line: None if
+    it holds `fmt` rows of this version (for CSV: the same header), else the problem in words,
+    naming `path`."""
     found = detect_format(first)
     if found is None:
         return None
     if found != fmt:
-        return (f"{sink.path}: holds {found} rows, this run writes {fmt} (--format); use --format {found} "
+        return (f"{path}: holds {found} rows, this run writes {fmt} (--format); use --format {found} "
                 "or another --output file")
     if fmt == "csv" and first != (",".join(FIELD_NAMES) + "\n").encode():
-        return (f"{sink.path}: existing CSV has other columns (rows v{ROWS_VERSION} writes {len(FIELD_NAMES)}); "
+        return (f"{path}: existing CSV has other columns (rows v{ROWS_VERSION} writes {len(FIELD_NAMES)}); "
                 "choose a new --output file")
     return None
 
