@@ -560,7 +560,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         classify(**parse_args(argv, _PROG))
     except _Terminated:
         _interrupted("SIGTERM", EXIT_SIGTERM)
-    except (EOFError, KeyboardInterrupt):
+    except KeyboardInterrupt:
         _interrupted("SIGINT", EXIT_SIGINT)
     except OSError as exc:
         if exc.errno != errno.EPIPE:
