@@ -92,6 +92,7 @@ def find_runtime(prefer: str | None = None) -> Runtime:
 
 
 def default_threads() -> int:
+    """Usable cores (sched_getaffinity, so a container's CPU set counts; cpu_count elsewhere), >= 1."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:

@@ -16,7 +16,6 @@ in the one-worker layout.
 
 from __future__ import annotations
 
-import os
 import queue
 from collections import deque
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -26,11 +25,10 @@ R = TypeVar("R")
 
 
 def default_workers() -> int:
-    """One worker per usable core (sched_getaffinity, so a container's CPU set counts)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    """One worker per usable core: edge.runtime.default_threads (sched_getaffinity, so a container's CPU set counts)."""
+    from .runtime import default_threads
+
+    return max(1, default_threads())
 
 
 class ClassifierPool:
