@@ -241,18 +241,25 @@ def _self_test(clf, required: bool) -> bool:
     return bool(report.ok)
 
 
+def _output_target(output: str) -> Path:
+    """The file -o names (a symlink's target: that is what gets written); a folder, device, FIFO or socket
+    is a usage error in one line. The file need not exist."""
+    target = Path(os.path.realpath(output))
+    if target.is_dir():
+        _fail(f"{output}: --output is a folder; give a file name")
+    if target.exists() and not target.is_file():
+        _fail(f"{output}: not a regular file (a device, FIFO or socket); results go to a file — "
+              "use stdout (-o -) for pipes")
+    return target
+
+
 def _open_batch_sink(output: str | None):
     """Check the output location before any work; returns the sink (temp file beside -o, or stdout)."""
     from .outputs import StreamSink, TempFileSink
 
     if output is None or output == "-":
         return StreamSink(sys.stdout.buffer)
-    target = Path(os.path.realpath(output))  # a symlink's target is what gets written (atomically)
-    if target.is_dir():
-        _fail(f"{output}: --output is a folder; give a file name")
-    if target.exists() and not target.is_file():
-        _fail(f"{output}: not a regular file (a device, FIFO or socket); results are written atomically "
-              "to a file — use stdout for pipes")
+    target = _output_target(output)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         return TempFileSink(target)
@@ -265,13 +272,9 @@ def _check_watch_output(output: str | None, fmt: str) -> None:
     error (one line). The file itself is opened (and a crash's half-written line cut) later."""
     if not output or output == "-":
         return
-    target = Path(os.path.realpath(output))
-    if target.is_dir():
-        _fail(f"{output}: --output is a folder; give a file name")
+    target = _output_target(output)
     if not target.exists():
         return
-    if not target.is_file():
-        _fail(f"{output}: not a regular file (a device, FIFO or socket); use stdout (-o -) for pipes")
     from .outputs import check_append_target
 
     try:
