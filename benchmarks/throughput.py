@@ -86,34 +86,39 @@ def bare_invoke_rate(clfs: list, seconds: float) -> float:
     return sum(counts) / (time.perf_counter() - t0)
 
 
+def _rate(first, workers: int, threads: int | None, files: list[str], fn, consume=None) -> float:
+    """Items per second of fn(classifier, file) over `files` on the layout's workers (results in input
+    order, each passed to `consume`), after a warm-up on the first 4 (page cache, first-call costs)."""
+    from leukedge.edge.throughput import ClassifierPool
+
+    for f in files[:4]:
+        fn(first, f)
+    pool = ClassifierPool(first, workers, threads=threads) if workers > 1 else None
+    t0 = time.perf_counter()
+    for result in (pool.map(fn, files) if pool is not None else (fn(first, f) for f in files)):
+        if consume is not None:
+            consume(result)
+    dt = time.perf_counter() - t0
+    if pool is not None:
+        pool.close()
+    return len(files) / dt
+
+
 def end_to_end_rate(first, workers: int, threads: int | None, files: list[str]) -> float:
     """Images per second through the same per-image path and writer as edge-classify."""
-    from leukedge.edge.ingest import Counts, Emitter, classify_file
+    from leukedge.edge.handling import Counts, Emitter, classify_file
     from leukedge.edge.outputs import AppendFileSink, ModelInfo, RowWriter
-    from leukedge.edge.throughput import ClassifierPool
 
     model = ModelInfo.from_classifier(first)
     with tempfile.TemporaryDirectory() as tmp:
         sink = AppendFileSink(Path(tmp) / "rows.jsonl")
         counts = Counts()
         emitter = Emitter(RowWriter("json", sink, model), None, counts)
-        for f in files[:4]:  # warm-up: page cache, first-call costs
-            classify_file(first, f, model)
-        pool = ClassifierPool(first, workers, threads=threads) if workers > 1 else None
-        t0 = time.perf_counter()
-        if pool is not None:
-            rows = pool.map(lambda c, f: classify_file(c, f, model), files)
-        else:
-            rows = (classify_file(first, f, model) for f in files)
-        for row in rows:
-            emitter.emit(row)
-        dt = time.perf_counter() - t0
-        if pool is not None:
-            pool.close()
+        rate = _rate(first, workers, threads, files, lambda c, f: classify_file(c, f, model), emitter.emit)
         sink.close()
     if counts.classified != len(files):
         raise SystemExit(f"only {counts.classified} of {len(files)} images classified")
-    return len(files) / dt
+    return rate
 
 
 def decode_invoke_rate(first, workers: int, threads: int | None, files: list[str]) -> float:
@@ -121,7 +126,6 @@ def decode_invoke_rate(first, workers: int, threads: int | None, files: list[str
     import numpy as np
 
     from leukedge.edge.preprocess import load_rgb
-    from leukedge.edge.throughput import ClassifierPool
 
     prep = first.card.preprocessing
     x = first.input_tensor(np.full((prep.size, prep.size, 3), 128, np.uint8))
@@ -130,15 +134,7 @@ def decode_invoke_rate(first, workers: int, threads: int | None, files: list[str
         load_rgb(f, prep.size, prep.resize, c.decode)
         return c.probabilities(x)
 
-    for f in files[:4]:
-        one(first, f)
-    pool = ClassifierPool(first, workers, threads=threads) if workers > 1 else None
-    t0 = time.perf_counter()
-    n = sum(1 for _ in (pool.map(one, files) if pool is not None else (one(first, f) for f in files)))
-    dt = time.perf_counter() - t0
-    if pool is not None:
-        pool.close()
-    return n / dt
+    return _rate(first, workers, threads, files, one)
 
 
 def main(argv=None) -> int:
