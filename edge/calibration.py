@@ -32,9 +32,8 @@ from .errors import LeukedgeError
 from .files import write_text_atomic
 
 # C-NMC training file names: UID_<subject>_<image>_<cell>_<all|hem>.bmp; the release mixes case
-# ('UID_h3_' and 'UID_H3_' are one subject). Same rule as leukedge.train.datasets.subject_from_name,
-# repeated here because the device never imports the training package. Compiled on first use (re's
-# cache), not at every device start.
+# ('UID_h3_' and 'UID_H3_' are one subject). The one rule: training (leukedge.train.datasets)
+# imports `cnmc_subject` from here. Compiled on first use (re's cache), not at every device start.
 _CNMC_SUBJECT = r"^UID_([A-Za-z]?\d+)_"
 
 UNKNOWN_GROUP = "unknown"
@@ -186,14 +185,20 @@ def _compile_group_pattern(by: str) -> re.Pattern:
     return pattern
 
 
+def cnmc_subject(name: str | os.PathLike) -> str | None:
+    """C-NMC subject id from a file name (`UID_<subject>_...`), upper-case: 'UID_h3_...' and 'UID_H3_...'
+    are subject 'H3'. None when the name does not follow the pattern."""
+    m = re.match(_CNMC_SUBJECT, Path(name).name, re.IGNORECASE)
+    return m.group(1).upper() if m else None
+
+
 def _key_for(path: str | os.PathLike, by: str, pattern: re.Pattern | None) -> str:
     p = Path(path)
     if by == "folder":  # the whole folder path: patA/cells and patB/cells are different samples
         parent = os.path.dirname(os.path.normpath(str(p)))
         return parent or "."
     if by == "subject":
-        m = re.match(_CNMC_SUBJECT, p.name, re.IGNORECASE)
-        return m.group(1).upper() if m else UNKNOWN_GROUP
+        return cnmc_subject(p.name) or UNKNOWN_GROUP
     m = pattern.search(p.as_posix())
     return m.group(1) if m and m.group(1) else UNKNOWN_GROUP
 

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from leukedge.edge.errors import LeukedgeError
+from leukedge.edge.calibration import cnmc_subject
 from leukedge.edge.files import is_ignored_name, sha256_file
 from leukedge.edge.preprocess import is_image_name
 
 CNMC_LABELS = ["hem", "all"]  # output order: index 1 = ALL, the positive class
 KNOWN_POSITIVES = ("all", "ig", "blast", "positive", "leukemic")
-_UID = re.compile(r"^UID_([A-Za-z]?\d+)_", re.IGNORECASE)
 TCIA_DIRS = {"train": "C-NMC_training_data", "validation": "C-NMC_test_prelim_phase_data",
              "test": "C-NMC_test_final_phase_data"}
 TCIA_PACKAGE = "PKG - C-NMC 2019"
@@ -80,9 +80,9 @@ class Dataset:
 
 
 def subject_from_name(name: str) -> str | None:
-    """C-NMC subject id from a file name: 'UID_h3_...' and 'UID_H3_...' are the same subject 'H3'."""
-    m = _UID.match(Path(name).name)
-    return m.group(1).upper() if m else None
+    """C-NMC subject id from a file name: 'UID_h3_...' and 'UID_H3_...' are the same subject 'H3'
+    (edge.calibration.cnmc_subject: the device's per-subject summary uses the same rule)."""
+    return cnmc_subject(name)
 
 
 def find_cnmc_root(path: Path) -> Path | None:
