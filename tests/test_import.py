@@ -18,9 +18,10 @@ import pytest
 SIZE = 64
 
 
-def _backbone(tf, size: int):
-    """A small functional stand-in for InceptionV3(include_top=False, pooling='max'): Conv+BN+ReLU, a concat."""
-    L = tf.keras.layers
+def _backbone(keras, size: int):
+    """A small functional stand-in for InceptionV3(include_top=False, pooling='max'): Conv+BN+ReLU, a concat.
+    keras: tf.keras (tf-keras) or the Keras 3 `keras` package; both build the same layers."""
+    L = keras.layers
     inp = L.Input((size, size, 3))
 
     def cbr(x, f, k, s=1):
@@ -32,7 +33,7 @@ def _backbone(tf, size: int):
     x = L.concatenate([cbr(x, 8, 1), cbr(x, 8, 3)])
     x = L.MaxPooling2D(3, 2)(x)
     x = cbr(x, 16, 3, 2)
-    return tf.keras.Model(inp, L.GlobalMaxPooling2D()(x), name="inception_v3")
+    return keras.Model(inp, L.GlobalMaxPooling2D()(x), name="inception_v3")
 
 
 def reference_model(size: int = SIZE, backbone=None, units: int = 32, seed: int = 0):
@@ -43,7 +44,7 @@ def reference_model(size: int = SIZE, backbone=None, units: int = 32, seed: int 
     tf.keras.utils.set_random_seed(seed)
     L, reg = tf.keras.layers, tf.keras.regularizers
     return tf.keras.Sequential([
-        backbone or _backbone(tf, size), L.BatchNormalization(),
+        backbone or _backbone(tf.keras, size), L.BatchNormalization(),
         L.Dense(units, activation="relu", kernel_regularizer=reg.l2(0.016), activity_regularizer=reg.l1(0.006),
                 bias_regularizer=reg.l1(0.006)),
         L.Dropout(0.5), L.Dense(2, activation="softmax")])
@@ -163,17 +164,7 @@ def _keras3_reference(reference, extra_layer=None):
     if not keras.__version__.startswith("3"):
         pytest.skip("Keras 3 not installed")
     L, reg = keras.layers, keras.regularizers
-    inp = L.Input((SIZE, SIZE, 3))
-
-    def cbr(x, f, k, s=1):
-        x = L.Conv2D(f, k, strides=s, padding="same", use_bias=False)(x)
-        x = L.BatchNormalization(scale=False)(x)
-        return L.Activation("relu")(x)
-
-    x = cbr(inp, 8, 3, 2)
-    x = L.concatenate([cbr(x, 8, 1), cbr(x, 8, 3)])
-    x = cbr(L.MaxPooling2D(3, 2)(x), 16, 3, 2)
-    backbone = keras.Model(inp, L.GlobalMaxPooling2D()(x), name="inception_v3")
+    backbone = _backbone(keras, SIZE)
     head = [L.BatchNormalization(), L.Dense(32, activation="relu", kernel_regularizer=reg.l2(0.016),
                                             activity_regularizer=reg.l1(0.006), bias_regularizer=reg.l1(0.006)),
             L.Dropout(0.5), L.Dense(2, activation="softmax")]
