@@ -56,7 +56,7 @@ class OptimizeOptions:
     prune_lr: float = 1e-4
     qat_steps: int = 100
     qat_lr: float = 1e-5
-    resize_steps: int = 100  # fine-tune steps for input-size family members (int8@160)
+    resize_steps: int = 300  # most recovery steps for input-size family members (int8@160; optimize.recover)
     resize_lr: float = 1e-5
     finetune_batch: int = 16
     max_f1_drop: float = 0.01
@@ -213,24 +213,18 @@ class BuildContext:
 
 
 def _model_at_size(ctx: BuildContext, size: int):
-    """The parent's weights at another input size, briefly fine-tuned there (resize_steps)."""
+    """The parent's weights at another input size, recovered there (optimize.recover: BatchNorm
+    re-estimation, then up to resize_steps of distillation from the parent, early-stopped on validation)."""
     key = ("resized", size)
     if key not in ctx.cache:
-        from .prune import clone_float
+        from .channels import at_size, count_macs, count_params
+        from .recover import recover_in_context
 
-        tf = tensorflow()
-        resized = tf.keras.models.clone_model(ctx.model, input_tensors=tf.keras.layers.Input((size, size, 3)))
-        resized.set_weights(ctx.model.get_weights())
+        resized, recovery = recover_in_context(ctx, at_size(ctx.model, size), size, ctx.opts.resize_steps,
+                                               ctx.opts.resize_lr)
         info = {"input_size": size, "from_size": ctx.card.preprocessing.size, "finetune_steps": ctx.opts.resize_steps,
-                "finetune_lr": ctx.opts.resize_lr}
-        if ctx.opts.resize_steps > 0:
-            tuned = clone_float(resized)
-            for layer in tuned.layers:  # BatchNorm statistics stay the parent's
-                layer.trainable = not isinstance(layer, tf.keras.layers.BatchNormalization)
-            tuned.compile(optimizer=tf.keras.optimizers.Adam(ctx.opts.resize_lr), loss="sparse_categorical_crossentropy")
-            tuned.fit(ctx.finetune_data(size).repeat(), steps_per_epoch=ctx.opts.resize_steps, epochs=1,
-                      verbose=1 if sys.stderr.isatty() else 0)
-            resized = tuned
+                "finetune_lr": ctx.opts.resize_lr, "macs": count_macs(resized), "params": count_params(resized),
+                "recovery": recovery}
         ctx.cache[key] = (resized, info)
     return ctx.cache[key]
 
@@ -288,7 +282,9 @@ def _build_onnx(ctx: BuildContext, v: Variant, path: Path) -> dict:
 
 
 BUILDERS.update({"convert": _build_convert, "prune": _build_prune, "qat": _build_qat, "prune+qat": _build_qat,
-                 "onnx": _build_onnx})
+                 "onnx": _build_onnx,
+                 "slim": lambda ctx, v, path: __import__(
+                     "leukedge.optimize.channels", fromlist=["build_slim"]).build_slim(ctx, v, path)})
 
 
 def _calibration_samples(opts: OptimizeOptions, split, card: ModelCard):

@@ -6,6 +6,9 @@ calibration set) and names its builder. Adding a variant is one `register(Varian
 builder. Families: a row whose `sizes` is True also exists at other input sizes as
 `<name>@<px>` (e.g. `int8@160`): same recipe, the parent's weights run at that input size
 (InceptionV3 is fully convolutional with global pooling) after a short fine-tune at that size.
+Channel-pruned rows are named, not registered: `slimNN-<integer row>` (slim_row) keeps NN % of the
+parent's multiply-accumulates and converts through that row's builder; they come in sizes too
+(`slim60-int8@160`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Variant:
     needs_calibration: bool = False
     sizes: bool = False  # may be asked for at another input size as name@PX
     input_size: int | None = None  # None: the parent's
+    macs_kept: float | None = None  # slimNN rows: share of the parent's multiply-accumulates kept (NN %)
 
     @property
     def base(self) -> str:
@@ -85,19 +89,49 @@ QUICK_VARIANTS = ("float32", "int8", "pruned-int8")
 
 def choices() -> tuple[str, ...]:
     """Every name the CLI accepts, families shown as name@SIZE."""
-    return tuple(VARIANTS) + tuple(f"{v.name}@SIZE" for v in VARIANTS.values() if v.sizes)
+    return (tuple(VARIANTS) + tuple(f"{v.name}@SIZE" for v in VARIANTS.values() if v.sizes)
+            + (SLIM_PATTERN, f"{SLIM_PATTERN}@SIZE"))
+
+
+SLIM_PATTERN = "slimNN-<integer variant>"  # e.g. slim60-int8, slim60-int8@160 (optimize.channels)
+
+
+def slim_row(name: str) -> Variant | None:
+    """The row of a channel-pruned variant `slimNN-<row>`, or None when `name` is not of that form.
+
+    NN (10..95): the percentage of the parent's multiply-accumulates kept, at the same input size;
+    <row>: a registered integer (int8) variant that is neither pruned nor quantization-aware, whose
+    builder converts the thinned model (int8: LiteRT; onnx-int8, onnx-cpu-int8: ONNX). A slim row comes
+    in other input sizes like int8 (`slim60-int8@160`: 60 % of the channels' work, at 160 px).
+    Raises VariantError for a slim name with another share or row.
+    """
+    head, dash, rest = name.partition("-")
+    if not (head.startswith("slim") and dash and head[4:].isdigit()):
+        return None
+    pct, inner = int(head[4:]), VARIANTS.get(rest)
+    if not 10 <= pct <= 95:
+        raise VariantError(f"variant {name!r}: slimNN keeps NN % of the multiply-accumulates, NN in 10..95")
+    if inner is None or not inner.integer or inner.prunes or inner.quantization_aware:
+        ok = [v.name for v in VARIANTS.values() if v.integer and not v.prunes and not v.quantization_aware]
+        raise VariantError(f"variant {name!r}: slimNN- goes before one of {', '.join(ok)} (e.g. slim60-int8)")
+    return Variant(f"slim{pct}-{inner.name}", "slim", inner.conversion, format=inner.format, runtime=inner.runtime,
+                   quantization=inner.quantization, prunes=True, needs_finetune_data=True, needs_calibration=True,
+                   sizes=True, macs_kept=pct / 100)
 
 
 def resolve(name: str) -> Variant:
-    """The registry row for `name`, or a family member `base@px` (px in 75..1024). Raises VariantError."""
+    """The registry row for `name`, a slim row `slimNN-<row>` (slim_row), or a family member `base@px`
+    (px in 75..1024). Raises VariantError."""
     name = name.strip()
     if name in VARIANTS:
         return VARIANTS[name]
+    if "@" not in name and slim_row(name):
+        return slim_row(name)
     if "@" in name:
         base, _, px = name.partition("@")
-        row = VARIANTS.get(base)
+        row = VARIANTS.get(base) or slim_row(base)
         if row is None or not row.sizes:
-            sized = [v.name for v in VARIANTS.values() if v.sizes]
+            sized = [v.name for v in VARIANTS.values() if v.sizes] + [SLIM_PATTERN]
             raise VariantError(f"variant {name!r}: only {', '.join(sized)} come in other input sizes (e.g. int8@160)")
         if not px.isdigit() or not 75 <= int(px) <= 1024:
             raise VariantError(f"variant {name!r}: input size must be a whole number of pixels in 75..1024")
