@@ -1,0 +1,465 @@
+"""Find the white cells in one frame of a stained blood smear (bright-field, Romanowsky/Wright/Giemsa-type stain).
+
+The rules, in the order they run (every number is a module constant below, with where it comes from):
+
+1. Is it a smear? (`check_smear`) A bright-field stained smear has a bright background (the glass) and
+   stained matter that absorbs green: eosin-stained red cells (green most) and azure-stained nuclei (green and red)
+   never absorb green least. A dark background (fluorescence, dark field), no stained
+   matter (a blank slide) or stained-looking pixels of other hues (a photograph) raise `NotASmearError`.
+2. Scale (`red_cell_diameter`). Red cells are the smear's built-in ruler: their median diameter, from the
+   distance transform of the red-cell mask (central pallor filled), gives micrometres per pixel as
+   RED_CELL_UM / diameter. A camera's own micrometres per pixel, when given, wins; the ruler is still
+   measured and reported.
+3. Locating runs on one downscaled copy in which a red cell is WORK_RED_CELL_PX pixels across (never
+   upscaled), so the cost is the same for any magnification; boxes, centroids and diameters are mapped
+   back to the frame's pixels.
+4. Nuclei: B - R (blue minus red) above a threshold half-way between the background's and the most
+   stained pixels' values (a half-maximum rule), floored and capped (NUCLEUS_CONTRAST_*). Fragments closer
+   than LOBE_GAP_UM are one cell (the lobes of a neutrophil's nucleus); a group whose nuclear area is
+   below MIN_NUCLEUS_AREA_RBC red-cell areas is a platelet or debris.
+5. Touching nuclei are split where the group's distance transform has two peaks at least
+   SPLIT_PEAK_UM deep whose ridge between them dips below SPLIT_SADDLE of the lower peak (two round
+   nuclei pressed together); lobes are thinner than SPLIT_PEAK_UM and never split.
+6. Extent: the nucleus plus the cytoplasm-coloured pixels (bluer than red cells, darker than the glass)
+   within CYTOPLASM_REACH_UM of it, closed, holes filled, convex hull. The diameter is that of the circle
+   of the extent's area.
+7. Flags: `edge_cut` (the extent reaches the frame's border), `touching` (the extent meets another white
+   cell's, or the cell was split from another), `blurred` (the nucleus' edge spread, from the steepest
+   green-channel gradient across its border relative to the nucleus-to-surroundings contrast, is wider
+   than BLUR_EDGE_UM).
+
+Shapes and units: frames are uint8 RGB arrays (H, W, 3); coordinates are (x, y) in the frame's pixels,
+boxes are (x0, y0, x1, y1) with x1, y1 exclusive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from ..errors import LeukedgeError
+
+# -- the numbers, and where each comes from ---------------------------------------------------------------
+
+# Mean diameter of a normal red cell on a dried, stained smear: 7.5 um is the textbook figure (normal range
+# about 6.7-7.7 um; Bain, "Blood Cells: A Practical Guide"). When both the training cells and the frame
+# are scaled by this ruler the constant cancels out; it matters only where a camera's um/px is mixed with it.
+RED_CELL_UM = 7.5
+# The working copy: a red cell this many pixels across (0.23 um/px). Chosen so that the thinnest structure
+# used (the gap between nuclear lobes, ~1 um) still spans >= 4 pixels, and a 640x480 BCCD frame
+# (red cell ~100 px) is located on a ~205x154 copy.
+WORK_RED_CELL_PX = 32.0
+# Smear check (measured on every 4th BCCD frame: background green 192-215, stained fraction 0.31-0.7). The
+# limits leave wide margins for paler or darker stains.
+MIN_BACKGROUND_GREEN = 110  # the glass seen in bright field; fluorescence/dark field is far darker
+STAINED_DROP = 25  # a pixel is stained when its green is this much below the background's
+MIN_STAINED_FRACTION = 0.02  # below: a blank slide or an empty area, not a smear
+# Share of stained pixels where green is not the least absorbed channel (absorbance log(glass / pixel) per
+# channel): eosin (red cells) absorbs green most, azure/methylene blue (nuclei) green and red; BCCD: >= 0.98.
+MIN_GREEN_ABSORBING = 0.80
+# Nuclei: B - R over the background's value. A half-maximum threshold between background (~0) and the most
+# stained 0.5 % of pixels (BCCD: 65-80), floored so that pale cytoplasm (B - R ~ 10-25) stays out and capped
+# so that a very dark stain does not lose the paler nuclei.
+NUCLEUS_CONTRAST_MIN = 25.0
+NUCLEUS_CONTRAST_MAX = 60.0
+NUCLEUS_TOP_PERCENTILE = 99.5
+# A nuclear fragment smaller than this (red-cell areas) is noise or a platelet granule.
+MIN_FRAGMENT_AREA_RBC = 0.01
+# Neutrophil lobes are joined by strands or lie < ~1.5 um apart; two cells' nuclei are separated by both
+# cells' cytoplasm (>= ~3 um). Fragments within LOBE_GAP_UM of each other form one cell.
+LOBE_GAP_UM = 2.0
+# Smallest white-cell nucleus: a small lymphocyte's (~6-7 um across, ~0.7 red-cell areas); a platelet is
+# 2-3 um (~0.1 red-cell areas). 0.25 sits between them with room for a nucleus partly cut by the frame edge.
+MIN_NUCLEUS_AREA_RBC = 0.25
+# Splitting touching nuclei: a round nucleus is >= ~5 um across (inscribed radius >= 2.5 um); a lobe is
+# ~2-3 um thick (radius <= 1.5 um). Peaks of the distance transform deeper than SPLIT_PEAK_UM, further
+# apart than SPLIT_MIN_DISTANCE_UM, whose connecting ridge falls below SPLIT_SADDLE of the lower peak.
+SPLIT_PEAK_UM = 3.0
+SPLIT_MIN_DISTANCE_UM = 4.0
+SPLIT_SADDLE = 0.5
+# Cytoplasm: within this reach of the nucleus (a neutrophil's rim is ~2-4 um), B - R above the
+# background's by CYTOPLASM_BLUE and green CYTOPLASM_DROP below the glass.
+CYTOPLASM_REACH_UM = 4.0
+CYTOPLASM_BLUE = 4.0
+CYTOPLASM_DROP = 12.0
+# Blur: the edge spread (Gaussian sigma) of the nucleus border; a focused 100x frame shows ~0.3-0.5 um
+# (BCCD median 0.4 um, benchmarks/results/locate-bccd.json), a frame a few um out of focus > 1 um.
+BLUR_EDGE_UM = 0.9
+# The red-cell ruler (see red_cell_diameter): the distance-transform percentile read, and the largest hole
+# (as a share of its part's area) taken for central pallor; both chosen on every 3rd BCCD frame against
+# the frames' own red-cell boxes.
+RULER_PERCENTILE = 90.0
+RULER_HOLE_RATIO = 0.3
+# The copy the red-cell ruler is measured on: at most this many pixels (a 640x480 frame at half size).
+PREVIEW_PIXELS = 80_000
+
+
+class NotASmearError(LeukedgeError, ValueError):
+    """The frame is not a bright-field stained blood smear; the message says why, in one line."""
+
+
+@dataclass
+class LocatedCell:
+    """One white cell in a frame.
+
+    centroid: (x, y) of the cell's extent, frame pixels. box: (x0, y0, x1, y1), frame pixels, exclusive ends.
+    diameter_px: diameter of the circle with the extent's area, frame pixels. nucleus_area_px: frame pixels.
+    mask: bool (y1 - y0, x1 - x0), the extent inside `box` (frame resolution).
+    edge_cut / touching / blurred: see the module docstring. edge_spread_um: the blur measure (None when
+    the scale is unknown).
+    """
+
+    centroid: tuple[float, float]
+    box: tuple[int, int, int, int]
+    diameter_px: float
+    nucleus_area_px: float
+    mask: np.ndarray = field(repr=False)
+    edge_cut: bool = False
+    touching: bool = False
+    blurred: bool = False
+    edge_spread_um: float | None = None
+
+    @property
+    def flags(self) -> list[str]:
+        return [n for n in ("edge_cut", "touching", "blurred") if getattr(self, n)]
+
+
+@dataclass
+class FieldLocation:
+    """What `locate_cells` found in one frame.
+
+    cells: white cells, ordered top-to-bottom then left-to-right by centroid (row bands of one red-cell
+    diameter). size: (width, height) of the frame. red_cell_px: median red-cell diameter in frame pixels
+    (None when too few red cells were seen). um_per_px: the scale used; scale_source: 'camera' (given),
+    'red cells' (the ruler) or None (unknown). work_scale: working copy's pixels per frame pixel.
+    background: median RGB of the glass.
+    """
+
+    cells: list[LocatedCell]
+    size: tuple[int, int]
+    red_cell_px: float | None
+    um_per_px: float | None
+    scale_source: str | None
+    work_scale: float
+    background: tuple[int, int, int]
+
+
+# -- smear check and ruler -----------------------------------------------------------------------------------
+
+def _background(rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    """Median RGB and green level of the glass: the brightest 10 % of green (every 2nd pixel of every 2nd row)."""
+    g = rgb[::2, ::2, 1]
+    top = np.percentile(g, 90)
+    bright = rgb[::2, ::2][g >= top]
+    return np.median(bright, axis=0), float(np.median(bright[:, 1]))
+
+
+def check_smear(rgb: np.ndarray) -> tuple[int, int, int]:
+    """Raise NotASmearError unless `rgb` (uint8 (H, W, 3)) looks like a bright-field stained smear.
+
+    Returns the background (glass) colour as (R, G, B). The three rules are in the module docstring.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"a frame must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    small = rgb[::2, ::2]
+    bg, bg_g = _background(rgb)
+    if bg_g < MIN_BACKGROUND_GREEN:
+        raise NotASmearError(f"not a bright-field smear: the background is dark (green {bg_g:.0f} of 255; "
+                             "fluorescence or dark field?)")
+    g = small[..., 1].astype(np.int16)
+    stained = g < bg_g - STAINED_DROP
+    frac = float(stained.mean())
+    if frac < MIN_STAINED_FRACTION:
+        raise NotASmearError(f"not a stained smear: only {frac:.1%} of the frame is stained "
+                             "(a blank slide, an empty area or far out of focus)")
+    absorb = np.log((bg.astype(np.float32) + 1.0) / (small[stained].astype(np.float32) + 1.0))
+    green_absorbs = float((absorb[:, 1] >= np.minimum(absorb[:, 0], absorb[:, 2])).mean())
+    if green_absorbs < MIN_GREEN_ABSORBING:
+        raise NotASmearError(f"not a stained smear: the colours are not those of a Romanowsky-type stain (green "
+                             f"is absorbed more than red or blue in {green_absorbs:.0%} of stained pixels, expected "
+                             f">= {MIN_GREEN_ABSORBING:.0%}; a photograph or another kind of image?)")
+    return tuple(int(round(v)) for v in bg)
+
+
+def red_cell_diameter(rgb: np.ndarray, background: tuple[int, int, int] | None = None) -> float | None:
+    """Red-cell diameter in pixels of `rgb` (uint8 (H, W, 3)), or None when the frame shows too few red cells.
+
+    Red cells: stained (green STAINED_DROP below the glass) and not blue (B - R less than 10 above the
+    glass'). Holes smaller than RULER_HOLE_RATIO of their part are filled (central pallor; larger holes are
+    glass enclosed by a ring of cells). For discs of radius R the distance transform's values over their
+    area reach q R with q = 1 - sqrt(1 - p) at percentile p; R is read from the RULER_PERCENTILE-th
+    percentile, which small fragments (little area) and clumps (ridges about one radius deep) barely move.
+    Checked against the median BCCD red-cell box of each of 118 frames: ratio 0.95 median, 0.72..1.44 for
+    5..95 % of frames (a per-frame ruler is noisy: give the camera's um/px, or the median over its frames,
+    where it matters). Measured on a copy of at most PREVIEW_PIXELS; again on 4x the pixels while the cells
+    there are under 16 px across. None when red cells cover under 2 % of the frame.
+    """
+    h, w = rgb.shape[:2]
+    budget = PREVIEW_PIXELS
+    while True:
+        f = min(1.0, math.sqrt(budget / float(h * w)))
+        prev = rgb if f >= 1.0 else cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))),
+                                               interpolation=cv2.INTER_AREA)
+        d = _red_cell_diameter_at(prev, background)
+        if d is None or d >= 16 or f >= 1.0:
+            return None if d is None else d / f
+        budget *= 4
+
+
+def _red_cell_diameter_at(prev: np.ndarray, background) -> float | None:
+    bg = _background(prev)[0] if background is None else np.asarray(background, np.float32)
+    r = prev[..., 0].astype(np.int16)
+    g = prev[..., 1].astype(np.int16)
+    b = prev[..., 2].astype(np.int16)
+    red = ((g < bg[1] - STAINED_DROP) & (b - r < bg[2] - bg[0] + 10)).astype(np.uint8)
+    red = cv2.morphologyEx(red, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    if red.mean() < 0.02:
+        return None
+    contours, hierarchy = cv2.findContours(red, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is not None:
+        for i, (_, _, _, parent) in enumerate(hierarchy[0]):
+            if parent >= 0 and cv2.contourArea(contours[i]) <= RULER_HOLE_RATIO * cv2.contourArea(contours[parent]):
+                cv2.drawContours(red, contours, i, 1, thickness=-1)
+    dist = cv2.distanceTransform(red, cv2.DIST_L2, 3)
+    q = 1.0 - math.sqrt(1.0 - RULER_PERCENTILE / 100.0)
+    return 2.0 * float(np.percentile(dist[red > 0], RULER_PERCENTILE)) / q
+
+
+# -- locating ------------------------------------------------------------------------------------------------
+
+def _disc(radius_px: float) -> np.ndarray:
+    k = max(1, int(round(radius_px)))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+
+
+def _split_markers(nuc: np.ndarray, px_per_um: float) -> np.ndarray | None:
+    """Markers (int32 labels) of the nuclei in one group's mask `nuc` (uint8 0/1), or None for one nucleus."""
+    dist = cv2.distanceTransform(nuc, cv2.DIST_L2, 5)
+    peak_min = SPLIT_PEAK_UM * px_per_um
+    if dist.max() < peak_min:
+        return None
+    local = (dist >= cv2.dilate(dist, np.ones((5, 5), np.uint8))) & (dist >= peak_min)
+    ys, xs = np.nonzero(local)
+    if len(xs) < 2:
+        return None
+    order = np.argsort(-dist[ys, xs])
+    min_d = SPLIT_MIN_DISTANCE_UM * px_per_um
+    peaks: list[tuple[int, int, float]] = []
+    for i in order:  # non-maximum suppression: strongest first
+        x, y, v = int(xs[i]), int(ys[i]), float(dist[ys[i], xs[i]])
+        if all((x - px) ** 2 + (y - py) ** 2 >= min_d ** 2 for px, py, _ in peaks):
+            peaks.append((x, y, v))
+    if len(peaks) < 2:
+        return None
+    # union of peaks whose connecting ridge stays high (one elongated nucleus, not two)
+    parent = list(range(len(peaks)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(peaks)):
+        for j in range(i + 1, len(peaks)):
+            (x0, y0, v0), (x1, y1, v1) = peaks[i], peaks[j]
+            steps = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
+            line = dist[np.linspace(y0, y1, steps).round().astype(int), np.linspace(x0, x1, steps).round().astype(int)]
+            if line.min() >= SPLIT_SADDLE * min(v0, v1):
+                parent[find(i)] = find(j)
+    roots = sorted({find(i) for i in range(len(peaks))})
+    if len(roots) < 2:
+        return None
+    markers = np.zeros(nuc.shape, np.int32)
+    for i, (x, y, v) in enumerate(peaks):
+        cv2.circle(markers, (x, y), max(1, int(v * 0.5)), roots.index(find(i)) + 1, -1)
+    return markers
+
+
+def locate_cells(rgb: np.ndarray, um_per_px: float | None = None, *, check: bool = True) -> FieldLocation:
+    """Find the white cells in one smear frame.
+
+    rgb: uint8 (H, W, 3), the frame as decoded. um_per_px: the camera's micrometres per pixel, when known
+    (else the red-cell ruler sets the scale). check: run `check_smear` first (False: the caller did).
+    Returns a FieldLocation (0 cells is a valid result). Raises NotASmearError for a frame that is not a
+    stained smear, or whose scale cannot be set (no um_per_px and fewer than 3 red cells to measure).
+    """
+    h, w = rgb.shape[:2]
+    background = check_smear(rgb) if check else tuple(int(v) for v in _background(rgb)[0])
+    rbc_px = red_cell_diameter(rgb, background)
+    if um_per_px is not None:
+        if not (isinstance(um_per_px, (int, float)) and math.isfinite(um_per_px) and um_per_px > 0):
+            raise ValueError(f"um_per_px must be a number > 0, got {um_per_px!r}")
+        scale_um, source = float(um_per_px), "camera"
+    elif rbc_px is not None:
+        scale_um, source = RED_CELL_UM / rbc_px, "red cells"
+    else:
+        raise NotASmearError("cannot set the scale: fewer than 3 red cells in the frame to measure, and no "
+                             "micrometres per pixel given for the camera")
+    cell_px = RED_CELL_UM / scale_um  # a red cell's diameter in frame pixels, by the scale in force
+    s = min(1.0, WORK_RED_CELL_PX / cell_px)
+    work = rgb if s >= 1.0 else cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))),
+                                           interpolation=cv2.INTER_AREA)
+    wh, ww = work.shape[:2]
+    sx, sy = w / ww, h / wh  # frame pixels per working pixel (exact per axis)
+    px_um = 1.0 / (scale_um * (sx + sy) / 2)  # working pixels per micrometre
+    rbc_area_work = math.pi * (RED_CELL_UM * px_um / 2) ** 2
+
+    r = work[..., 0].astype(np.int16)
+    g = work[..., 1].astype(np.int16)
+    b = work[..., 2].astype(np.int16)
+    blue = b - r
+    bg_g = float(background[1])
+    bg_blue = float(background[2] - background[0])
+    top = float(np.percentile(blue, NUCLEUS_TOP_PERCENTILE))
+    contrast = min(NUCLEUS_CONTRAST_MAX, max(NUCLEUS_CONTRAST_MIN, 0.5 * (top - bg_blue)))
+    nuc = (blue > bg_blue + contrast).astype(np.uint8)
+    cyto = ((blue > bg_blue + CYTOPLASM_BLUE) & (g < bg_g - CYTOPLASM_DROP)).astype(np.uint8)
+
+    # drop specks, then group fragments (lobes) that lie within LOBE_GAP_UM
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(nuc, connectivity=8)
+    keep = np.zeros(n, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= MIN_FRAGMENT_AREA_RBC * rbc_area_work
+    nuc = keep[labels].astype(np.uint8)
+    grouped = cv2.dilate(nuc, _disc(LOBE_GAP_UM * px_um / 2))
+    ng, glabels, gstats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
+
+    reach = CYTOPLASM_REACH_UM * px_um
+    pad = int(math.ceil(reach)) + 2
+    grad = None
+    found: list[tuple[np.ndarray, tuple[int, int], bool, float]] = []  # (extent mask, roi origin, split, nucleus area)
+    for gi in range(1, ng):
+        x, y, bw, bh, _ = gstats[gi]
+        x0, y0 = max(0, x - pad), max(0, y - pad)
+        x1, y1 = min(ww, x + bw + pad), min(wh, y + bh + pad)
+        group = (glabels[y0:y1, x0:x1] == gi) & (nuc[y0:y1, x0:x1] > 0)
+        area = float(group.sum())
+        if area < MIN_NUCLEUS_AREA_RBC * rbc_area_work:
+            continue
+        group8 = group.astype(np.uint8)
+        closed = cv2.morphologyEx(group8, cv2.MORPH_CLOSE, _disc(LOBE_GAP_UM * px_um / 2))
+        markers = _split_markers(closed, px_um)
+        parts = [group8] if markers is None else _watershed_parts(work[y0:y1, x0:x1], closed, markers, group8)
+        for part in parts:
+            near = cv2.distanceTransform(1 - part, cv2.DIST_L2, 3) <= reach
+            region = (part > 0) | (near & (cyto[y0:y1, x0:x1] > 0))
+            region = cv2.morphologyEx(region.astype(np.uint8), cv2.MORPH_CLOSE, _disc(px_um))
+            extent = _hull_of_component_touching(region, part)
+            found.append((extent, (x0, y0), markers is not None, float(part.sum())))
+
+    # flags that need every cell: touching (extents meet, one working pixel apart)
+    full = [np.zeros((wh, ww), np.uint8) for _ in found]
+    for m, (ext, (x0, y0), _, _) in zip(full, found):
+        m[y0:y0 + ext.shape[0], x0:x0 + ext.shape[1]] = ext
+    touching = [split for (_, _, split, _) in found]
+    for i in range(len(found)):
+        di = cv2.dilate(full[i], np.ones((3, 3), np.uint8))
+        for j in range(i + 1, len(found)):
+            if (di & full[j]).any():
+                touching[i] = touching[j] = True
+
+    cells = []
+    for k, (m, (ext, (x0, y0), _, nuc_area)) in enumerate(zip(full, found)):
+        ys, xs = np.nonzero(m)
+        if len(xs) == 0:
+            continue
+        bx0, by0, bx1, by1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        edge_cut = bx0 == 0 or by0 == 0 or bx1 == ww or by1 == wh
+        box = (int(math.floor(bx0 * sx)), int(math.floor(by0 * sy)),
+               min(w, int(math.ceil(bx1 * sx))), min(h, int(math.ceil(by1 * sy))))
+        area_frame = float(len(xs)) * sx * sy
+        fmask = cv2.resize(m[by0:by1, bx0:bx1].astype(np.float32), (box[2] - box[0], box[3] - box[1]),
+                           interpolation=cv2.INTER_LINEAR) >= 0.5
+        if grad is None:
+            gx = cv2.Sobel(work[..., 1], cv2.CV_32F, 1, 0, ksize=3)
+            gy = cv2.Sobel(work[..., 1], cv2.CV_32F, 0, 1, ksize=3)
+            grad = cv2.magnitude(gx, gy) / 8.0  # Sobel 3x3 sums 8x the unit gradient
+        spread_px = _edge_spread(g, grad, nuc, m)
+        spread_um = None if spread_px is None else spread_px / px_um
+        cells.append(LocatedCell(
+            centroid=((float(xs.mean()) + 0.5) * sx, (float(ys.mean()) + 0.5) * sy),
+            box=box, diameter_px=2.0 * math.sqrt(area_frame / math.pi), nucleus_area_px=nuc_area * sx * sy,
+            mask=fmask, edge_cut=bool(edge_cut), touching=bool(touching[k]),
+            blurred=spread_um is not None and spread_um > BLUR_EDGE_UM, edge_spread_um=spread_um))
+    band = max(1.0, RED_CELL_UM / scale_um)
+    cells.sort(key=lambda c: (int(c.centroid[1] // band), c.centroid[0]))
+    return FieldLocation(cells=cells, size=(w, h), red_cell_px=rbc_px, um_per_px=scale_um, scale_source=source,
+                         work_scale=1.0 / ((sx + sy) / 2), background=background)
+
+
+def _watershed_parts(roi_rgb: np.ndarray, closed: np.ndarray, markers: np.ndarray, group: np.ndarray) -> list[np.ndarray]:
+    """Split one group's nucleus by marker-controlled watershed (OpenCV's, on the colour ROI).
+
+    closed: uint8 0/1, the group's nucleus with its lobe gaps closed; markers: int32, 1..k inside it;
+    group: uint8 0/1, the nucleus pixels. Returns one uint8 0/1 mask per nucleus (the ROI's shape).
+    """
+    k = int(markers.max())
+    m = markers.copy()
+    m[closed == 0] = k + 1  # outside the nucleus: its own basin, so no nucleus floods past its border
+    cv2.watershed(np.ascontiguousarray(roi_rgb), m)
+    parts = [((m == i) & (group > 0)).astype(np.uint8) for i in range(1, k + 1)]
+    return [p for p in parts if p.any()]
+
+
+def _hull_of_component_touching(region: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
+    """Convex hull (uint8 0/1) of the connected parts of `region` that overlap `nucleus`."""
+    n, labels = cv2.connectedComponents(region, connectivity=8)
+    ids = np.unique(labels[(nucleus > 0) & (labels > 0)])
+    sel = np.isin(labels, ids).astype(np.uint8)
+    pts = cv2.findNonZero(sel)
+    out = np.zeros_like(sel)
+    if pts is not None:
+        cv2.fillConvexPoly(out, cv2.convexHull(pts), 1)
+    return out
+
+
+def _edge_spread(green: np.ndarray, grad: np.ndarray, nuc: np.ndarray, cell: np.ndarray) -> float | None:
+    """Gaussian edge sigma (working pixels) of the nucleus border inside `cell`, or None if it has no border.
+
+    For a step of height C blurred by a Gaussian of sigma s, the steepest gradient is C / (s sqrt(2 pi));
+    C is the median green outside the nucleus but in the cell minus the median inside, the gradient the
+    90th percentile on the nucleus border (robust to a few sharp specks).
+    """
+    inside = (nuc > 0) & (cell > 0)
+    if inside.sum() < 4:
+        return None
+    ring = cv2.dilate(inside.astype(np.uint8), np.ones((3, 3), np.uint8)) & ~cv2.erode(
+        inside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    around = (cell > 0) & ~cv2.dilate(inside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    if ring.sum() < 4 or around.sum() < 4:
+        return None
+    contrast = float(np.median(green[around])) - float(np.median(green[inside]))
+    steep = float(np.percentile(grad[ring.astype(bool)], 90))
+    if contrast <= 0 or steep <= 0:
+        return None
+    return contrast / (steep * math.sqrt(2 * math.pi))
+
+
+def masked_single_cell(rgb: np.ndarray) -> tuple[tuple[int, int, int, int], float] | None:
+    """If `rgb` (uint8 (H, W, 3)) is one cell masked on black (C-NMC's style), its (box, diameter_px); else None.
+
+    Rule: the outermost ring (2 % of the side, >= 2 px) is at least 90 % black (every channel <= 16), and
+    the non-black pixels form one main connected part holding >= 95 % of them, not touching the border.
+    C-NMC's cells: ring 100 % black; a smear frame: ring ~0 % black.
+    """
+    h, w = rgb.shape[:2]
+    t = max(2, int(0.02 * min(h, w)))
+    black = rgb.max(axis=2) <= 16
+    ring = np.concatenate([black[:t].ravel(), black[-t:].ravel(), black[:, :t].ravel(), black[:, -t:].ravel()])
+    if ring.mean() < 0.9:
+        return None
+    fg = (~black).astype(np.uint8)
+    total = int(fg.sum())
+    if total == 0:
+        return None
+    n, labels, stats, cents = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if stats[i, cv2.CC_STAT_AREA] < 0.95 * total:
+        return None
+    x, y, bw, bh, area = stats[i]
+    if x == 0 or y == 0 or x + bw == w or y + bh == h:
+        return None
+    return (int(x), int(y), int(x + bw), int(y + bh)), 2.0 * math.sqrt(float(area) / math.pi)
