@@ -91,6 +91,42 @@ def p_positive_from_logits(logits, positive_index: int, temperature: float = 1.0
     return float(out) if out.ndim == 0 else out
 
 
+class NotProbabilitiesError(LeukedgeError, RuntimeError):
+    """A model whose card says `probabilities` returned outputs that are not a probability distribution."""
+
+
+PROBABILITY_TOLERANCE = 2e-3  # float16 softmax heads sum to 1 within ~1e-3; a logit head misses by far more
+
+
+def probability_tolerance(output_scale: float = 0.0, classes: int = 2) -> float:
+    """How far a softmax head's outputs may stray from [0, 1] and from summing to 1 before they are not
+    probabilities: PROBABILITY_TOLERANCE (float rounding), plus one quantization step per class for an
+    integer output tensor (`output_scale`: its dequantization scale, 1/256 for TFLite's softmax)."""
+    return PROBABILITY_TOLERANCE + classes * abs(float(output_scale))
+
+
+def check_probabilities(outputs, where: str, tolerance: float = PROBABILITY_TOLERANCE) -> np.ndarray:
+    """Check that a model which its card says outputs `probabilities` really does, and clip the rounding.
+
+    outputs: (K,) or (N, K) dequantized model outputs; where: the model file, named in the message;
+    tolerance: allowed excursion outside [0, 1] and of each row's sum from 1 (probability_tolerance).
+    Returns the outputs clipped to [0, 1] (same shape, float), so no P outside [0, 1] reaches a row.
+    Raises NotProbabilitiesError (one line) when a value is outside [0 - tol, 1 + tol], not finite, or a
+    row's sum differs from 1 by more than tol: typically a logits head whose card says `probabilities`
+    (issue 18: P(ALL) from -2.07 to 2.08 reached rows that way).
+    """
+    y = np.asarray(outputs, dtype=np.float64)
+    rows = y.reshape(-1, y.shape[-1])
+    sums = rows.sum(axis=1)
+    if (not np.isfinite(rows).all() or rows.min() < -tolerance or rows.max() > 1.0 + tolerance
+            or np.abs(sums - 1.0).max() > tolerance):
+        raise NotProbabilitiesError(
+            f"{where}: its card says the model outputs probabilities, but it returned values "
+            f"{rows.min():.4g}..{rows.max():.4g} with row sums {sums.min():.4g}..{sums.max():.4g} "
+            "(logits? the card's 'output' must say what the model outputs); model refused")
+    return np.clip(y, 0.0, 1.0)
+
+
 # -- intervals and prevalence ----------------------------------------------------------------------
 
 def _z(confidence: float) -> float:

@@ -15,6 +15,7 @@ number belongs or a string where a list belongs is refused, naming the field.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import math
@@ -69,6 +70,7 @@ class ModelCard:
     input_statistics: dict[str, Any] | None = None
     golden: dict[str, Any] | None = None
     onnx: dict[str, Any] | None = None
+    cells: dict[str, Any] | None = None  # how the training cells look (frame input: style, canvas, scale)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -104,6 +106,8 @@ class ModelCard:
             t = self.calibration.get("temperature", 1.0)
             if not _is_number(t) or not 0.01 <= t <= 100:
                 raise CardError(f"{where}: calibration.temperature must be a number in [0.01, 100], got {t!r}")
+        if self.cells is not None:
+            _validate_cells(self.cells, where)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +137,7 @@ class ModelCard:
             "input_statistics": self.input_statistics,
             "golden": self.golden,
             "onnx": self.onnx,
+            "cells": self.cells,
             "requires": self.requires,
         }
 
@@ -200,6 +205,7 @@ class ModelCard:
             input_statistics=_field(d, "input_statistics", dict, where, default=None),
             golden=_field(d, "golden", dict, where, default=None),
             onnx=_field(d, "onnx", dict, where, default=None),
+            cells=_field(d, "cells", dict, where, default=None),
             schema_version=version,
         )
         return card.validate(where)
@@ -224,6 +230,71 @@ class ModelCard:
         self.model_sha256 = sha256_file(p)
         self.model_size_bytes = p.stat().st_size
         return self
+
+
+# -- what a variant's card takes from its parent's card (issue 18) ---------------------------------------
+#
+# Every ModelCard field is in exactly one of these two tuples (tests/test_card_inheritance.py walks the
+# dataclass), so a field added later must be sorted into one before any test passes: a variant can never
+# silently fall back to a default for something its parent declared (a logits head written down as
+# `probabilities` put raw logits into P(ALL) once).
+INHERITED_FIELDS = ("labels", "positive_label", "preprocessing", "name", "output", "input_statistics", "cells")
+VARIANT_FIELDS = ("model_file", "model_format", "model_sha256", "model_size_bytes", "threshold", "variant", "created",
+                  "quantization", "optimization", "provenance", "metrics", "verdict", "calibration", "golden", "onnx",
+                  "schema_version")
+
+
+def inherit_card(parent: ModelCard, *, model_file: str, model_format: str, variant: str,
+                 size: int | None = None, output: str | None = None, **variant_fields: Any) -> ModelCard:
+    """The card of a variant built from `parent`: every INHERITED_FIELDS value copied from the parent,
+    the variant's own fields from the arguments (threshold defaults to the parent's, the rest to empty).
+
+    A variant may change what it inherits only in the ways it really changes the model:
+    - size: another input size in pixels (the input-size family `name@PX`): preprocessing.size changes,
+      and input_statistics (measured on images at the parent's size) is dropped;
+    - output: 'logits' where the builder removed the parent's final softmax (the device then applies
+      softmax with the card's temperature). A parent's logits never become probabilities.
+    Raises CardError for any other change (e.g. output 'probabilities' under a logits parent), or a
+    variant field name that is not one of VARIANT_FIELDS.
+    """
+    import dataclasses
+
+    unknown = [k for k in variant_fields if k not in VARIANT_FIELDS]
+    if unknown:
+        raise CardError(f"variant {variant}: {', '.join(unknown)} is not a field a variant sets itself "
+                        f"(inherited from the parent: {', '.join(INHERITED_FIELDS)})")
+    kind = parent.output if output is None else output
+    if kind != parent.output and not (parent.output == "probabilities" and kind == "logits"):
+        raise CardError(f"variant {variant}: output {kind!r} under a parent whose card says {parent.output!r}; "
+                        "a variant may only remove a final softmax (probabilities -> logits)")
+    inherited = {name: copy.deepcopy(getattr(parent, name)) for name in INHERITED_FIELDS}
+    inherited["output"] = kind
+    if size is not None and size != parent.preprocessing.size:
+        inherited["preprocessing"] = dataclasses.replace(parent.preprocessing, size=int(size))
+        inherited["input_statistics"] = None  # measured on the parent's input size
+    own = {"threshold": parent.threshold, **variant_fields}
+    card = ModelCard(model_file=model_file, model_format=model_format, variant=variant, **inherited, **own)
+    return card.validate(f"variant {variant}")
+
+
+CELL_STYLES = ("masked", "crop")
+
+
+def _validate_cells(cells: dict, where: str) -> None:
+    """The optional `cells` field: {"style": "masked"|"crop", "canvas_px": int > 0, "diameter_px": number > 0,
+    "um_per_px": number > 0 or null}; masked = one cell on black (C-NMC), crop = a square crop with
+    background (PBC). Raises CardError naming the key."""
+    if cells.get("style") not in CELL_STYLES:
+        raise CardError(f"{where}: 'cells.style' must be one of {CELL_STYLES}, got {cells.get('style')!r}")
+    canvas = cells.get("canvas_px")
+    if not isinstance(canvas, int) or isinstance(canvas, bool) or canvas <= 0:
+        raise CardError(f"{where}: 'cells.canvas_px' must be a whole number of pixels > 0, got {canvas!r}")
+    for key, optional in (("diameter_px", False), ("um_per_px", True)):
+        v = cells.get(key)
+        if v is None and optional:
+            continue
+        if not _is_number(v) or v <= 0:
+            raise CardError(f"{where}: 'cells.{key}' must be a number > 0, got {v!r}")
 
 
 _MISSING = object()

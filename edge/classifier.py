@@ -18,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .calibration import softmax
+from .calibration import check_probabilities, probability_tolerance, softmax
 from .card import ModelCard, load_card_for_model
 from .decision import label_for
 from .preprocess import DecodeOptions, ImageError, load_rgb, normalize, quantize
@@ -105,6 +105,21 @@ class Classifier:
         from .quality import assess  # without the card's statistics, only the absolute checks (a blank image)
 
         self._assess = assess
+        self._prob_tolerance = probability_tolerance(self._out_q[0] if np.dtype(b.output_dtype) != np.float32 else 0.0,
+                                                     len(card.labels))
+        if not self._logits:
+            self._check_probability_head()
+
+    def _check_probability_head(self) -> None:
+        """A card that says `probabilities` is believed only after the model shows it: two probe images
+        (flat mid-grey and seeded noise, never patient data) must give rows in [0, 1] summing to 1.
+        Costs two invokes at load, only for softmax-head models (optimize's variants output logits).
+        Raises NotProbabilitiesError (one line naming the model file) otherwise."""
+        size = self.card.preprocessing.size
+        probes = (np.full((size, size, 3), 128, np.uint8),
+                  np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
+        for rgb in probes:
+            self.probabilities(self.input_tensor(rgb))
 
     @classmethod
     def load(cls, model_path: str | os.PathLike, threads: int | None = None, verify: bool = True,
@@ -158,10 +173,14 @@ class Classifier:
         """Run one prepared input tensor; returns class probabilities (n_labels,).
 
         A logit model's output goes through softmax with the card's temperature (calibrated P,
-        float64: edge.calibration.softmax); a softmax model's output is returned as it is (float32).
+        float64: edge.calibration.softmax); a softmax model's output is checked to be a probability
+        distribution (edge.calibration.check_probabilities: raises NotProbabilitiesError, so a logit
+        head mislabelled `probabilities` can never put its logits into a row) and clipped to [0, 1].
         """
         y = self.raw_output(x)
-        return softmax(y, self.temperature) if self._logits else y
+        if self._logits:
+            return softmax(y, self.temperature)
+        return check_probabilities(y, str(self.model_path), self._prob_tolerance)
 
     def logits_for_images(self, images: np.ndarray) -> np.ndarray:
         """uint8 RGB images (N, S, S, 3) -> (N, n_labels) raw (dequantized) outputs: logits for a logit model."""

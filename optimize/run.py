@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from leukedge import __version__
-from leukedge.edge.card import CardError, ModelCard, card_path_for, load_card_for_model
+from leukedge.edge.card import CardError, ModelCard, card_path_for, inherit_card, load_card_for_model
 from leukedge.edge.errors import LeukedgeError
 from leukedge.edge.files import staged_dir, write_text_atomic
 from leukedge.edge.preprocess import normalize
@@ -143,6 +143,45 @@ def load_parent(model_path: str | Path):
     return model, card
 
 
+def uncalibrated_threshold(card: ModelCard) -> float:
+    """The card's decision threshold on the uncalibrated (T = 1) P scale, same decisions.
+
+    A card without a temperature (or T = 1) returns its threshold. A temperature-scaled card returns the
+    recorded `calibration.threshold_uncalibrated`, else the closed form for two classes:
+    P_T = sigmoid(d / T) >= t  <=>  sigmoid(d) >= sigmoid(T * logit(t))  (d = the logit difference;
+    see leukedge.stats.threshold_on_calibrated_scale, which goes the other way).
+    """
+    t = float(card.threshold)
+    temperature = float((card.calibration or {}).get("temperature", 1.0))
+    if temperature == 1.0 or t in (0.0, 1.0):
+        return t
+    recorded = (card.calibration or {}).get("threshold_uncalibrated")
+    if recorded is not None:
+        return float(recorded)
+    import math
+
+    return 1.0 / (1.0 + math.exp(-temperature * (math.log(t) - math.log1p(-t))))
+
+
+def parent_reference(model, parent_card: ModelCard, val: ImageArrays) -> Evaluation:
+    """The float parent scored on `val` the way its variants are gated (issue 18: like with like):
+    its P(positive) from its own output kind (softmax applied to a logits head), at T = 1, decided at its
+    threshold re-expressed on that T = 1 scale (uncalibrated_threshold). Variants are scored at T = 1 too,
+    so P, |dP| and decisions compare on one scale. Returns the Evaluation (report, p, threshold)."""
+    positive = parent_card.positive_index
+    from leukedge.edge.calibration import NotProbabilitiesError, check_probabilities, p_positive_from_logits
+
+    y = KerasScorer(model, parent_card.preprocessing, positive).outputs(val.images)
+    if parent_card.output == "logits":
+        p = p_positive_from_logits(y, positive, 1.0)
+    else:
+        try:
+            p = check_probabilities(y, f"the parent model ({parent_card.model_file})")[:, positive]
+        except NotProbabilitiesError as exc:
+            raise OptimizeError(str(exc)) from None
+    return evaluate(p, val, uncalibrated_threshold(parent_card), parent_card.labels, positive, name="parent")
+
+
 @dataclass
 class BuildContext:
     """What builders share: the parent, data loaders, options, and models built once for several variants."""
@@ -180,12 +219,13 @@ class BuildContext:
 
     def logits(self, model):
         """`model` with its final softmax removed (a clone sharing no variables), so exported variants
-        output logits and the device applies softmax with the card's temperature. Returns (model, output kind);
-        a model whose last layer is not a softmax Dense is returned as it is ('probabilities')."""
+        output logits and the device applies softmax with the card's temperature. Returns (model, output kind):
+        'logits' for the clone; a model whose last layer is not a softmax Dense is returned as it is, with
+        the output kind its parent's card declares (a logits head stays 'logits': issue 18)."""
         tf = tensorflow()
         last = model.layers[-1]
         if not isinstance(last, tf.keras.layers.Dense) or last.get_config().get("activation") != "softmax":
-            return model, "probabilities"
+            return model, self.card.output
         key = ("logits", id(model))
         if key not in self.cache:
             def clone(layer):
@@ -250,7 +290,7 @@ def _build_prune(ctx: BuildContext, v: Variant, path: Path) -> dict:
 def _build_qat(ctx: BuildContext, v: Variant, path: Path) -> dict:
     from .qat import quantization_aware
 
-    info = {}
+    info = {"output": ctx.card.output}  # QAT keeps the parent's head: its card's output kind, whatever it is
     base = ctx.model
     if v.prunes:
         base, info["pruning"] = ctx.pruned()
@@ -329,8 +369,7 @@ def optimize(model_path: str | Path, out: str | Path, opts: OptimizeOptions, dat
     ctx = BuildContext(model, parent_card, opts, split, ds.labels, calib_samples, {})
 
     val = load_part(split.parts["validation"], parent_card.preprocessing, "validation").in_label_order(ds.labels, labels)
-    parent_ev = evaluate(KerasScorer(model, parent_card.preprocessing, positive, name="parent"), val,
-                         parent_card.threshold, labels, positive)
+    parent_ev = parent_reference(model, parent_card, val)
     parent_rep = parent_ev.report
     warnings = []
     if len(val.labels) < MIN_VALIDATION:
@@ -427,24 +466,29 @@ def _measure_variant(v: Variant, path: Path, parent_card: ModelCard, parent_ev: 
     against the parent, fit its temperature (logit variants), and write its card. Returns the summary row."""
     from leukedge import stats
 
-    output = optimization.pop("output", "probabilities")
-    card = ModelCard(labels=parent_card.labels, positive_label=parent_card.positive_label, preprocessing=prep,
-                     model_file=path.name, model_format=v.format, threshold=parent_card.threshold,
-                     name=parent_card.name, variant=v.name, onnx=optimization.pop("onnx", None), output=output,
-                     input_statistics=parent_card.input_statistics if prep.size == parent_card.preprocessing.size else None)
+    # Everything the parent declares (labels, preprocessing, output kind, ...) comes from its card, in one
+    # place (edge.card.inherit_card); the builder only says whether it removed a final softmax.
+    card = inherit_card(parent_card, model_file=path.name, model_format=v.format, variant=v.name, size=prep.size,
+                        output=optimization.pop("output", None), onnx=optimization.pop("onnx", None))
+    output = card.output
     card.bind(path)
-    scorer = scorer_for(path, card, threads=opts.threads or None)
-    positive = card.positive_index
-    z = None
-    if output == "logits":  # one inference pass: logits give P at T = 1 now and the temperature fit below
-        from leukedge.edge.calibration import p_positive_from_logits
+    from leukedge.edge.calibration import NotProbabilitiesError
 
-        z = scorer.classifier.logits_for_images(val.images)
-        p = p_positive_from_logits(z, card.positive_index, 1.0)
-    else:
-        p = scorer.p_positive(val.images)  # uncalibrated (T = 1): what the gate and the parent comparison use
+    try:  # a card that says probabilities is checked on probe inputs at load and on every validation row
+        scorer = scorer_for(path, card, threads=opts.threads or None)
+        positive = card.positive_index
+        z = None
+        if output == "logits":  # one inference pass: logits give P at T = 1 now and the temperature fit below
+            from leukedge.edge.calibration import p_positive_from_logits
+
+            z = scorer.classifier.logits_for_images(val.images)
+            p = p_positive_from_logits(z, card.positive_index, 1.0)
+        else:
+            p = scorer.p_positive(val.images)  # uncalibrated (T = 1): what the gate and the parent comparison use
+    except NotProbabilitiesError as exc:
+        raise OptimizeError(f"[{v.name}] build failed: {exc}") from None
     if opts.keep_threshold:
-        thr = parent_card.threshold
+        thr = parent_ev.threshold  # the parent's threshold on the T = 1 scale (parent_reference)
         rule = "the parent's threshold, kept (--keep-threshold)"
     else:  # keep the parent's sensitivity on validation
         thr = choose_threshold(val.labels, p, positive, min_recall=parent_ev.report["sensitivity"])
