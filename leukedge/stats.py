@@ -242,6 +242,40 @@ def fit_temperature(logits, y_true, bounds: tuple[float, float] = (0.05, 20.0), 
     return float(math.exp(best[1]))
 
 
+MIN_CALIBRATION_IMAGES = 50  # optimize's own floor for a gate verdict (optimize.run.MIN_VALIDATION)
+FITTED = "fitted"
+NOT_FITTED = "not fitted"
+
+
+def fit_temperature_if_judgeable(logits, y_true, positive_index: int = 1, min_images: int = MIN_CALIBRATION_IMAGES,
+                                 bounds: tuple[float, float] = (0.05, 20.0)) -> tuple[float, str, str]:
+    """Fit a temperature only where the split can judge one; otherwise T = 1 with the reason (issue 21).
+
+    logits: (N, 2) pre-softmax outputs on the validation split; y_true: (N,) class indices.
+    Not fitted (T = 1) when: fewer than `min_images` images (a handful of cells pins T to whichever bound
+    their NLL prefers); one class only; the scores separate the classes without overlap (NLL then falls
+    without limit as T -> 0, so any fitted T is the search's lower bound: every P becomes 0 or 1); or the
+    fit lands on a bound of `bounds` (within 1 %), which says the same.
+    Returns (temperature, status: FITTED | NOT_FITTED, reason: one line, '' when fitted).
+    Raises ValueError for bad shapes or labels (fit_temperature).
+    """
+    z, y = _logits_and_labels(logits, y_true)
+    n = len(y)
+    if n < min_images:
+        return 1.0, NOT_FITTED, f"only {n} validation images (< {min_images}): too few to judge a temperature"
+    pos = y == positive_index
+    if pos.all() or not pos.any():
+        return 1.0, NOT_FITTED, "the validation split holds one class only"
+    margin = z[:, positive_index] - z[:, 1 - positive_index]
+    if margin[~pos].max() < margin[pos].min():
+        return 1.0, NOT_FITTED, ("the validation scores separate the classes without overlap: the likelihood "
+                                 "would sharpen P towards 0 and 1 without limit")
+    t = fit_temperature(z, y, bounds)
+    if t <= bounds[0] * 1.01 or t >= bounds[1] / 1.01:
+        return 1.0, NOT_FITTED, f"the fit reached the search bound (T = {t:.3g} of {bounds[0]:g}..{bounds[1]:g})"
+    return t, FITTED, ""
+
+
 def calibration_report(logits, y_true, temperature: float, positive_index: int = 1,
                        bins: int = ECE_BINS) -> dict:
     """Calibration figures before (T = 1) and after (T = temperature) for a card or report.

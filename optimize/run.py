@@ -432,6 +432,9 @@ def _reliability_plot(path: Path, results: list[dict], parent_ev: Evaluation) ->
     for r in results:
         if r.get("temperature") is not None:
             is_pos = r["_y"] == parent_ev.report["positive_index"]
+            if r.get("calibration_status") == "not fitted":
+                curves[f"{r['variant']} T=1 (not fitted)"] = (is_pos, r["_p_uncal"])
+                continue
             curves[f"{r['variant']} T=1"] = (is_pos, r["_p_uncal"])
             curves[f"{r['variant']} T={r['temperature']:.2f}"] = (is_pos, r["_p_cal"])
     if curves:
@@ -511,14 +514,17 @@ def _measure_variant(v: Variant, path: Path, parent_card: ModelCard, parent_ev: 
         verdict = "fail" if reasons else "pass"
     p_cal = p
     if output == "logits" and opts.calibrate:
-        temperature = stats.fit_temperature(z, val.labels)
+        temperature, status, why = stats.fit_temperature_if_judgeable(z, val.labels, positive, MIN_VALIDATION)
         p_cal = stats.p_positive_from_logits(z, positive, temperature)
         thr_cal = stats.threshold_on_calibrated_scale(thr, temperature, logits=z, positive_index=positive,
                                                       p_before=p, p_after=p_cal)
         card.calibration = {**stats.calibration_report(z, val.labels, temperature, positive),
                             "method": "temperature scaling, NLL on validation", "split": "validation",
-                            "threshold_uncalibrated": thr}
-        rule += f"; re-expressed on the calibrated scale (T = {temperature:.3f}, same decisions)"
+                            "status": status, "reason": why, "threshold_uncalibrated": thr}
+        if status == stats.FITTED:
+            rule += f"; re-expressed on the calibrated scale (T = {temperature:.3f}, same decisions)"
+        else:
+            print(f"leukedge optimize: [{v.name}] temperature not fitted (T = 1): {why}", file=sys.stderr)
         thr = thr_cal
     card.threshold = thr
     backend = getattr(getattr(scorer, "classifier", None), "backend", None)
@@ -552,6 +558,8 @@ def _measure_variant(v: Variant, path: Path, parent_card: ModelCard, parent_ev: 
     return {"variant": v.name, "file": path.name, "format": v.format, "size_bytes": size_bytes,
             "gzip_bytes": gzip_bytes(path), "input_size": prep.size, "output": output,
             "temperature": (card.calibration or {}).get("temperature"),
+            "calibration_status": (card.calibration or {}).get("status"),
+            "calibration_reason": (card.calibration or {}).get("reason"),
             "ece_before": (card.calibration or {}).get("ece_before"),
             "ece_after": (card.calibration or {}).get("ece_after"),
             "f1": ev.report["f1_positive"], "recall": ev.report["sensitivity"],
@@ -580,17 +588,25 @@ def summary_markdown(summary: dict) -> str:
     f32 = next((r["size_bytes"] for r in summary["variants"] if r["variant"] == "float32"), None)
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
     ci = lambda c: "" if not c or None in c else f" ({c[0]:+.3f}, {c[1]:+.3f})"  # noqa: E731
-    ece = lambda r: "-" if r.get("ece_before") is None else f"{r['ece_before']:.3f} -> {r['ece_after']:.3f}"  # noqa: E731
+    def ece(r):
+        if r.get("ece_before") is None:
+            return "-"
+        if r.get("calibration_status") == "not fitted":
+            return f"{r['ece_before']:.3f} (T not fitted)"
+        return f"{r['ece_before']:.3f} -> {r['ece_after']:.3f}"
     for r in summary["variants"]:
         ratio = f"{r['size_bytes'] / f32:.1%}" if f32 else "-"
         lines.append(f"| {r['variant']} | {r.get('input_size', '-')} | {r['size_bytes'] / 1e6:.2f} | {r['gzip_bytes'] / 1e6:.2f} | "
                      f"{ratio} | {r['f1']:.4f} | {r['f1_drop']:+.4f}{ci(r.get('f1_drop_ci'))} | {r['recall']:.4f} | "
                      f"{f(r['agreement'], '.3f')} | {f(r['max_abs_delta_p'], '.3f')} | {f(r.get('temperature'), '.2f')} | "
                      f"{ece(r)} | {r['verdict']}{' (' + '; '.join(r['reasons']) + ')' if r['reasons'] else ''} |")
+    lines += [f"\nTemperature of {r['variant']} not fitted (T = 1): {r['calibration_reason']}."
+              for r in summary["variants"] if r.get("calibration_status") == "not fitted"]
     lines += ["", "All figures: the validation part (where thresholds and temperatures were chosen). gzip MB: gzip "
               "level 9 of the model file. F1 drop CI: paired bootstrap (1,000 resamples, seeded; subjects when the "
               "split has them). T: the fitted temperature of a logit variant; ECE: 15 equal-width bins on P(positive), "
-              "before and after temperature scaling (reliability.png). Variants at another input size (px) are scored "
+              "before and after temperature scaling (reliability.png); a temperature is not fitted (T = 1) below "
+              f"{MIN_VALIDATION} validation images or where the validation scores separate the classes. Variants at another input size (px) are scored "
               "on the validation images decoded at that size; agreement and max dP (uncalibrated) compare with the "
               "parent on the same cells."]
     return "\n".join(lines) + "\n"

@@ -284,3 +284,27 @@ def test_groups_come_in_natural_order_with_unknown_last():
     for name in ("UID_10_1_1_all.bmp", "UID_2_1_1_all.bmp", "1002.bmp", "UID_H10_1_1_hem.bmp", "UID_h3_1_1_hem.bmp"):
         s.add("/d/" + name, False, 0.1, False, False)
     assert [r["group"] for r in s.rows()] == ["2", "10", "H3", "H10", "unknown"]
+
+
+def test_temperature_is_not_fitted_where_the_split_cannot_judge_it():
+    """Issue 21: a separable split drove T to the search's lower bound (logits x 20, every P 0 or 1) and a
+    4-image split to whichever bound it liked; neither is fitted now (T = 1, with the reason)."""
+    from leukedge.stats import FITTED, NOT_FITTED, fit_temperature, fit_temperature_if_judgeable
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(60, int), np.ones(60, int)]
+    separable = np.zeros((120, 2))
+    separable[:, 1] = np.where(y == 1, 0.5 + rng.random(120), -0.5 - rng.random(120))
+    assert fit_temperature(separable, y) == pytest.approx(0.05, rel=1e-3)  # what the cards used to carry
+    t, status, why = fit_temperature_if_judgeable(separable, y, 1)
+    assert (t, status) == (1.0, NOT_FITTED) and "without overlap" in why
+    four = [0, 1, 60, 61]
+    noisy = separable + rng.normal(0, 3, separable.shape)
+    t, status, why = fit_temperature_if_judgeable(noisy[four], y[four], 1)
+    assert (t, status) == (1.0, NOT_FITTED) and "only 4 validation images" in why
+    t, status, why = fit_temperature_if_judgeable(noisy[:60], y[:60], 1)
+    assert status == NOT_FITTED and "one class" in why
+    # overlapping and over-confident (logits x 8): fitted, off its bounds, softening P
+    overconfident = 8 * (separable + rng.normal(0, 1.0, separable.shape))
+    t, status, why = fit_temperature_if_judgeable(overconfident, y, 1)
+    assert status == FITTED and why == "" and 1.5 < t < 19.0
