@@ -171,10 +171,36 @@ def test_quality_flagged_training_images_are_skipped_or_refused_and_statistics_r
     root = tmp_path / "C-NMC_Leukemia"
     shutil.copytree(synth_dir, root)
     victim = sorted(root.glob("training_data/*/all/*.bmp"))[0]
-    Image.new("RGB", Image.open(victim).size, (0, 0, 0)).save(victim)
+    with Image.open(victim) as im:
+        size = im.size
+    Image.new("RGB", size, (0, 0, 0)).save(victim)
     with pytest.raises(DatasetError, match="strict-quality"):
         train(root, tmp_path / "strict", TrainConfig(**{**QUICK, "epochs": 0, "strict_quality": True}).validate())
     res = train(root, tmp_path / "lenient", TrainConfig(**{**QUICK, "epochs": 0}).validate())
     dropped = res["card"]["provenance"]["data"]["skipped_for_quality"]
     assert [d[0] for d in dropped] == [str(victim)]
     assert res["card"]["input_statistics"]["n_images"] >= 20
+
+
+def test_train_and_tune_resolve_identical_preprocessing_from_one_config(synth_dir, monkeypatch):
+    """Issue 19: both steps take their preprocessing from one resolver; tune used to drop bit_depth, so a
+    12-bit TIFF could be decoded differently in a tuning trial than in training."""
+    from leukedge.train import fit, tune
+    from leukedge.train.config import TrainConfig
+    from leukedge.train.preprocessing import resolve_preprocessing
+
+    class Seen(Exception):
+        pass
+
+    def capture(samples, prep, *args, **kwargs):
+        raise Seen(prep)
+
+    cfg = TrainConfig(image_size=75, weights="none", bit_depth=12, epochs_head=0, epochs=0).validate()
+    seen = {}
+    for name, module in (("train", fit), ("tune", tune)):
+        monkeypatch.setattr(module, "decode_samples", capture)
+        with pytest.raises(Seen) as exc:
+            fit.train(synth_dir, "unused", cfg) if name == "train" else tune._features(synth_dir, cfg)
+        seen[name] = exc.value.args[0]
+    assert seen["train"] == seen["tune"] == resolve_preprocessing(cfg)
+    assert seen["tune"].bit_depth == 12

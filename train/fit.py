@@ -17,7 +17,6 @@ from leukedge import __version__
 from leukedge.edge.card import ModelCard
 from leukedge.edge.files import staged_dir, write_text_atomic
 from leukedge.edge.card import card_path_for
-from leukedge.edge.preprocess import Preprocessing
 from leukedge.evaluation import EvaluationError, ImageArrays, KerasScorer, decode_samples, evaluate
 from leukedge.metrics import choose_threshold
 
@@ -25,6 +24,7 @@ from .config import TrainConfig, to_toml
 from .datasets import Dataset, DatasetError, read_dataset
 from .model import HeadConfig, build_inception_v3, set_trainable_from
 from .pipeline import class_weights, make_dataset
+from .preprocessing import resolve_preprocessing
 from .splits import SPLIT_FILE, Split, make_split, read_split, subsample, write_split
 from .tfcompat import tensorflow
 from .weights import load_backbone_weights, plan_weights
@@ -235,8 +235,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     tf.keras.utils.set_random_seed(cfg.seed)
     ds, split = split_for(data, cfg)
     info = plan_weights(cfg.weights)
-    prep = Preprocessing(size=cfg.image_size, resize=cfg.resize, mean=(info.mean,) * 3, std=(info.std,) * 3,
-                         bit_depth=cfg.bit_depth or None)
+    prep = resolve_preprocessing(cfg, info)
     positive = ds.labels.index(ds.positive_label)
     train_samples = subsample(split.parts["train"], cfg.max_train_images, cfg.seed)
 

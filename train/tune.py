@@ -18,12 +18,12 @@ import numpy as np
 
 from leukedge.edge.files import staged_dir, write_text_atomic
 from leukedge.metrics import report_at_threshold
-from leukedge.edge.preprocess import Preprocessing
 
 from .config import ConfigError, TrainConfig, to_toml
 from .datasets import read_dataset
 from .model import build_inception_v3
 from .pipeline import class_weights, decode_samples, make_dataset
+from .preprocessing import resolve_preprocessing
 from .splits import SPLIT_FILE, write_split
 from .tfcompat import tensorflow
 from .weights import load_backbone_weights, plan_weights
@@ -55,7 +55,7 @@ def _features(data, cfg: TrainConfig):
     tf = tensorflow()
     ds, split = split_for(data, cfg)
     info = plan_weights(cfg.weights)
-    prep = Preprocessing(size=cfg.image_size, resize=cfg.resize, mean=(info.mean,) * 3, std=(info.std,) * 3)
+    prep = resolve_preprocessing(cfg, info)
     backbone = build_inception_v3(cfg.image_size, info.last_pool, backbone_only=True)
     load_backbone_weights(backbone, info)
     feats = {}
