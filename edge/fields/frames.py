@@ -126,10 +126,15 @@ def load_frame(path: str | os.PathLike, options: DecodeOptions | None = None) ->
     except ImageError as exc:
         if "above leukedge's cap" not in exc.problem:
             raise
+        over_cap = exc
     from PIL import ImageOps
 
     p = Path(path)
-    with Image.open(p, formats=("JPEG",)) as im:
+    try:
+        im = Image.open(p, formats=("JPEG",))
+    except Exception:  # noqa: BLE001 - not a JPEG (load_rgb read it): only a JPEG can be decoded reduced
+        raise ImageError(p, over_cap.problem + "; only JPEG frames are located on a reduced decode") from None
+    with im:
         w, h = im.size
         k = 2
         while k <= 8 and math.ceil(w / k) * math.ceil(h / k) > opts.max_pixels:

@@ -85,9 +85,11 @@ SPLIT_SADDLE = 0.5
 CYTOPLASM_REACH_UM = 4.0
 CYTOPLASM_BLUE = 4.0
 CYTOPLASM_DROP = 12.0
-# Blur: the edge spread (Gaussian sigma) of the nucleus border; a focused 100x frame shows ~0.3-0.5 um
-# (BCCD median 0.4 um, benchmarks/results/locate-bccd.json), a frame a few um out of focus > 1 um.
-BLUR_EDGE_UM = 0.9
+# Blur: the edge spread (Gaussian sigma) of the nucleus border, as measured on the working copy. BCCD's
+# located cells (every 2nd frame, 189 cells): median 0.26 um, 95th percentile 0.42, 99th 0.51; the frame
+# that looks out of focus by eye (00327) measures 0.51. A generated field blurred by sigma = 1 um measures
+# 0.59, by 0.5 um 0.45. Cells above 0.5 um are flagged.
+BLUR_EDGE_UM = 0.5
 # The red-cell ruler (see red_cell_diameter): the distance-transform percentile read, and the largest hole
 # (as a share of its part's area) taken for central pallor; both chosen on every 3rd BCCD frame against
 # the frames' own red-cell boxes.
