@@ -65,6 +65,11 @@ class Counts:
     rereads: int = 0
     recovered: int = 0
     failing: set = field(default_factory=set)  # paths whose latest row failed
+    skipped: dict = field(default_factory=dict)  # reason -> files found in a folder and not classified
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        """Count `n` files a folder held that get no row, under `reason` (edge.files.skip_reason)."""
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
 
     def add(self, row: dict) -> None:
         st = row["status"]
@@ -92,6 +97,9 @@ class Counts:
                 f"{self.rereads} re-reads")
         if self.recovered:
             text += f" ({self.recovered} failed file(s) classified when read again; {len(self.failing)} still failing)"
+        if self.skipped:
+            text += f", {sum(self.skipped.values())} skipped (" + ", ".join(
+                f"{n} {reason}" for reason, n in sorted(self.skipped.items())) + ")"
         return text
 
 
@@ -109,28 +117,29 @@ class Emitter:
         self.to_file = getattr(writer.sink, "path", None) is not None
         self.observers: list = []  # callables fed every written row (e.g. the per-sample summary)
 
-    def emit(self, row: dict, rel: str | None = None, ident: Identity | None = None, digest: str | None = None) -> None:
-        """Write `row`; with a journal, record `rel`'s identity. Raises OutputError / JournalError."""
+    def emit(self, row: dict, rel: str | None = None, ident: Identity | None = None, digest: str | None = None,
+             read_ns: int | None = None) -> None:
+        """Write `row`; with a journal, record `rel`'s identity (and `read_ns`, the wall-clock time its
+        content was read, for the racy-clean rule). Raises OutputError / JournalError."""
         data = self.writer.render(row)
         if self.journal is not None and rel is not None and ident is not None:
             from .ingest import Record  # a journal means --watch: edge.ingest is loaded already
 
-            rec = Record(rel, ident.size, ident.mtime_ns, ident.ino, ident.ctime_ns, digest, row["status"])
+            rec = Record(rel, ident.size, ident.mtime_ns, ident.ino, ident.ctime_ns, digest, row["status"],
+                         read_ns=read_ns)
             if self.to_file:
                 import zlib
 
+                self.writer.ensure_header()  # the row's offset is known only after a pending header
                 rec.out, rec.n, rec.crc = self.writer.sink.offset, len(data), zlib.crc32(data)
                 before = self.journal.known.get(rel)
                 self.journal.append(rec)
                 try:
                     self.writer.write_bytes(data)
                 except OutputError:
-                    # the record names a row that is not there: forget it here; at the next start the
-                    # journal's CRC check drops it too
-                    if before is None:
-                        self.journal.known.pop(rel, None)
-                    else:
-                        self.journal.known[rel] = before
+                    # the record names a row that is not there: take it back out of the journal (if even
+                    # that fails, the next start's CRC check drops it) and forget it here
+                    self.journal.retract(rec, before)
                     raise
             else:
                 self.writer.write_bytes(data)

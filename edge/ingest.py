@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .files import is_ignored_name, write_text_atomic
+from .files import (SKIP_NOT_FILE, is_ignored_name, is_image_name, loads_bounded, pwrite_all,  # noqa: F401
+                    skip_reason, write_text_atomic)
 from .handling import Counts, Emitter, classify_file, one_line  # noqa: F401 - re-exported (see edge.handling)
 from .outputs import STATUS_ERROR, STATUS_INTERNAL, STATUS_OK, ModelInfo, OutputError, now_iso
-from .preprocess import IMAGE_EXTENSIONS
 
 JOURNAL_VERSION = 1
 HASH_WHOLE_LIMIT = 8 << 20  # files up to 8 MiB are hashed whole; larger: first and last MiB plus the size
@@ -89,6 +89,23 @@ def stat_identity(path: str | os.PathLike) -> Identity | None:
     return Identity.of(st) if _stat.S_ISREG(st.st_mode) else None
 
 
+# The kernel stamps mtime/ctime from a clock that ticks once per jiffy (up to 10 ms at HZ=100), even
+# on nanosecond file systems; 20 ms covers that and exFAT's 10 ms. Whole seconds: ext3, ext4 with
+# 128-byte inodes, HFS+, many SMB/NFS servers; even seconds: FAT.
+COARSE_CLOCK_NS = 20_000_000
+
+
+def timestamp_granularity_ns(mtime_ns: int) -> int:
+    """How coarse the file system's timestamps are, judged from one of them: 2 s when it is a whole
+    even second (FAT), 1 s when a whole second, else COARSE_CLOCK_NS. A nanosecond stamp that happens
+    to fall on a whole second (one in a billion) only costs one extra content comparison."""
+    if mtime_ns % 2_000_000_000 == 0:
+        return 2_000_000_000
+    if mtime_ns % 1_000_000_000 == 0:
+        return 1_000_000_000
+    return COARSE_CLOCK_NS
+
+
 def content_hash(path: str | os.PathLike) -> str | None:
     """SHA-256 (16 hex digits) of a file's content; files over 8 MiB: of the size, first and last MiB.
 
@@ -128,18 +145,29 @@ class Record:
     n: int | None = None
     crc: int | None = None
     section: int = 0
+    read_ns: int | None = None  # wall-clock time (ns) just before the content was read and hashed
 
     def to_json(self) -> dict:
         d = {"t": "file", "p": self.path, "s": self.size, "m": self.mtime_ns, "i": self.ino, "c": self.ctime_ns,
              "h": self.hash, "st": self.status}
         if self.out is not None:
             d.update(o=self.out, n=self.n, k=self.crc)
+        if self.read_ns is not None:
+            d["r"] = self.read_ns
         return d
 
     @classmethod
     def from_json(cls, d: dict, section: int) -> "Record":
         return cls(str(d["p"]), int(d["s"]), int(d["m"]), int(d.get("i", 0)), int(d.get("c", 0)), d.get("h"),
-                   str(d["st"]), d.get("o"), d.get("n"), d.get("k"), section)
+                   str(d["st"]), d.get("o"), d.get("n"), d.get("k"), section,
+                   int(d["r"]) if isinstance(d.get("r"), int) else None)
+
+    @property
+    def racy(self) -> bool:
+        """The content was read so soon after its last modification that the file system's clock
+        could not have shown a change made right after the read (git's "racy clean" rule): equal
+        size, mtime, inode and ctime prove nothing, so the content is compared. See `timestamp_granularity_ns`."""
+        return self.read_ns is not None and self.read_ns - self.mtime_ns < timestamp_granularity_ns(self.mtime_ns)
 
     @property
     def has_result(self) -> bool:
@@ -180,6 +208,9 @@ class Journal:
         self.notes: list[str] = []
         self.first_start = True
         self._fh = None
+        self._end = 0  # the journal's length: the next record goes here
+        self._torn = False  # bytes after _end may be a failed append's tail
+        self._last: tuple[Record, int] | None = None  # the last record appended and where it starts
         self._last_sync = time.monotonic()
         self._lines: list[dict] = []  # compacted content, for the rewrite at open
 
@@ -197,9 +228,9 @@ class Journal:
             if not raw.strip():
                 continue
             try:
-                d = json.loads(raw)
+                d = loads_bounded(raw)
             except ValueError:
-                continue  # a half line from a crash
+                continue  # a half line from a crash (or a line nested too deeply to be ours)
             if isinstance(d, dict) and d.get("t") in ("section", "file"):
                 out.append(d)
         return out
@@ -274,15 +305,17 @@ class Journal:
     def _repair(self, records: list[Record], sections: list[dict], sink) -> list[Record]:
         """Keep records whose row is verifiably in the results file; cut unjournaled trailing rows."""
         same_out = {i for i, s in enumerate(sections) if s.get("output") == self.output and s.get("format") == self.fmt}
-        keep, dropped, last_end = [], 0, None
+        keep, lost, last_end = [], set(), None
         for r in records:
             if r.section in same_out and r.out is not None:
                 data = sink.read_at(r.out, r.n or 0)
                 if len(data) != r.n or zlib.crc32(data) != r.crc:
-                    dropped += 1
+                    lost.add((r.section, r.path))
                     continue
                 last_end = max(last_end or 0, r.out + r.n)
+            lost.discard((r.section, r.path))  # a later record with its row in place: nothing lost
             keep.append(r)
+        dropped = len(lost)
         if dropped:
             self.notes.append(f"{dropped} journaled results were not in {sink.path} (crash or full disk): "
                               "those files are classified again")
@@ -319,36 +352,69 @@ class Journal:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.path, "\n".join(out_lines) + "\n")
-            self._fh = open(self.path, "ab")
+            fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+            self._fh = os.fdopen(fd, "r+b", buffering=0)  # unbuffered: see append()
+            self._end = os.fstat(fd).st_size
         except OSError as exc:
             raise JournalError(exc.errno, f"{self.path}: cannot write journal: {exc.strerror or exc}") from None
 
     # writing ----------------------------------------------------------------------------
 
     def append(self, rec: Record) -> None:
-        """Append one record, flushed; fsynced on the timer. Raises JournalError (the record is then not kept)."""
+        """Append one record (an unbuffered write at the journal's end); fsynced on the timer.
+
+        Raises JournalError when it cannot be written whole; the journal is then cut back to what it
+        was (or, if even that fails, the torn tail is cut before the next append), so no record is
+        half there and none is written twice: the journal holds exactly the records that succeeded.
+        """
         data = (json.dumps(rec.to_json()) + "\n").encode()
-        start = self._fh.tell()
+        start = self._end
+        fd = self._fh.fileno()
         try:
-            self._fh.write(data)
-            self._fh.flush()
+            if self._torn:
+                os.ftruncate(fd, start)
+                self._torn = False
+            pwrite_all(fd, data, start)
             if self.fsync_interval <= 0 or time.monotonic() - self._last_sync >= self.fsync_interval:
-                os.fsync(self._fh.fileno())
+                os.fsync(fd)
                 self._last_sync = time.monotonic()
         except OSError as exc:
-            try:
-                self._fh.seek(start)
-                self._fh.truncate(start)
-            except (OSError, ValueError):
-                pass
+            self._cut(start)
             raise JournalError(exc.errno, f"cannot write journal {self.path}: {exc.strerror or exc}") from None
+        self._end = start + len(data)
+        self._last = (rec, start)
         self.known[rec.path] = rec
+
+    def _cut(self, size: int) -> None:
+        try:
+            os.ftruncate(self._fh.fileno(), size)
+            self._end = size
+            self._torn = False
+        except (OSError, ValueError):
+            self._torn = True
+
+    def retract(self, rec: Record, before: Record | None) -> None:
+        """Take back `rec`, the record just appended, whose row could not be written: the journal is
+        cut back to before it (best effort: if that fails, the next start's CRC check drops it), and
+        the file's previous record (`before`, or none) is its latest again."""
+        if self._last is not None and self._last[0] is rec:
+            self._cut(self._last[1])
+            self._torn = False  # a failed cut leaves a whole record, which the restart's check drops
+            self._last = None
+        if before is None:
+            self.known.pop(rec.path, None)
+        else:
+            self.known[rec.path] = before
 
     def close(self) -> None:
         if self._fh is not None:
             try:
-                self._fh.flush()
+                if self._torn:
+                    os.ftruncate(self._fh.fileno(), self._end)
                 os.fsync(self._fh.fileno())
+            except (OSError, ValueError):
+                pass
+            try:
                 self._fh.close()
             except (OSError, ValueError):
                 pass
@@ -392,23 +458,80 @@ class WatchOptions:
             self.full_scan_interval = 300.0 if self.mode == "inotify" else 30.0
 
 
-_IMAGE_EXTS = tuple(IMAGE_EXTENSIONS)
-
-
 def wanted(name: str) -> bool:
-    """The one rule for which names are input images: an image extension (edge.preprocess) and not a
-    temp/metadata file (edge.files.is_ignored_name). `name` is a file name or path."""
-    return name.lower().endswith(_IMAGE_EXTS) and not is_ignored_name(name)
+    """The one rule for which names are input images (edge.files.is_image_name): an image suffix
+    (.jfif and .jpe included) and not a temp/metadata file. `name` is a file name or path."""
+    return is_image_name(name)
+
+
+def list_folder(folder: str | os.PathLike, recursive: bool) -> list[tuple[str, os.stat_result]]:
+    """(relative path, stat) of every input image in `folder` (subfolders too when `recursive`).
+
+    The listing a watcher takes before its model loads: what it holds is "already there" at a
+    first start, and anything written later is new. Unreadable subfolders are left out; raises
+    FileNotFoundError when `folder` itself is gone.
+    """
+    found = []
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        full = os.path.join(folder, rel_dir) if rel_dir else os.fspath(folder)
+        try:
+            entries = list(os.scandir(full))
+        except (FileNotFoundError, NotADirectoryError):
+            if rel_dir == "":
+                raise FileNotFoundError(full) from None
+            continue
+        except PermissionError:
+            continue
+        for e in entries:
+            rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if recursive:
+                        stack.append(rel)
+                elif is_image_name(e.name) and e.is_file():
+                    found.append((rel, e.stat()))
+            except OSError:
+                continue
+    return found
+
+
+# What an event says about a file's content. "opened" and "closed_no_write" (our own reads among them)
+# and "deleted" say nothing about it; the others may come with new content under unchanged stamps.
+_CONTENT_EVENTS = frozenset({"created", "modified", "moved", "closed", "attrib"})
+_RESCAN, _LOST = "\0rescan", "\0lost"
+
+
+@dataclass
+class _DirState:
+    """What the last listing of one folder found: its mtime, when it was listed (wall clock, ns), the
+    image names in it with their inode numbers, its subfolders, and its skipped files by reason."""
+
+    mtime_ns: int
+    listed_ns: int
+    names: dict = field(default_factory=dict)  # name -> inode
+    subdirs: list = field(default_factory=list)
+    skipped: dict = field(default_factory=dict)  # reason -> count
+
+    @property
+    def racy(self) -> bool:
+        """Listed within the clock's granularity of its last change: a create in the same tick would not
+        change its mtime, so it is listed again (the "racy clean" rule, for folders)."""
+        return self.listed_ns - self.mtime_ns < timestamp_granularity_ns(self.mtime_ns)
 
 
 class Watcher:
     """Classify every image that settles in `folder`, forever, losslessly; `run()` until `stop` is set.
 
     clf: a Classifier; emitter: Emitter (rows + journal); log: one-line stderr messages.
+    baseline: the listing taken before the model was loaded (`list_folder`); at a first start
+    without --include-existing only the files in it (as they were then) count as already there.
     """
 
     def __init__(self, clf, folder: str | os.PathLike, emitter: Emitter, model: ModelInfo, opts: WatchOptions,
-                 log: Callable[[str], None], stop: threading.Event | None = None, pool=None):
+                 log: Callable[[str], None], stop: threading.Event | None = None, pool=None,
+                 baseline: list[tuple[str, os.stat_result]] | None = None):
         self.clf = clf
         self.pool = pool  # edge.throughput.ClassifierPool: a backlog is classified on its workers, rows in order
         self.folder = Path(folder)
@@ -420,17 +543,22 @@ class Watcher:
         self.log = log
         self.stop = stop or threading.Event()
         self.counts = emitter.counts
+        self.baseline = baseline
         self.pending: dict[str, _Pending] = {}
-        self.dir_mtimes: dict[str, int] = {}
-        self.subdirs: dict[str, list[str]] = {}
+        self.dirs: dict[str, _DirState] = {}
+        self.racy: set[str] = set()  # files whose last read was racily clean: compared by content until clean
         self.state = "starting"
         self.last_scan: str | None = None
-        self._dirty: set[str] = set()
+        self.sweeps = 0
+        self.lost_events = 0
+        self._dirty: dict[str, bool] = {}  # path -> an event said its content may have changed
         self._dirty_lock = threading.Lock()
         self._observer = None
+        self._handler = None
         self._last_full = 0.0
         self._last_heartbeat = 0.0
         self._problem: str | None = None
+        self._skips_told: set[tuple[str, str]] = set()
 
     # discovery ----------------------------------------------------------------------------
 
@@ -438,13 +566,20 @@ class Watcher:
         return os.path.relpath(path, self.folder)
 
     def _list(self, skip_unchanged_dirs: bool) -> list[tuple[str, os.stat_result]]:
-        """(rel path, stat) of every wanted file; in poll mode, folders whose mtime is unchanged
-        and hold nothing pending are not listed. Raises FileNotFoundError if the folder is gone."""
+        """(rel path, stat) of the files to consider; raises FileNotFoundError if the folder is gone.
+
+        Full (skip_unchanged_dirs False): every input image, stat'ed. Incremental (poll mode's
+        ticks): a folder whose mtime is unchanged (and was not listed racily) is not listed, and in
+        a folder that is, only names that are new or now name another inode are stat'ed, so a tick
+        costs nothing per unchanged file (in-place rewrites wait for the full sweep, or are caught
+        as racy). Every file that is not an input image is counted by reason (`counts.skipped`).
+        """
         found = []
-        hot_dirs = {os.path.dirname(r) for r in self.pending}
+        seen_dirs = set()
         stack = [""]
         while stack:
             rel_dir = stack.pop()
+            seen_dirs.add(rel_dir)
             full = os.path.join(self.folder, rel_dir) if rel_dir else str(self.folder)
             try:
                 dst = os.stat(full)
@@ -452,12 +587,11 @@ class Watcher:
                 if rel_dir == "":
                     raise
                 continue
-            if skip_unchanged_dirs and self.dir_mtimes.get(rel_dir) == dst.st_mtime_ns and rel_dir not in hot_dirs:
-                # nothing created, renamed or deleted here; still descend into known subfolders
-                stack.extend(self.subdirs.get(rel_dir, ()))
+            prev = self.dirs.get(rel_dir)
+            if skip_unchanged_dirs and prev is not None and prev.mtime_ns == dst.st_mtime_ns and not prev.racy:
+                stack.extend(prev.subdirs)  # nothing created, renamed or deleted here; still descend
                 continue
-            self.dir_mtimes[rel_dir] = dst.st_mtime_ns
-            children = self.subdirs[rel_dir] = []
+            listed_ns = time.time_ns()
             try:
                 entries = list(os.scandir(full))
             except (FileNotFoundError, NotADirectoryError):
@@ -466,91 +600,154 @@ class Watcher:
                 continue
             except PermissionError:
                 continue
+            state = _DirState(dst.st_mtime_ns, listed_ns)
+            old_names = prev.names if (skip_unchanged_dirs and prev is not None) else None
             for e in entries:
                 rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
                 try:
                     if e.is_dir(follow_symlinks=False):
                         if self.opts.recursive:
                             stack.append(rel)
-                            children.append(rel)
+                            state.subdirs.append(rel)
                         continue
-                    if not wanted(e.name):
+                    reason = skip_reason(e.name) or (None if e.is_file() else SKIP_NOT_FILE)
+                    if reason is not None:
+                        state.skipped[reason] = state.skipped.get(reason, 0) + 1
+                        self._tell_skip(rel, reason)
                         continue
+                    ino = e.inode()
+                    state.names[e.name] = ino
+                    if old_names is not None and old_names.get(e.name) == ino:
+                        continue  # a name already known, same inode: not this tick's business
                     found.append((rel, e.stat()))
                 except OSError:
                     continue
+            if old_names is not None:
+                for name in old_names.keys() - state.names.keys():  # deleted or renamed away
+                    gone = f"{rel_dir}/{name}" if rel_dir else name
+                    self.pending.pop(gone, None)
+                    self.racy.discard(gone)
+            self.dirs[rel_dir] = state
+        if not skip_unchanged_dirs:
+            for rel_dir in self.dirs.keys() - seen_dirs:
+                del self.dirs[rel_dir]
+        skipped: dict[str, int] = {}
+        for d in self.dirs.values():
+            for reason, n in d.skipped.items():
+                skipped[reason] = skipped.get(reason, 0) + n
+        self.counts.skipped = skipped
         return found
 
-    def _consider(self, rel: str, st: os.stat_result | None = None) -> None:
-        """Decide whether a file needs reading (new or changed content) and put it in `pending`."""
+    def _tell_skip(self, rel: str, reason: str) -> None:
+        """One line the first time a kind of file (reason and suffix) is skipped; the rest are counted."""
+        kind = (reason, os.path.splitext(rel)[1].lower())
+        if kind not in self._skips_told and len(self._skips_told) < 100:
+            self._skips_told.add(kind)
+            self.log(f"{os.path.join(self.folder, rel)}: skipped: {reason}; further {kind[1] or 'such'} files "
+                     "are counted (heartbeat 'skipped'), not listed")
+
+    def _consider(self, rel: str, st: os.stat_result | None = None, content_event: bool = False) -> None:
+        """Decide whether a file needs reading (new or changed content) and put it in `pending`.
+
+        Size and mtime differing from the file's record: changed. Equal, with inode and ctime equal
+        too: unchanged, unless the record was read racily (within the file system's timestamp
+        granularity of its mtime: see Record.racy) or an event says the content may have changed;
+        then, as when inode or ctime differ, the content hash decides.
+        """
         if st is None:
             try:
                 st = os.stat(os.path.join(self.folder, rel))
             except OSError:
                 self.pending.pop(rel, None)
+                self.racy.discard(rel)
                 return
         ident = Identity.of(st)
         if rel in self.pending:
             return  # the settle check follows it
         rec = self.known.get(rel)
-        if rec is not None:
-            if (rec.size, rec.mtime_ns) == ident.key:
-                if rec.hash is None or (rec.ino, rec.ctime_ns) == (ident.ino, ident.ctime_ns):
-                    return
-                digest = content_hash(os.path.join(self.folder, rel))  # same size and mtime, other inode/ctime: did the content change?
-                if digest == rec.hash:  # same content under a new inode/ctime: remember it, nothing to redo
+        if rec is not None and (rec.size, rec.mtime_ns) == ident.key:
+            if rec.hash is None:
+                return  # there at a first start, never read: nothing to compare with
+            same_node = (rec.ino, rec.ctime_ns) == (ident.ino, ident.ctime_ns)
+            if same_node and not content_event and not rec.racy:
+                self.racy.discard(rel)
+                return
+            now = time.time_ns()
+            digest = content_hash(os.path.join(self.folder, rel))
+            if digest == rec.hash:  # same content: remember the identity, and whether it is clean now
+                clean = now - ident.mtime_ns >= timestamp_granularity_ns(ident.mtime_ns)
+                if not same_node or (rec.racy and clean):
                     same = Record(rel, ident.size, ident.mtime_ns, ident.ino, ident.ctime_ns, digest, rec.status,
-                                  rec.out, rec.n, rec.crc)
+                                  rec.out, rec.n, rec.crc, read_ns=now if clean else rec.read_ns)
                     if self.journal is not None:
                         try:
                             self.journal.append(same)
                         except JournalError:
-                            pass
+                            pass  # compared again next time
                     else:
                         self.known[rel] = same
-                    return
+                if clean:
+                    self.racy.discard(rel)
+                else:
+                    self.racy.add(rel)
+                return
+        self.racy.discard(rel)
         self.pending[rel] = _Pending(ident, time.monotonic())
 
     def _full_scan(self, skip_unchanged_dirs: bool = False) -> None:
         for rel, st in self._list(skip_unchanged_dirs):
             self._consider(rel, st)
+        if not skip_unchanged_dirs:
+            self.sweeps += 1
         self.last_scan = now_iso()
+
+    def _check_racy(self) -> None:
+        """Compare again the files read racily (few: those read within a clock tick of their change)."""
+        for rel in sorted(self.racy):
+            self._consider(rel)
 
     # inotify -------------------------------------------------------------------------------
 
     def _start_observer(self) -> None:
-        from watchdog.events import FileSystemEventHandler
+        from watchdog.events import EVENT_TYPE_EVENTS_LOST, FileSystemEventHandler
         from watchdog.observers import Observer
 
         watcher = self
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event):
+                if event.event_type == EVENT_TYPE_EVENTS_LOST:  # the kernel queue overflowed
+                    with watcher._dirty_lock:
+                        watcher._dirty[_LOST] = True
+                    return
                 if event.is_directory:
                     if event.event_type in ("created", "moved"):
                         with watcher._dirty_lock:
-                            watcher._dirty.add("\0rescan")  # a folder moved in: its files came with it
+                            watcher._dirty[_RESCAN] = True  # a folder moved in: its files came with it
                     return
+                content = event.event_type in _CONTENT_EVENTS
                 for p in (getattr(event, "dest_path", None), event.src_path):
                     if p:
                         p = os.fsdecode(p)
                         if wanted(os.path.basename(p)):
                             with watcher._dirty_lock:
-                                watcher._dirty.add(p)
+                                watcher._dirty[p] = watcher._dirty.get(p, False) or content
 
         obs = Observer()
-        obs.schedule(Handler(), str(self.folder), recursive=self.opts.recursive)
+        self._handler = Handler()
+        obs.schedule(self._handler, str(self.folder), recursive=self.opts.recursive)
         obs.daemon = True
         obs.start()
         self._observer = obs
 
     def _ensure_observer(self) -> None:
-        """Start inotify; if the system refuses (watch/instance limits, no inotify), poll instead."""
+        """Start inotify; if the system refuses (watch/instance limits, no inotify, no thread), poll instead."""
         try:
             self._start_observer()
-        except OSError as exc:
-            self.log(f"inotify unavailable for {self.folder} ({exc.strerror or exc}); polling instead "
-                     "(raise fs.inotify.max_user_watches, or pass --poll)")
+        except (OSError, RuntimeError) as exc:  # RuntimeError: can't start new thread
+            self._observer = None
+            self.log(f"inotify unavailable for {self.folder} ({getattr(exc, 'strerror', None) or exc}); polling "
+                     "instead (raise fs.inotify.max_user_watches, or pass --poll)")
             self.opts.mode = "poll"
             self.opts.full_scan_interval = min(self.opts.full_scan_interval, 30.0)
 
@@ -564,15 +761,22 @@ class Watcher:
             self._observer = None
 
     def _drain_events(self) -> bool:
+        """Consider the files events named; True when a full sweep is due now (a folder moved in,
+        or events were lost: watchdog's EventsLostEvent after an inotify queue overflow)."""
         with self._dirty_lock:
-            dirty, self._dirty = self._dirty, set()
-        if "\0rescan" in dirty:
+            dirty, self._dirty = self._dirty, {}
+        if _LOST in dirty:
+            self.lost_events += 1
+            self.log(f"inotify lost events for {self.folder} (its queue overflowed: fs.inotify.max_queued_events); "
+                     "sweeping the folder now")
             return True
-        for p in dirty:
+        if _RESCAN in dirty:
+            return True
+        for p, content in dirty.items():
             rel = self._rel(p)
             if rel.startswith(".."):
                 continue
-            self._consider(rel)
+            self._consider(rel, content_event=content)
         return False
 
     # reading ----------------------------------------------------------------------------
@@ -597,25 +801,40 @@ class Watcher:
         """On a worker: hash, classify and re-stat one settled file (no shared state touched)."""
         rel, ident, reread = item
         full = os.path.join(self.folder, rel)
+        read_ns = time.time_ns()  # before the content is read: see Record.racy
         digest = content_hash(full)
         row = classify_file(clf, full, self.model, reread=reread, strict_quality=self.opts.strict_quality)
-        return rel, ident, digest, row, stat_identity(full)
+        return rel, ident, digest, row, stat_identity(full), read_ns
 
     def _read_ready(self, ready: list[tuple[str, Identity]]) -> None:
         items = []
         for rel, ident in ready:
             prev = self.known.get(rel)
             items.append((rel, ident, prev is not None and prev.has_result))
+        done = 0
         if self.pool is not None and len(items) > 1:
-            results = self.pool.map(self._compute, items)
-        else:
-            results = (self._compute(self.clf, it) for it in items)
-        for res in results:
-            self._commit(*res)
+            try:
+                for res in self.pool.map(self._compute, items):
+                    self._commit(*res)
+                    done += 1
+                    if self.stop.is_set():
+                        return
+            except RuntimeError as exc:  # a worker thread could not start (memory, thread limits)
+                if "thread" not in str(exc):
+                    raise
+                self.log(f"cannot start a worker thread ({exc}); going on with one worker")
+                pool, self.pool = self.pool, None
+                try:
+                    pool.close()
+                except Exception:  # noqa: BLE001 - the pool is being dropped; its own failure changes nothing
+                    pass
+        for it in items[done:]:
             if self.stop.is_set():
-                break
+                return
+            self._commit(*self._compute(self.clf, it))
 
-    def _commit(self, rel: str, ident: Identity, digest: str | None, row: dict, after: Identity | None) -> None:
+    def _commit(self, rel: str, ident: Identity, digest: str | None, row: dict, after: Identity | None,
+                read_ns: int | None = None) -> None:
         full = os.path.join(self.folder, rel)
         if after is None:
             self.pending.pop(rel, None)
@@ -623,10 +842,14 @@ class Watcher:
         if after.key != ident.key:
             self.pending[rel] = _Pending(after, time.monotonic())  # the writer came back; read it when it settles
             return
-        self.emitter.emit(row, rel, ident, digest)  # raises OutputError / JournalError: stays pending
+        self.emitter.emit(row, rel, ident, digest, read_ns=read_ns)  # raises OutputError / JournalError: stays pending
         self.pending.pop(rel, None)
         if self.journal is None:
-            self.known[rel] = Record(rel, ident.size, ident.mtime_ns, ident.ino, ident.ctime_ns, digest, row["status"])
+            self.known[rel] = Record(rel, ident.size, ident.mtime_ns, ident.ino, ident.ctime_ns, digest, row["status"],
+                                     read_ns=read_ns)
+        rec = self.known.get(rel)
+        if rec is not None and rec.racy:
+            self.racy.add(rel)  # read within a clock tick of its last change: compared by content until clean
         if row["status"] != STATUS_OK:
             self.log(f"{full}: {row['error']}")
         elif row.get("warning"):
@@ -645,6 +868,7 @@ class Watcher:
         beat = {"time": now_iso(), "pid": os.getpid(), "state": self.state, "folder": str(self.folder),
                 "last_scan": self.last_scan, "classified": self.counts.classified, "failed": self.counts.failed,
                 "internal": self.counts.internal, "rereads": self.counts.rereads, "pending": len(self.pending),
+                "skipped": dict(self.counts.skipped), "lost_events": self.lost_events,
                 "problem": self._problem, "model_file": self.model.model_file,
                 "model_sha256": self.model.model_sha256, "variant": self.model.variant}
         try:
@@ -661,24 +885,31 @@ class Watcher:
         self.state = state
 
     def start(self) -> None:
-        """First listing: with a journal, what arrived while down; on a first start without
-        --include-existing, what exists is recorded as existing and not classified."""
+        """Start watching: inotify first (so nothing written from now on is missed), then list.
+
+        With a journal: what arrived while down is read. At a first start without --include-existing,
+        the files of the listing taken before the model loaded (`baseline`; this listing when there
+        is none) are recorded as existing, as they were then, and not classified; anything that
+        arrived or changed since is read.
+        """
         first = self.journal is None or self.journal.first_start
+        if self.opts.mode == "inotify":
+            self._ensure_observer()
         listing = self._list(False)
         self.last_scan = now_iso()
         if first and not self.opts.include_existing:
-            for rel, st in listing:
+            for rel, st in (self.baseline if self.baseline is not None else listing):
                 ident = Identity.of(st)
                 rec = Record(rel, ident.size, ident.mtime_ns, ident.ino, ident.ctime_ns, None, "existing")
                 if self.journal is not None:
-                    self.journal.append(rec)
+                    try:
+                        self.journal.append(rec)
+                    except JournalError:  # a full disk at start: known for this run; a restart lists again
+                        self.known[rel] = rec
                 else:
                     self.known[rel] = rec
-        else:
-            for rel, st in listing:
-                self._consider(rel, st)
-        if self.opts.mode == "inotify":
-            self._ensure_observer()
+        for rel, st in listing:
+            self._consider(rel, st)
         self._last_full = time.monotonic()
         self.state = "watching"
 
@@ -696,8 +927,7 @@ class Watcher:
                         self._set_problem("watching", None)
                 except FileNotFoundError:
                     self._stop_observer()
-                    self.dir_mtimes.clear()
-                    self.subdirs.clear()
+                    self.dirs.clear()
                     self._set_problem("folder-missing", f"watch folder {self.folder} is gone; retrying every "
                                                         f"{self.opts.retry_interval:g} s")
                     self.stop.wait(self.opts.retry_interval)
@@ -739,6 +969,8 @@ class Watcher:
             self._full_scan(skip_unchanged_dirs=not full)
             if full:
                 self._last_full = now
+        if self.racy:
+            self._check_racy()
         self.last_scan = now_iso()
         ready = self._ready()
         if ready and not self.stop.is_set():
