@@ -3,7 +3,14 @@
 Exit codes: 0 every input classified; 1 some inputs failed or hit an internal error (each is
 reported as its own row; the others are still classified); 2 usage, model (a failed self-test
 included) or output-location error (a batch with -o keeps every finished row in the temporary
-file the message names); 130 / 143 a batch interrupted by SIGINT (Ctrl-C) / SIGTERM (rows kept).
+file the message names); 129 / 130 / 143 a batch ended by SIGHUP (a closed terminal) / SIGINT
+(Ctrl-C) / SIGTERM (rows kept, one line naming where); a watcher ended by SIGHUP stops as on
+SIGTERM (its `stopped` line, last heartbeat, rows and journal kept) and exits 129.
+
+Nothing the command writes may be one of its inputs (edge.files rules; `_check_writes`), and one
+process at a time writes a results file (edge.files.WriterLock). Native libraries' stderr lines go
+through edge.stderr (prefixed, whole). OpenBLAS (NumPy's) is held to one thread: its per-core
+threads and buffers are what a small device runs out of first.
 
 Rows: edge.outputs (one versioned field list). Watch mode and its journal: edge.ingest.
 Options: the standard library's argparse (click costs a device ~10 ms at every start; it is
@@ -12,9 +19,15 @@ imported only to draw the progress bar of a multi-file batch on a terminal).
 
 from __future__ import annotations
 
-import argparse
-import errno
 import os
+
+# Before NumPy is first imported (it is not imported at the top of this module): OpenBLAS otherwise
+# starts a thread with its own buffers per core, which under a memory limit aborts inside native code.
+# NumPy does no heavy linear algebra here; the user's own setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402 - after the environment above
+import errno  # noqa: E402
 import re
 import signal
 import sys
@@ -24,11 +37,10 @@ from pathlib import Path
 
 from leukedge import __version__
 
-from .files import is_ignored_name
-from .preprocess import IMAGE_EXTENSIONS, is_image_name
+from .files import IMAGE_SUFFIXES, SKIP_NOT_FILE, is_ignored_name, is_image_name, skip_reason
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-EXIT_SIGINT, EXIT_SIGTERM = 128 + 2, 128 + 15  # the shell's convention for a run ended by that signal
+EXIT_SIGHUP, EXIT_SIGINT, EXIT_SIGTERM = 128 + 1, 128 + 2, 128 + 15  # the shell's convention: 128 + the signal
 _GLOB_CHARS = set("*?[")
 _PROG = "edge-classify"  # the name on every stderr line (`leukedge classify` through the workstation CLI)
 _BAR_ON_SCREEN = False  # a progress bar is drawn on stderr: a log line clears it first
@@ -39,52 +51,77 @@ def _log(msg: str) -> None:
     from .outputs import escape_text
 
     clear = "\r\x1b[2K" if _BAR_ON_SCREEN else ""  # the bar is redrawn below at its next update
-    sys.stderr.write(clear + "".join(f"{_PROG}: {escape_text(line)}\n" for line in str(msg).split("\n")))
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(clear + "".join(f"{_PROG}: {escape_text(line)}\n" for line in str(msg).split("\n")))
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr gone (a closed terminal): the run goes on, its rows still count
+        pass
 
 
-def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], list[tuple[str, str, int]]]:
+def expand_inputs(inputs: tuple[str, ...], recursive: bool,
+                  skipped: list[tuple[str, str, str]] | None = None) -> tuple[list[str], list[tuple[str, str, int]]]:
     """Turn files, folders and glob patterns into a file list plus (input, problem, position) errors.
 
     position: how many files come before the error's input, so rows can follow the input order.
+    skipped: when given, gets (input, file, reason) for every file a folder or pattern held that is
+    not classified (edge.files.skip_reason: not an image name, a temp/OS-metadata file, not a
+    regular file), so each is counted and reported, never silently dropped.
 
-    Folders and patterns yield image names (IMAGE_EXTENSIONS) that are not temp/OS-metadata
-    files (edge.files.is_ignored_name: AppleDouble `._*` sidecars and the like); a file named
+    Folders and patterns yield image names (edge.files.IMAGE_SUFFIXES, .jfif and .jpe included)
+    that are not temp/OS-metadata files (AppleDouble `._*` sidecars and the like); a file named
     explicitly is classified whatever its name, except those metadata files, which are skipped
     with a note. Never raises for unreadable folders: they become errors.
     """
     files: list[str] = []
     errors: list[tuple[str, str, int]] = []
     seen: set[str] = set()
+    skips = skipped if skipped is not None else []
 
     def add(p: str) -> None:
         if p not in seen:
             seen.add(p)
             files.append(p)
 
+    def sort_out(raw: str, found) -> list[str]:
+        """The images among `found` (paths), sorted; the rest go to `skips` with their reason."""
+        images = []
+        for p in found:
+            reason = skip_reason(p) or (None if os.path.isfile(p) else SKIP_NOT_FILE)
+            if reason is None:
+                images.append(str(p))
+            else:
+                skips.append((raw, str(p), reason))
+        return sorted(images)
+
     for raw in inputs:
         path = Path(raw)
         try:
             if path.is_dir():
                 walker = path.rglob("*") if recursive else path.iterdir()
-                found = sorted(str(p) for p in walker
-                               if is_image_name(p) and not is_ignored_name(p.name) and p.is_file())
+                found = sort_out(raw, (p for p in walker if not p.is_dir()))
                 if not found:
                     hint = "" if recursive else " (use --recursive for subfolders)"
-                    problem = f"folder has no images ({', '.join(IMAGE_EXTENSIONS)}){hint}"
+                    problem = f"folder has no images ({', '.join(IMAGE_SUFFIXES)}){hint}"
                     errors.append((raw, problem, len(files)))
                 for f in found:
                     add(f)
             elif path.exists():
                 if is_ignored_name(path.name):
                     _log(f"{raw}: skipped: a temporary or OS metadata file, not an image")
+                    skips.append((raw, raw, skip_reason(path.name)))
                 else:
                     add(raw)
             elif _GLOB_CHARS & set(raw):
                 import glob
 
-                matches = sorted(m for m in glob.glob(raw, recursive=True)
-                                 if os.path.isfile(m) and not is_ignored_name(m))
+                matches = []  # a pattern names files: each gets a row, whatever its suffix (metadata aside)
+                for m in sorted(glob.glob(raw, recursive=True)):
+                    if os.path.isdir(m):
+                        continue
+                    if is_ignored_name(m) or not os.path.isfile(m):
+                        skips.append((raw, m, skip_reason(m) or SKIP_NOT_FILE))
+                    else:
+                        matches.append(m)
                 if not matches:
                     errors.append((raw, "pattern matches no files", len(files)))
                 for m in matches:
@@ -96,12 +133,34 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
     return files, errors
 
 
+def _report_skips(skipped: list[tuple[str, str, str]], counts) -> None:
+    """One stderr line per input that held files that are not classified (by reason, a few names),
+    and the counts in `counts` (the summary line says them)."""
+    by_input: dict[str, dict[str, list[str]]] = {}
+    for raw, path, reason in skipped:
+        by_input.setdefault(raw, {}).setdefault(reason, []).append(path)
+    for raw, reasons in by_input.items():
+        parts = []
+        for reason, paths in sorted(reasons.items()):
+            counts.skip(reason, len(paths))
+            names = ", ".join(os.path.basename(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+            parts.append(f"{len(paths)} {reason} ({names})")
+        n = sum(len(p) for p in reasons.values())
+        if any(p == raw for paths in reasons.values() for p in paths):
+            continue  # an explicitly named metadata file: said when it was skipped
+        _log(f"{raw}: skipped {n} file{'s' if n != 1 else ''} that {'are' if n != 1 else 'is'} not classified: "
+             + "; ".join(parts))
+
+
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
     from .outputs import escape_text
 
     clear = "\r\x1b[2K" if _BAR_ON_SCREEN else ""
-    sys.stderr.write(f"{clear}{_PROG}: error: {escape_text(message)}\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"{clear}{_PROG}: error: {escape_text(message)}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr gone (SIGHUP: the terminal closed): the exit code still says it
+        pass
     sys.exit(code)
 
 
@@ -137,6 +196,10 @@ def _load(model: str, threads: int | None, threshold: float | None, decode, requ
         clf = Classifier.load(model, threads=threads, threshold=threshold, decode=decode)
     except LeukedgeError as exc:
         _fail(str(exc))  # a model that cannot be used: this one line is all (nothing said before it)
+    except MemoryError:
+        _fail(f"{model}: not enough memory to load the model (the README names the memory each model needs)")
+    except RuntimeError as exc:  # "can't start new thread" from the runtime's thread pool
+        _fail(f"{model}: the runtime could not start: {' '.join(str(exc).split())[:300]}")
     if not require_signature and not quiet:
         try:
             from .signature import signature_status
@@ -253,6 +316,90 @@ def _output_target(output: str) -> Path:
     return target
 
 
+def _default_journal(output: str | None, state_file: str | None) -> str | None:
+    """The journal a watch run keeps: --state, else `<output>.journal` beside a results file."""
+    if state_file:
+        return state_file
+    return str(Path(output).with_name(Path(output).name + ".journal")) if output and output != "-" else None
+
+
+def _default_heartbeat(journal_path: str | None, heartbeat_file: str | None) -> str | None:
+    """The heartbeat file: --heartbeat, else beside the journal (`x.journal` -> `x.heartbeat`)."""
+    if heartbeat_file is not None or not journal_path:
+        return heartbeat_file
+    jp = Path(journal_path)
+    return str(jp.with_suffix(".heartbeat") if jp.suffix == ".journal" else jp.with_name(jp.name + ".heartbeat"))
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Two names for one file: the same path once symlinks are resolved, or (existing) the same inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_writes(writes: list[tuple[str, str]], files: list[str], model: str | None,
+                  require_signature: str | None, watch_dir: str | None, recursive: bool) -> None:
+    """Refuse, in one line and before any work, a run that would write over one of its own inputs.
+
+    writes: (option, path) of every file the run writes: -o, --summary-out, --state, --heartbeat and
+    the journal and heartbeat placed beside them by default. Each is compared (resolved path, or
+    inode for another name of an existing file) with every input: the image files (named, or found
+    in input folders or by patterns), the model, its card, its signature and golden set, and the
+    --require-signature key; a write into the watched folder under an image name is refused too
+    (the watcher would read its own output), and so are two options naming one file.
+    """
+    reads: list[tuple[str, str]] = [(f, "an input image") for f in files]
+    if model:
+        reads.append((model, "the model"))
+        from .signature import signature_path_for
+
+        card = Path(model).with_name(Path(model).name + ".json")
+        try:
+            from .card import find_card_for
+
+            card = find_card_for(model)
+        except Exception:  # noqa: BLE001 - no card yet is the loader's error to report, after this check
+            pass
+        reads += [(str(card), "the model's card"), (str(signature_path_for(model)), "the model's signature"),
+                  (str(Path(model).with_name(Path(model).name + ".golden.npz")), "the model's golden set")]
+    if require_signature:
+        reads.append((require_signature, "the --require-signature key"))
+    watched = os.path.realpath(watch_dir) if watch_dir else None
+    for i, (option, path) in enumerate(writes):
+        for read, what in reads:
+            if _same_file(path, read):
+                _fail(f"{path}: {option} names {what} ({read}); it would be overwritten: choose another file "
+                      "(nothing was classified)")
+        if watched is not None and is_image_name(path):
+            parent = os.path.dirname(os.path.realpath(path))
+            if parent == watched or (recursive and parent.startswith(watched + os.sep)):
+                _fail(f"{path}: {option} names an image file in the watched folder {watch_dir}; the watcher "
+                      "would read it as a cell: choose another file or folder")
+        for other_option, other in writes[i + 1:]:
+            if _same_file(path, other):
+                _fail(f"{path}: {option} and {other_option} name the same file; give each its own")
+
+
+def _lock_results(output: str | None):
+    """Hold the results file's lock (edge.files.WriterLock) for the whole run: a second batch or watcher
+    writing the same file is refused in one line (exit 2) instead of silently replacing rows."""
+    if not output or output == "-":
+        return None
+    from .files import FileInUseError, WriterLock
+
+    _output_target(output)  # a folder, device or FIFO is refused first
+    try:
+        return WriterLock(output).acquire()
+    except FileInUseError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{output}: cannot write results there: {exc.strerror or exc}")
+
+
 def _open_batch_sink(output: str | None):
     """Check the output location before any work; returns the sink (temp file beside -o, or stdout)."""
     from .outputs import StreamSink, TempFileSink
@@ -286,6 +433,24 @@ def _check_watch_output(output: str | None, fmt: str) -> None:
         _fail(problem)
 
 
+def make_pool(clf, workers: int, threads: int | None, decode):
+    """The throughput layout's workers (edge.throughput.ClassifierPool), or None with one stderr line
+    when a further interpreter cannot be made (memory, a runtime failure): the run goes on with the
+    one already loaded, slower, rather than ending in a traceback."""
+    from .errors import LeukedgeError
+    from .throughput import ClassifierPool
+
+    try:
+        return ClassifierPool(clf, workers, threads=threads, decode=decode)
+    except MemoryError:
+        problem = "not enough memory"
+    except (LeukedgeError, RuntimeError, ValueError, SystemError, OSError) as exc:
+        problem = " ".join(str(exc).split())[:300] or type(exc).__name__
+    _log(f"cannot create {workers} workers ({problem}); going on with one worker "
+         "(see the README for the memory each worker needs)")
+    return None
+
+
 def run_batch(clf, files: list[str], input_errors, emitter, model, strict_quality: bool, show_bar: bool,
               workers: int = 1, threads: int | None = None, decode=None) -> None:
     """Classify `files`, one row each, in input order; raises OutputError if rows cannot be written.
@@ -306,14 +471,26 @@ def run_batch(clf, files: list[str], input_errors, emitter, model, strict_qualit
             _log(f"{raw}: {problem}")
             emitter.emit(make_row(raw, model, error=problem, error_type="InputError"))
 
-    pool = None
-    if workers > 1 and len(files) > 1:
-        from .throughput import ClassifierPool
+    pool = make_pool(clf, workers, threads, decode) if workers > 1 and len(files) > 1 else None
+    done = 0  # rows handed out so far: if a worker thread cannot start, one worker goes on from here
 
-        pool = ClassifierPool(clf, workers, threads=threads, decode=decode)
-        rows = pool.map(lambda c, f: classify_file(c, f, model, strict_quality=strict_quality), files)
-    else:
-        rows = (classify_file(clf, f, model, strict_quality=strict_quality) for f in files)
+    def rows_from(start: int):
+        nonlocal pool
+        if pool is not None:
+            try:
+                yield from pool.map(lambda c, f: classify_file(c, f, model, strict_quality=strict_quality),
+                                    files[start:])
+                return
+            except RuntimeError as exc:  # "can't start new thread": memory or a thread limit
+                if "thread" not in str(exc):
+                    raise
+                _log(f"cannot start a worker thread ({exc}); going on with one worker")
+                broken, pool = pool, None
+                broken.close()
+        for f in files[done:]:
+            yield classify_file(clf, f, model, strict_quality=strict_quality)
+
+    rows = rows_from(0)
     bar = None
     if show_bar:
         import click  # only for the bar: a single image or a pipe never pays for importing click
@@ -322,6 +499,7 @@ def run_batch(clf, files: list[str], input_errors, emitter, model, strict_qualit
         _BAR_ON_SCREEN = True
     try:
         for i, row in enumerate(rows):
+            done = i + 1
             emit_errors_before(i)
             if row["status"] != "ok":
                 _log(f"{row['path']}: {row['error']}")
@@ -554,15 +732,20 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     """The `edge-classify` console script: parse `argv` (default: sys.argv[1:]), run, sys.exit(code).
 
     prog: the name in usage and errors (`leukedge classify` when called from the workstation CLI).
-    A batch ended by SIGINT (Ctrl-C) or SIGTERM says so in one line and exits 130 / 143 (128 + the
-    signal, as a shell reports it); a closed stdout pipe exits 1 quietly.
+    A batch ended by SIGHUP (its terminal closed), SIGINT (Ctrl-C) or SIGTERM says so in one line and
+    exits 129 / 130 / 143 (128 + the signal, as a shell reports it); a closed stdout pipe exits 1
+    quietly. Native libraries' stderr lines go through edge.stderr's reader while it runs.
     """
     global _PROG
     _PROG = prog or "edge-classify"
+    from . import stderr as native_stderr
+
+    native_stderr.install(_PROG)
+    saved = _end_on_signals()
     try:
         classify(**parse_args(argv, _PROG))
-    except _Terminated:
-        _interrupted("SIGTERM", EXIT_SIGTERM)
+    except _Terminated as exc:
+        _interrupted(exc.name, exc.code)
     except KeyboardInterrupt:
         _interrupted("SIGINT", EXIT_SIGINT)
     except OSError as exc:
@@ -570,16 +753,61 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             raise
         _quiet_closed_pipes()
         sys.exit(EXIT_SOME_FAILED)
+    finally:
+        _restore_signals(saved)
+        while _HELD_LOCKS:
+            _HELD_LOCKS.pop().release()
+        native_stderr.uninstall()
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM (systemd, kill) during a batch: it ends the batch like Ctrl-C, with its own exit code."""
+    """SIGTERM (systemd, kill) or SIGHUP (the terminal closed) during a batch or while a model loads: it
+    ends the run like Ctrl-C, with the signal's own exit code. name: "SIGTERM" | "SIGHUP"; code: 128 + n."""
+
+    def __init__(self, name: str = "SIGTERM", code: int = EXIT_SIGTERM):
+        super().__init__(name)
+        self.name, self.code = name, code
+
+
+_ENDING_SIGNALS = {"SIGTERM": EXIT_SIGTERM, "SIGHUP": EXIT_SIGHUP}
+_HELD_LOCKS: list = []  # results-file locks (edge.files.WriterLock) this run holds
+
+
+def _end_on_signals() -> dict:
+    """From now on SIGTERM and SIGHUP raise _Terminated in the main thread (SIGINT raises
+    KeyboardInterrupt already), so a run ended by any of them keeps its rows and says so.
+    Returns {signal number: previous handler} for `_restore_signals`."""
+    saved = {}
+    for name, code in _ENDING_SIGNALS.items():
+        signum = getattr(signal, name, None)
+        if signum is None:  # no SIGHUP off POSIX
+            continue
+
+        def _terminate(signum, frame, name=name, code=code):
+            raise _Terminated(name, code)
+
+        try:
+            saved[signum] = signal.signal(signum, _terminate)
+        except ValueError:  # not the main thread (a caller's worker): leave the defaults
+            break
+    return saved
+
+
+def _restore_signals(saved: dict) -> None:
+    for signum, handler in saved.items():
+        try:
+            signal.signal(signum, handler)
+        except (ValueError, TypeError):
+            pass
 
 
 def _interrupted(signal_name: str, code: int, where: str | None = None) -> None:
     """One line for a batch ended by a signal (naming the file that keeps its rows), then exit `code`."""
     kept = f"; every finished row is in {where}" if where else ""
-    sys.stderr.write("\n" if signal_name == "SIGINT" and sys.stderr.isatty() else "")  # after the ^C echo
+    try:
+        sys.stderr.write("\n" if signal_name == "SIGINT" and sys.stderr.isatty() else "")  # after the ^C echo
+    except (OSError, ValueError):
+        pass
     _fail(f"interrupted by {signal_name}{kept}", code)
 
 
@@ -610,14 +838,37 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
     if output and watch_dir and inputs:
         _fail("give either INPUTS or --watch with --output, not both")
     decode = _decode_options(bit_depth, page, max_pixels, value_range)
+    skipped: list[tuple[str, str, str]] = []
+    files, input_errors = expand_inputs(inputs, recursive, skipped) if inputs else ([], [])
+
+    # what the run writes, checked against what it reads, before anything is written or loaded
+    journal_path = _default_journal(output, state_file) if watch_dir else None
+    writes = [(opt, path) for opt, path in (
+        ("--output", output if output != "-" else None), ("--summary-out", summary_out),
+        ("--state" if state_file else "the journal (beside --output)", journal_path),
+        ("--heartbeat" if heartbeat_file else "the heartbeat (beside the journal)",
+         _default_heartbeat(journal_path, heartbeat_file) if watch_dir else None)) if path]
+    _check_writes(writes, files, model, require_signature, watch_dir, recursive)
     summary = _summary_or_fail(summary_by, summary_out)
 
     # output location first: no work is done for results that could not be kept
+    lock = _lock_results(output)
+    if lock is not None:
+        _HELD_LOCKS.append(lock)  # held until main() returns (or the process ends)
     batch_sink = _open_batch_sink(output) if inputs else None
-    if watch_dir and not inputs:
-        _check_watch_output(output, fmt)
+    baseline = None
     try:
-        files, input_errors = expand_inputs(inputs, recursive) if inputs else ([], [])
+        if watch_dir and not inputs:
+            _check_watch_output(output, fmt)
+        if watch_dir:
+            # listed before the model loads: at a first start only this is "already there"; a cell
+            # written while the model loads and tests itself is new (see edge.ingest.Watcher.start)
+            from .ingest import list_folder
+
+            try:
+                baseline = list_folder(watch_dir, recursive)
+            except OSError as exc:
+                _fail(f"{watch_dir}: cannot list the watch folder: {exc.strerror or exc}")
         # layout: throughput (one single-threaded interpreter per core) for folders and watch backlogs,
         # latency (one interpreter on every core) for a single image
         if workers is None:
@@ -629,7 +880,7 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
                 workers = 1
         n_workers = workers
         clf = _load(model, threads if (threads or n_workers == 1) else 1, threshold, decode, require_signature, quiet)
-    except SystemExit:
+    except BaseException:  # a usage or model error, a signal: nothing was classified, so no results file
         if batch_sink is not None and batch_sink.path is not None:
             batch_sink.close()
             Path(batch_sink.path).unlink(missing_ok=True)
@@ -658,18 +909,17 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
         if summary is not None:
             summary.attach(emitter, clf)
         show_bar = len(files) > 1 and sys.stderr.isatty() and not quiet
-        def _terminate(signum, frame):  # SIGTERM (systemd, kill) ends a batch like Ctrl-C: rows kept, file named
-            raise _Terminated
-
-        signal.signal(signal.SIGTERM, _terminate)
+        _report_skips(skipped, counts)
         try:
             run_batch(clf, files, input_errors, emitter, minfo, strict_quality, show_bar,
                       workers=n_workers, threads=threads, decode=decode)
+            writer.ensure_header()  # a batch without rows still gets its CSV column names / text header
             if batch_sink.path is not None:  # -o FILE (not stdout): rename the finished file into place
                 batch_sink.commit()
             else:
                 batch_sink.close()
         except OutputError as exc:
+            batch_sink.close()
             where = f"; every finished row is in {batch_sink.path}" if batch_sink.path else ""
             _fail(f"{exc.strerror or exc}{where}")
         except BrokenPipeError:
@@ -678,10 +928,10 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
             if batch_sink.path is not None:
                 batch_sink.close()
                 if isinstance(exc, _Terminated):
-                    _interrupted("SIGTERM", EXIT_SIGTERM, batch_sink.path)
+                    _interrupted(exc.name, exc.code, batch_sink.path)
                 _interrupted("SIGINT", EXIT_SIGINT, batch_sink.path)
             raise
-        if not quiet and (len(files) > 1 or counts.any_failed or input_errors):
+        if not quiet and (len(files) > 1 or counts.any_failed or input_errors or counts.skipped):
             _log(counts.summary())
         if summary is not None and not watch_dir:
             summary.finish(quiet)
@@ -690,19 +940,25 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
         failed = counts.any_failed
 
     if watch_dir:
-        failed = _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recursive, include_existing,
-                        reclassify, poll_mode, poll_interval, full_scan_interval, settle, fsync_interval,
-                        strict_quality, quiet, n_workers, threads, decode, summary, empty_timeout) or failed
+        watch_failed, ended_by = _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recursive,
+                                        include_existing, reclassify, poll_mode, poll_interval, full_scan_interval,
+                                        settle, fsync_interval, strict_quality, quiet, n_workers, threads, decode,
+                                        summary, empty_timeout, baseline)
+        if ended_by == "SIGHUP":
+            sys.exit(EXIT_SIGHUP)  # not asked to stop: its terminal went away (rows, journal, heartbeat kept)
+        failed = watch_failed or failed
     sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
 def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recursive, include_existing, reclassify,
            poll_mode, poll_interval, full_scan_interval, settle, fsync_interval, strict_quality, quiet,
-           workers=1, threads=None, decode=None, summary=None, empty_timeout=60.0) -> bool:
-    """Run the watcher until SIGINT/SIGTERM; returns True if any input's latest row failed."""
+           workers=1, threads=None, decode=None, summary=None, empty_timeout=60.0,
+           baseline=None) -> tuple[bool, str | None]:
+    """Run the watcher until SIGINT, SIGTERM or SIGHUP; returns (any input's latest row failed, the
+    signal's name). baseline: the folder's listing taken before the model loaded (edge.ingest.list_folder)."""
     from .handling import Counts, Emitter
-    from .ingest import Journal, JournalError, WatchOptions, Watcher, default_journal_path
-    from .outputs import AppendFileSink, RowWriter, StreamSink, check_append_target
+    from .ingest import Journal, JournalError, WatchOptions, Watcher
+    from .outputs import AppendFileSink, OutputError, RowWriter, StreamSink, check_append_target
 
     if not _self_test(clf, required=False):
         sys.exit(EXIT_USAGE)  # a model that fails its self-test here is not started (systemd: failed, not restarted)
@@ -721,7 +977,7 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
             _log(f"{output}: cut a half-written last line ({sink.repaired} bytes) left by a crash")
     else:
         sink = StreamSink(sys.stdout.buffer)
-    journal_path = state_file or (default_journal_path(output) if output else None)
+    journal_path = _default_journal(output, state_file)
     journal = None
     if journal_path:
         try:
@@ -735,12 +991,14 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
             _log(note)
     elif not quiet:
         _log("results go to stdout and no --state FILE is given: a restart will not resume")
-    heartbeat = heartbeat_file
-    if heartbeat is None and journal_path:
-        jp = Path(journal_path)
-        heartbeat = str(jp.with_suffix(".heartbeat") if jp.suffix == ".journal" else jp.with_name(jp.name + ".heartbeat"))
+    heartbeat = _default_heartbeat(journal_path, heartbeat_file)
     counts = Counts()
-    emitter = Emitter(RowWriter(fmt, sink, minfo, header_each_run=bool(output)), journal, counts)
+    writer = RowWriter(fmt, sink, minfo, header_each_run=bool(output))
+    try:
+        writer.ensure_header()
+    except OutputError:
+        pass  # a full disk at start: the header goes with the first row that can be written
+    emitter = Emitter(writer, journal, counts)
     if summary is not None:
         if output and fmt in ("json", "csv") and Path(output).exists():
             summary.rebuild(output, fmt)  # after a restart: what was already classified (a re-read counts once)
@@ -750,18 +1008,16 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
                         include_existing=include_existing, strict_quality=strict_quality, heartbeat=heartbeat,
                         empty_timeout=empty_timeout)
     stop = threading.Event()
+    ended_by: list[str] = []
 
     def _stop(signum, frame):
+        ended_by.append(signal.Signals(signum).name)
         stop.set()
 
-    old_int = signal.signal(signal.SIGINT, _stop)
-    old_term = signal.signal(signal.SIGTERM, _stop)
-    pool = None
-    if workers > 1:
-        from .throughput import ClassifierPool
-
-        pool = ClassifierPool(clf, workers, threads=threads, decode=decode)
-    watcher = Watcher(clf, watch_dir, emitter, minfo, opts, _log, stop, pool=pool)
+    ending = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    old_handlers = {sig: signal.signal(sig, _stop) for sig in ending}
+    pool = make_pool(clf, workers, threads, decode) if workers > 1 else None
+    watcher = Watcher(clf, watch_dir, emitter, minfo, opts, _log, stop, pool=pool, baseline=baseline)
     try:
         try:
             watcher.start()  # lists what is there first, so anything written after the next line is new
@@ -770,17 +1026,18 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
         except FileNotFoundError:
             _fail(f"{watch_dir}: watch folder vanished before the first scan")
     finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-        if pool is not None:
-            pool.close()
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        if watcher.pool is not None:
+            watcher.pool.close()
         sink.close()
         if journal is not None:
             journal.close()
-    _log(f"stopped; {counts.summary()}")
+    by = f" by {ended_by[0]}" if ended_by else ""
+    _log(f"stopped{by}; {counts.summary()}")
     if summary is not None:
         summary.finish(quiet)
-    return counts.any_failed
+    return counts.any_failed, (ended_by[0] if ended_by else None)
 
 
 if __name__ == "__main__":
