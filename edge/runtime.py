@@ -155,21 +155,38 @@ def open_interpreter(model_path: str | os.PathLike, threads: int | None = None, 
     """Load and allocate a TFLite interpreter; returns (interpreter, runtime).
 
     Raises ModelError (one line naming the file, the runtime and its reason; the runtime's own
-    ERROR line when it printed one) for a file the runtime cannot load.
+    ERROR line when it printed one) for a file the runtime cannot load, and for any failure of the
+    runtime itself while loading: the SystemError tflite-runtime 2.14 raises at Interpreter(...)
+    under NumPy 2 (with what NumPy printed about it swallowed: the fix is named instead), a
+    MemoryError, a thread that cannot start. An abort inside native code cannot be caught.
     """
+    import contextlib
+    import io
+
     rt = runtime or find_runtime()
     threads = threads or default_threads()
     native = _NativeStderr()
+    printed = io.StringIO()  # what Python-level code (NumPy's ABI warning) prints while it fails
     try:
-        with native:
+        with native, contextlib.redirect_stderr(printed):
             interp = rt.interpreter_cls(model_path=str(model_path), num_threads=int(threads))
             interp.allocate_tensors()
+    except MemoryError:
+        raise ModelError(f"{model_path}: not enough memory to load the model ({rt.name}); the README names "
+                         "the memory each model needs") from None
     except (ValueError, RuntimeError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "start new thread" in msg:
+            raise ModelError(f"{model_path}: {rt.name} could not start its threads ({msg}): too little memory "
+                             "or a thread limit (ulimit -u); try --threads 1 --workers 1") from None
         said = next((ln.strip() for ln in native.lines if ln.startswith("ERROR:")), "")
         if said and said[len("ERROR:"):].strip() not in msg:
             msg = f"{msg} ({said})"
         raise ModelError(f"{model_path}: not a loadable TFLite model ({rt.name}): {msg}") from None
+    except Exception as exc:  # noqa: BLE001 - a runtime failing in its own code (SystemError, TypeError, ...)
+        cause = exc.__cause__ or exc.__context__
+        said = printed.getvalue() + (f" {type(cause).__name__}: {cause}" if cause is not None else "")
+        raise ModelError(f"{model_path}: {_import_failure(rt.name, exc, said)}") from None
     return interp, rt
 
 
@@ -190,17 +207,41 @@ class TFLiteBackend:
             raise ModelError(f"{model_path}: expected one input and one output, got {len(inputs)} and {len(outputs)}")
         self._in, self._out = inputs[0], outputs[0]
         self.input_shape = tuple(int(v) for v in self._in["shape"])
-        self.input_dtype = np.dtype(self._in["dtype"])
+        self.input_dtype = _tensor_dtype(model_path, "input", self._in["dtype"])
         self.input_quantization = tuple(self._in.get("quantization", (0.0, 0)))
         self.output_size = int(self._out["shape"][-1])
-        self.output_dtype = np.dtype(self._out["dtype"])
+        self.output_dtype = _tensor_dtype(model_path, "output", self._out["dtype"])
         self.output_quantization = tuple(self._out.get("quantization", (0.0, 0)))
+        # float16 tensors: the Classifier feeds and reads float32; the cast happens here, at the edge
+        self._feed = np.dtype(self._in["dtype"]) if np.dtype(self._in["dtype"]) == np.float16 else None
+        if np.dtype(self._in["dtype"]) == np.float16:
+            self.input_quantization = (0.0, 0)
+        if np.dtype(self._out["dtype"]) == np.float16:
+            self.output_quantization = (0.0, 0)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """x: (1, H, W, 3) in input_dtype -> (output_size,) raw output in output_dtype."""
-        self.interpreter.set_tensor(self._in["index"], x)
+        """x: (1, H, W, 3) in input_dtype -> (output_size,) raw output in output_dtype (float16 tensors
+        are fed and read as float32)."""
+        self.interpreter.set_tensor(self._in["index"], x if self._feed is None else x.astype(self._feed))
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._out["index"])[0]
+        y = self.interpreter.get_tensor(self._out["index"])[0]
+        return y.astype(np.float32) if y.dtype == np.float16 else y
+
+
+# Tensor types the Classifier can feed and read: float32, integer-quantized int8/uint8, and float16
+# (carried as float32, cast at the interpreter: a float16 model needs no quantization parameters).
+_TENSOR_DTYPES = (np.dtype(np.float32), np.dtype(np.int8), np.dtype(np.uint8))
+
+
+def _tensor_dtype(model_path, what: str, dtype) -> np.dtype:
+    """The dtype the Classifier sees for a model tensor; ModelError (one line) for one it cannot use."""
+    dt = np.dtype(dtype)
+    if dt == np.float16:
+        return np.dtype(np.float32)
+    if dt not in _TENSOR_DTYPES:
+        raise ModelError(f"{model_path}: {what} tensor is {dt.name}; leukedge runs models whose input and output "
+                         "are float32, float16, int8 or uint8")
+    return dt
 
 
 def open_backend(model_path: str | os.PathLike, model_format: str, threads: int | None = None):

@@ -45,8 +45,9 @@ SIDECAR_SCHEMA = 1
 INSTALL_HINT = ("install it: pip install 'leukedge[onnx]' (CPU), or on a Jetson JetPack's onnxruntime-gpu "
                 "build (README, section 'Jetson')")
 
-# ONNX tensor element types the runner accepts (QDQ models keep float32 input and output).
-_ONNX_DTYPES = {"tensor(float)": np.dtype(np.float32)}
+# ONNX tensor element types the runner accepts (QDQ models keep float32 input and output). float16
+# tensors are fed and read as float32 by the Classifier and cast at the session (OnnxBackend.run).
+_ONNX_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float32)}
 
 
 def import_onnxruntime(model_path: str | os.PathLike | None = None):
@@ -247,7 +248,7 @@ class OnnxBackend:
         for what, arg in (("input", i), ("output", o)):
             if arg.type not in _ONNX_DTYPES:
                 raise ModelError(f"{where}: {what} {arg.name!r} is {arg.type}; leukedge runs ONNX models with "
-                                 f"float32 input and output (QDQ quantization keeps them float)")
+                                 f"float32 or float16 input and output (QDQ quantization keeps them float)")
         shape = list(i.shape)
         if len(shape) != 4 or not all(isinstance(v, int) for v in shape[1:]):
             raise ModelError(f"{where}: input shape {shape} is not (batch, height, width, 3) with fixed sizes")
@@ -266,6 +267,7 @@ class OnnxBackend:
         self.output_size = int(out_shape[-1])
         self.output_dtype = _ONNX_DTYPES[o.type]
         self.output_quantization = (0.0, 0)
+        self._feed = np.dtype(np.float16) if i.type == "tensor(float16)" else None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """x: (1, H, W, 3) in input_dtype (float32) -> (output_size,) raw float32 output: probabilities,
@@ -274,10 +276,11 @@ class OnnxBackend:
         Raises ModelError (one line naming the model file) when ONNX Runtime refuses the input.
         """
         try:
-            y = self._session.run([self.output_name], {self.input_name: x})[0]
+            y = self._session.run([self.output_name], {self.input_name: x if self._feed is None else x.astype(self._feed)})[0]
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise ModelError(f"{self.model_path}: onnxruntime could not run the model: {_first_line(exc)}") from None
-        return np.asarray(y).reshape(-1)
+        y = np.asarray(y).reshape(-1)
+        return y.astype(np.float32) if y.dtype == np.float16 else y
 
 
 def open_onnx(model_path: str | os.PathLike, threads: int | None = None,
@@ -329,6 +332,9 @@ def open_onnx(model_path: str | os.PathLike, threads: int | None = None,
     so.log_severity_level = 3  # errors only: the first stderr line stays leukedge's own runtime line
     try:
         session = ort.InferenceSession(str(path), sess_options=so, providers=provider_args)
+    except MemoryError:
+        raise ModelError(f"{path}: not enough memory to load the model (onnxruntime); the README names the "
+                         "memory each model needs") from None
     except Exception as exc:  # onnxruntime's pybind exceptions (InvalidProtobuf, Fail, ...) share no public base
         raise ModelError(f"{path}: not a loadable ONNX model (onnxruntime {ort.__version__}): {_first_line(exc)}") from None
     if trt_cache is not None and TENSORRT not in session.get_providers():
