@@ -52,6 +52,9 @@ def main():
     \b
     Steps:  data -> train -> optimize -> classify -> benchmark   (or: flow, all at once)
     """
+    from leukedge.edge import stderr as native_stderr  # native libraries' stderr lines: prefixed, whole
+
+    native_stderr.install("leukedge")
 
 
 # -- data ------------------------------------------------------------------------
