@@ -207,3 +207,162 @@ def quantize_qdq(float_onnx_path: str | os.PathLike, out_path: str | os.PathLike
         "target": "TensorRT explicit int8 (Q/DQ on weighted-op inputs, zero points 0); "
                   "simulated int8 on ONNX Runtime's CPU provider",
     }
+
+
+# -- CPU int8: one QDQ .onnx that ONNX Runtime's CPU provider and OpenVINO both run as int8 --------------------
+#
+# Unlike the TensorRT recipe above, this is ONNX Runtime's own CPU layout (its quantization guide: QDQ format,
+# uint8 activations with a zero point, int8 per-channel weights stored as int8 behind a DequantizeLinear,
+# Q/DQ around every op it can quantize, so Conv -> Relu -> MaxPool -> Concat stay in int8 and ONNX Runtime
+# fuses them into QLinearConv/QLinear* kernels, and OpenVINO's low-precision transformations do the same).
+# The activation/weight types were chosen by measurement on InceptionV3 at 224 px
+# (benchmarks/results/engines-224.json, "types" section): see CPU_TYPES.
+#
+# reduce_range (7-bit weights): without VNNI, x86 int8 convolutions multiply u8 x s8 pairs with VPMADDUBSW,
+# whose 16-bit sums of two products can saturate (ONNX Runtime's quantization guide, "When and why do I need
+# to try U8U8?"; oneDNN halves the weights internally for the same reason). Lab PCs beside microscopes are
+# mostly AVX2 without VNNI, so the variant is safe there by construction.
+
+CPU_TYPES = {"activations": "uint8", "weights": "int8", "reduce_range": True}
+_QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
+
+
+def quantize_qdq_cpu(float_onnx_path: str | os.PathLike, out_path: str | os.PathLike, calibration_inputs: np.ndarray,
+                     activations: str = CPU_TYPES["activations"], weights: str = CPU_TYPES["weights"],
+                     reduce_range: bool = CPU_TYPES["reduce_range"]) -> dict[str, Any]:
+    """Static QDQ int8 quantization of a float ONNX model for CPU engines (ONNX Runtime's CPU provider, OpenVINO).
+
+    float_onnx_path: a model from export_onnx (batch 1, NHWC). out_path: the QDQ .onnx to write.
+    calibration_inputs: float32 (N, H, W, 3), N >= 1, normalized as the device normalizes (the same images
+    and preprocessing as the TFLite int8 calibration). activations: "uint8" (asymmetric, zero point from
+    the calibrated range) or "int8"; weights: "int8" (symmetric, per output channel) or "uint8".
+    reduce_range: 7-bit weights (see the comment above CPU_TYPES).
+    Every op ONNX Runtime can quantize gets Q/DQ (Conv, MatMul, Gemm, pooling, Concat, ...; cpu_op_types)
+    except the classifier head (head_nodes: the last matrix product, its bias and a final Softmax stay
+    float32, so the output keeps float resolution); weights are stored as integers, biases as int32;
+    inputs and outputs are float32.
+    MinMax calibration, as the TFLite int8 converter.
+    Returns the recipe for the card: {"format": "QDQ", "tool", "activations", "weights", "quantized_op_types",
+    "calibration_method", "calibration_images", "reduce_range", "float_head", "pre_process", "target", "engines"}.
+    Raises OnnxExportError for calibration inputs of the wrong shape or dtype, an unknown type, or when
+    onnxruntime or onnx is missing.
+    """
+    ort = _require("onnxruntime")
+    onnx = _require("onnx")
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    for what, t in (("activations", activations), ("weights", weights)):
+        if t not in _QUANT_TYPES:
+            raise OnnxExportError(f"{what} type {t!r}: choose uint8 or int8")
+    src = Path(float_onnx_path)
+    x = _checked_calibration(onnx, src, calibration_inputs)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    inp_name = _input_name(onnx, src)
+    with tempfile.TemporaryDirectory(prefix="leukedge-qdq-cpu-") as tmp:
+        pre = Path(tmp) / "preprocessed.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        head = head_nodes(onnx.load(str(pre), load_external_data=False))
+        quantize_static(
+            str(pre), str(out), _Calibration(inp_name, np.ascontiguousarray(x)),
+            quant_format=QuantFormat.QDQ,
+            activation_type=getattr(QuantType, _QUANT_TYPES[activations]),
+            weight_type=getattr(QuantType, _QUANT_TYPES[weights]),
+            per_channel=True,
+            reduce_range=bool(reduce_range),
+            calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=cpu_op_types(),
+            nodes_to_exclude=head,
+        )
+    quantized = sorted({n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node
+                        if any(i.endswith("_DequantizeLinear_Output") for i in n.input)})
+    return {
+        "format": "QDQ",
+        "tool": f"onnxruntime.quantization {ort.__version__}",
+        "activations": {"type": activations, "symmetric": False, "granularity": "per-tensor"},
+        "weights": {"type": weights, "symmetric": True, "granularity": "per-channel", "stored": weights,
+                    "bits": 7 if reduce_range else 8},
+        "quantized_op_types": quantized,
+        "calibration_method": "MinMax",
+        "calibration_images": int(len(x)),
+        "reduce_range": bool(reduce_range),
+        "float_head": head,
+        "pre_process": "quant_pre_process (optimization + ONNX shape inference, no symbolic shape inference)",
+        "target": "CPU int8: ONNX Runtime's CPU provider (QLinear kernels) and OpenVINO's CPU plugin",
+        "engines": ["onnxruntime", "openvino"],
+    }
+
+
+# Ops whose output is a probability or a decision: never quantized (a uint8 softmax output has 1/256 steps
+# and rows that do not sum to 1).
+_NEVER_QUANTIZED = ("Softmax", "Sigmoid", "ArgMax")
+# Ops between the last weighted op and the model output (tf2onnx writes a Dense as MatMul + Add).
+_HEAD_OPS = ("Softmax", "Sigmoid", "Add", "Identity", "Reshape", "Squeeze", "Flatten")
+
+
+def cpu_op_types() -> list[str]:
+    """The op types quantize_qdq_cpu quantizes: every type ONNX Runtime's QDQ and QLinear registries know
+    (what quantize_static quantizes by default), less _NEVER_QUANTIZED."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - set(_NEVER_QUANTIZED))
+
+
+def head_nodes(model) -> list[str]:
+    """Names of the nodes from the last weighted op (MatMul/Gemm) to each graph output, left in float.
+
+    So the model's output (logits for optimize's variants; probabilities for a softmax model) keeps float
+    resolution: the temperature fit, P and the golden set see the network's own values, not 8-bit steps.
+    The classifier head is one small matrix product (2048 x 2 for InceptionV3): its cost is nil.
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    names: list[str] = []
+    for out in model.graph.output:
+        node = producer.get(out.name)
+        while node is not None:
+            names.append(node.name)
+            if node.op_type in ("MatMul", "Gemm") or node.op_type not in _HEAD_OPS:
+                break
+            node = next((producer[i] for i in node.input if i in producer), None)
+    return [n for n in dict.fromkeys(names) if n]
+
+
+def _input_name(onnx, src: Path) -> str:
+    model = onnx.load(str(src), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits][0].name
+
+
+def _checked_calibration(onnx, src: Path, calibration_inputs: np.ndarray) -> np.ndarray:
+    """calibration_inputs as float32 (N, H, W, 3) matching src's input; raises OnnxExportError otherwise."""
+    model = onnx.load(str(src), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    inp = [i for i in model.graph.input if i.name not in inits][0]
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    x = np.asarray(calibration_inputs)
+    if x.dtype != np.float32:
+        raise OnnxExportError(f"calibration inputs must be float32 model inputs, got {x.dtype}")
+    if x.ndim != 4 or len(x) < 1 or list(x.shape[1:]) != shape[1:]:
+        raise OnnxExportError(f"calibration inputs must be (N>=1, {', '.join(map(str, shape[1:]))}) for {src.name}, "
+                              f"got {x.shape}")
+    if not np.isfinite(x).all():
+        raise OnnxExportError("calibration inputs hold NaN or infinite values")
+    return x
+
+
+def build_onnx_cpu(ctx, v, path: Path) -> dict:
+    """optimize's builder for the CPU int8 variant: the float parent (logits) -> ONNX -> QDQ int8 for CPU engines.
+
+    ctx: optimize.run.BuildContext (its parent with the softmax removed, and its calibration inputs, the same
+    images as the TFLite `int8`). v: the registry row. path: the .onnx to write.
+    Returns {"onnx": export description + {"quantization": recipe}, "output": "logits" | "probabilities"}.
+    """
+    model, output = ctx.logits(ctx.model)
+    float_path = path.with_name(path.stem + ".float-tmp.onnx")
+    try:
+        desc = export_onnx(model, float_path)
+        recipe = quantize_qdq_cpu(float_path, path, ctx.calibration_inputs())
+    finally:
+        float_path.unlink(missing_ok=True)
+    return {"onnx": {**desc, "quantization": recipe}, "output": output}

@@ -322,7 +322,8 @@ def _build_onnx(ctx: BuildContext, v: Variant, path: Path) -> dict:
 
 
 BUILDERS.update({"convert": _build_convert, "prune": _build_prune, "qat": _build_qat, "prune+qat": _build_qat,
-                 "onnx": _build_onnx,
+                 "onnx": _build_onnx, "onnx-cpu": lambda ctx, v, path: __import__(
+                     "leukedge.optimize.onnx_export", fromlist=["build_onnx_cpu"]).build_onnx_cpu(ctx, v, path),
                  "slim": lambda ctx, v, path: __import__(
                      "leukedge.optimize.channels", fromlist=["build_slim"]).build_slim(ctx, v, path)})
 

@@ -82,6 +82,11 @@ register(Variant("pruned-qat-int8", "prune+qat", "qat", quantization="full-integ
 register(Variant("onnx-float32", "onnx", "onnx-float32", format="onnx", runtime="ONNX Runtime"))
 register(Variant("onnx-int8", "onnx", "onnx-qdq", format="onnx", runtime="ONNX Runtime",
                  quantization="int8 QDQ (static, per-channel weights)", needs_calibration=True))
+# CPU int8 (issue 22): one QDQ .onnx that ONNX Runtime's CPU provider and OpenVINO both run as int8; the
+# device picks the engine by measurement (edge.choose). uint8 activations, 7-bit int8 per-channel weights.
+register(Variant("onnx-cpu-int8", "onnx-cpu", "onnx-qdq", format="onnx", runtime="ONNX Runtime or OpenVINO (CPU)",
+                 quantization="int8 QDQ for CPU engines (static, uint8 activations, per-channel weights)",
+                 needs_calibration=True))
 
 DEFAULT_VARIANTS = ("float32", "float16", "dynamic", "int8", "pruned-int8", "qat-int8", "pruned-qat-int8")
 QUICK_VARIANTS = ("float32", "int8", "pruned-int8")
