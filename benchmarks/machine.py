@@ -1,39 +1,36 @@
-"""What machine and software a benchmark ran on."""
+"""What machine and software a benchmark ran on: the device's machine record plus the workstation's packages.
+
+The record itself (processor, instruction-set features, ISA caps, cores) is `leukedge.edge.machine`,
+so that the device's chooser and every benchmark name a machine the same way.
+"""
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
+
+from leukedge.edge.machine import machine_record, parse_cpuinfo
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name") or line.startswith("Model"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The processor's model name ("model name" on x86, the ARM core from "CPU part"), else platform's guess."""
+    return machine_record()["cpu"]
 
 
 def machine_info(runtime=None) -> dict:
+    """`leukedge.edge.machine.machine_record()` plus numpy, Pillow, the TFLite runtime and TensorFlow versions.
+
+    runtime: an `edge.runtime.Runtime` (name, version) to record as "tflite_runtime", or None.
+    """
     import numpy
     import PIL
 
-    info = {
-        "cpu": cpu_model(),
-        "machine": platform.machine(),
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "os": platform.platform(),
-        "python": sys.version.split()[0],
-        "numpy": numpy.__version__,
-        "pillow": PIL.__version__,
-    }
+    info = machine_record()
+    info.update(numpy=numpy.__version__, pillow=PIL.__version__)
     if runtime is not None:
         info["tflite_runtime"] = f"{runtime.name} {runtime.version}"
     if "tensorflow" in sys.modules:
         info["tensorflow"] = sys.modules["tensorflow"].__version__
     return info
+
+
+__all__ = ["cpu_model", "machine_info", "machine_record", "parse_cpuinfo"]
