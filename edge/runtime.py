@@ -244,11 +244,19 @@ def _tensor_dtype(model_path, what: str, dtype) -> np.dtype:
     return dt
 
 
-def open_backend(model_path: str | os.PathLike, model_format: str, threads: int | None = None):
+def open_backend(model_path: str | os.PathLike, model_format: str, threads: int | None = None,
+                 engine: str | None = None):
     """The runtime for a model, chosen by its card's format: tflite -> LiteRT, onnx -> ONNX Runtime.
 
-    Raises ModelError (one line, naming the file) when no runtime for that format can load it.
+    engine: None for that default, or an engine that runs the format (edge.engines: "litert",
+    "onnxruntime", "openvino"; e.g. OpenVINO for a QDQ .onnx). Raises ModelError (one line, naming
+    the file) when no runtime for that format can load it, or the engine is unknown, not installed
+    or does not run the format.
     """
+    if engine is not None:
+        from .engines import open_with_engine
+
+        return open_with_engine(model_path, model_format, engine, threads)
     if model_format == "tflite":
         return TFLiteBackend(model_path, threads)
     if model_format == "onnx":

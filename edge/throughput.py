@@ -43,6 +43,8 @@ class ClassifierPool:
         from concurrent.futures import ThreadPoolExecutor  # here, not at import: cold start of single images
 
         from .classifier import Classifier
+        from .engines import DEFAULT_ENGINE, engine_of
+        from .runtime import open_backend
 
         self.workers = max(1, int(workers))
         self._free: queue.Queue = queue.Queue()
@@ -51,6 +53,11 @@ class ClassifierPool:
             kw = {"threads": threads or 1, "threshold": first.threshold}
             if decode is not None or getattr(first, "decode", None) is not None:
                 kw["decode"] = decode if decode is not None else first.decode
+            # each worker runs the engine the first one runs (issue 22: OpenVINO for a QDQ .onnx, say)
+            fmt = getattr(first.card, "model_format", None)
+            engine = engine_of(first.backend) if getattr(first, "backend", None) is not None else None
+            if engine is not None and fmt in DEFAULT_ENGINE and engine != DEFAULT_ENGINE[fmt]:
+                kw["backend"] = open_backend(first.model_path, first.card.model_format, threads or 1, engine=engine)
             self._free.put(Classifier(first.model_path, first.card, **kw))
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="leukedge-worker")
 
