@@ -114,7 +114,9 @@ def logits_parent(tiny_models, synth_dir, tmp_path_factory):
     return keras
 
 
-ROWS = tuple(VARIANTS) + tuple(f"{v.name}@{OTHER_SIZE}" for v in VARIANTS.values() if v.sizes)
+# every row, one member of each input-size family, and one channel-pruned (slim) member of the int8 family
+ROWS = (tuple(VARIANTS) + tuple(f"{v.name}@{OTHER_SIZE}" for v in VARIANTS.values() if v.sizes)
+        + ("slim60-int8", f"slim60-int8@{OTHER_SIZE}"))
 
 
 @pytest.fixture(scope="module")
