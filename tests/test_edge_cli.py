@@ -48,7 +48,8 @@ def test_text_json_csv_and_atomic_output(tiny_models, synth_arrays, tmp_path):
     out_file = tmp_path / "res" / "out.csv"
     r = run_edge("--model", model, "--format", "csv", "--output", out_file, *paths[:3])
     assert r.returncode == 0 and r.stdout == ""
-    rows = list(csv.DictReader(out_file.open()))
+    with out_file.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
     assert [row["path"] for row in rows] == paths[:3] and all(row["label"] in ("all", "hem") for row in rows)
     assert not [p for p in out_file.parent.iterdir() if p.name.endswith(".part")]
 
@@ -214,7 +215,8 @@ def test_any_exception_from_the_decoder_is_an_internal_error_row(tiny_models, sy
         cli.main(["--model", str(tiny_models["float32"]), "--format", "csv", "-o", str(out), *paths[:3]])
     err = capsys.readouterr().err
     assert done.value.code == 1, err
-    rows = list(csv.DictReader(out.open()))
+    with out.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
     assert [r["status"] for r in rows] == ["ok", "internal", "ok"]
     assert rows[1]["error_type"] == "TypeError" and "IFDRational" in rows[1]["error"]
     assert all(r["model_sha256"] and r["variant"] == "float32" and r["leukedge_version"] for r in rows)
@@ -253,7 +255,8 @@ def test_full_disk_exits_2_naming_the_temp_file_with_every_finished_row(tiny_mod
     assert done.value.code == 2 and "No space left" in err and "Traceback" not in err
     temp = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
     assert len(temp) == 1 and str(temp[0]) in err and not target.exists()
-    assert [r["path"] for r in csv.DictReader(temp[0].open())] == paths[:2]
+    with temp[0].open(newline="") as fh:
+        assert [r["path"] for r in csv.DictReader(fh)] == paths[:2]
 
 
 def test_output_location_is_checked_before_any_work(tiny_models, synth_arrays, tmp_path):
@@ -340,7 +343,7 @@ def test_watch_restart_repro_kill_9_then_resume(tiny_models, tmp_path):
     while time.time() < deadline and (not out.exists() or len(_jsonl(out)) < 3):
         time.sleep(0.2)
     proc.kill()
-    proc.wait()
+    proc.communicate()  # reaps it and closes its pipes
     assert len(_jsonl(out)) == 3
     shutil.copy(img, folder / "b1.png")  # arrives while the watcher is down
     proc = _watch_proc(tiny_models["float32"], folder, "-o", out)

@@ -42,8 +42,14 @@ def _start(model, folder, out, poll):
         line = proc.stderr.readline()
         assert line, seen.decode(errors="replace")
         seen += line
-    threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain
+    threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()
     return proc
+
+
+def _drain(pipe):
+    """Read a pipe to its end, then close it (no full pipe blocks the watcher; no unclosed pipe is left)."""
+    with pipe:
+        pipe.read()
 
 
 class Writer:
