@@ -151,13 +151,16 @@ def data_download(dest):
 @click.option("--val-images", default=40, show_default=True, type=click.IntRange(2, 100000))
 @click.option("--size", default=450, show_default=True, type=click.IntRange(32, 2048))
 @click.option("--seed", default=0, show_default=True)
+@click.option("--difficulty", type=click.Choice(["easy", "realistic", "hard"]), default="realistic", show_default=True,
+              help="easy: the classes never overlap (every model scores 1.0); realistic/hard: they overlap, "
+                   "as in a real screening task.")
 @_one_line_errors
-def data_synth(out, train_images, val_images, size, seed):
+def data_synth(out, train_images, val_images, size, seed, difficulty):
     """Generate a labelled, clearly synthetic set of cell-like images in the C-NMC layout."""
     from leukedge.train.synth import synthesize
 
-    root = synthesize(out, train_images, val_images, size, seed)
-    click.echo(f"wrote synthetic C-NMC-layout data to {root} (not microscope images)")
+    root = synthesize(out, train_images, val_images, size, seed, difficulty=difficulty)
+    click.echo(f"wrote synthetic C-NMC-layout data ({difficulty}) to {root} (not microscope images)")
 
 
 # -- train -----------------------------------------------------------------------
@@ -389,12 +392,16 @@ def benchmark(models, data_path, out, baseline, fail_on_regression, no_cold_star
 @click.option("--out", "-o", default="runs/flow", show_default=True, type=click.Path(file_okay=False))
 @click.option("--quick", is_flag=True, help="Smallest settings (CI smoke run): tiny images, few steps.")
 @click.option("--image-size", type=int, help="Training image size [default: 128, or 96 with --quick].")
+@click.option("--synthetic", is_flag=True,
+              help="Use the generated synthetic set (realistic difficulty) even where the sample data is at hand.")
 @_one_line_errors
-def flow(data_path, out, quick, image_size):
+def flow(data_path, out, quick, image_size, synthetic):
     """The whole flow on DATA (default: the sample data if at hand, else a generated synthetic set)."""
     from leukedge.flow import run_flow
 
-    run_flow(data_path, out, quick=quick, image_size=image_size)
+    if data_path and synthetic:
+        raise click.UsageError("give DATA or --synthetic, not both")
+    run_flow(data_path, out, quick=quick, image_size=image_size, synthetic=synthetic)
 
 
 # -- sign / keygen ---------------------------------------------------------------

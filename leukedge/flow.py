@@ -2,7 +2,8 @@
 
 data -> train (briefly) -> optimize -> edge-classify on a few images -> benchmark -> report.
 With no DATA it uses the real PBC sample (../shared/data/pbc-granulocytes) when it is at
-hand, else a generated synthetic set, and says which at the top.
+hand, else (or with --synthetic) a generated synthetic set whose classes overlap the way a real
+screening task's do ("realistic" difficulty: F1 well below 1.0), and says which at the top.
 """
 
 from __future__ import annotations
@@ -21,12 +22,20 @@ def _say(msg: str) -> None:
     print(f"\n=== leukedge flow: {msg}", file=sys.stderr, flush=True)
 
 
-def pick_data(data: str | None, out: Path, quick: bool) -> tuple[str, str, dict]:
-    """(path, description, train overrides) for the flow's dataset."""
+SYNTH_DIFFICULTY = "realistic"
+
+
+def pick_data(data: str | None, out: Path, quick: bool, synthetic: bool = False) -> tuple[str, str, dict]:
+    """(path, description, train overrides) for the flow's dataset.
+
+    synthetic: generate the synthetic set even where the PBC sample is at hand (DATA must then be None).
+    """
+    if data and synthetic:
+        raise ValueError("give DATA or --synthetic, not both")
     if data:
         return data, f"the dataset you gave: {data}", {}
     here = Path(__file__).resolve().parents[1]
-    for cand in SAMPLE_CANDIDATES:
+    for cand in () if synthetic else SAMPLE_CANDIDATES:
         for base in (Path.cwd(), here):
             p = (base / cand).resolve()
             if (p / "ig").is_dir() and (p / "neutrophil").is_dir():
@@ -34,16 +43,20 @@ def pick_data(data: str | None, out: Path, quick: bool) -> tuple[str, str, dict]
                                  "(stand-in task for C-NMC; stratified split, no subject ids)"), {"positive": "ig"}
     from leukedge.train.synth import synthesize
 
-    root = synthesize(out / "data", n_train=120 if quick else 240, n_val=40, size=450, seed=0)
-    return str(root), f"SYNTHETIC cell-like images generated at {root} (no download; not microscope data)", {}
+    root = synthesize(out / "data", n_train=120 if quick else 240, n_val=40, size=450, seed=0,
+                      difficulty=SYNTH_DIFFICULTY)
+    return str(root), (f"SYNTHETIC cell-like images generated at {root} ({SYNTH_DIFFICULTY} difficulty: the classes "
+                       "overlap, so figures stay below 1.0; no download; not microscope data)"), {}
 
 
-def run_flow(data: str | None, out: str | Path, quick: bool = False, image_size: int | None = None) -> dict:
+def run_flow(data: str | None, out: str | Path, quick: bool = False, image_size: int | None = None,
+             synthetic: bool = False) -> dict:
     """The whole toolkit end to end: `leukedge flow` (the README's main job).
 
     data: a dataset folder, or None for the PBC sample when ../shared/data is at hand, else synthetic cells.
     out: folder for model/ (train), opt/ (optimize), benchmark/, DATA.txt. quick: CI's smallest settings.
-    image_size: training size in px [default 128, or 96 with quick].
+    image_size: training size in px [default 128, or 96 with quick]. synthetic: use the generated set even
+    where the PBC sample is at hand.
     Returns {"summary" (optimize), "results" (benchmark), "minutes"}. Raises what the steps raise.
     """
     from leukedge.benchmarks.run import BenchmarkOptions, benchmark
@@ -55,10 +68,9 @@ def run_flow(data: str | None, out: str | Path, quick: bool = False, image_size:
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path, description, overrides = pick_data(data, out, quick)
+    path, description, overrides = pick_data(data, out, quick, synthetic)
     size = image_size or (96 if quick else 128)
-    print(f"leukedge flow: data = {description}", file=sys.stderr)
-    print(f"leukedge flow: data = {description}")
+    print(f"leukedge flow: data = {description}", flush=True)
 
     _say(f"train InceptionV3 briefly at {size}px (ImageNet weights)")
     cfg = load_config(None, {

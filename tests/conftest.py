@@ -36,7 +36,7 @@ def synth_dir(tmp_path_factory) -> Path:
     from leukedge.train.synth import synthesize
 
     out = tmp_path_factory.mktemp("synth")
-    return synthesize(out, n_train=48, n_val=12, size=96, seed=1)
+    return synthesize(out, n_train=48, n_val=12, size=96, seed=1, difficulty="easy")  # tiny models must be right
 
 
 @pytest.fixture(scope="session")
