@@ -177,7 +177,7 @@ def tiny_classifier(workdir: Path, size: int = 224):
     from leukedge.edge.classifier import Classifier
     from leukedge.edge.preprocess import Preprocessing
     from leukedge.optimize.convert import to_tflite
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     tf.keras.utils.set_random_seed(0)

@@ -127,7 +127,7 @@ def measure_device_latency(model: Path, inputs: np.ndarray, threads: int, repeat
 
 
 def measure_keras_latency(model, inputs: np.ndarray, repeats: int, warmup: int) -> dict:
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     call = tf.function(lambda x: model(x, training=False))  # graph mode: what a Keras deployment would run
@@ -184,7 +184,7 @@ def measure_keras_memory(model: Path, image: str) -> float | None:
     """Peak RSS of a fresh process that loads the Keras model and classifies one image."""
     code = _HWM_PROBE + (
         "import os; os.environ.setdefault('TF_USE_LEGACY_KERAS','1'); os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','3')\n"
-        "from leukedge.train.tfcompat import tensorflow; tf = tensorflow()\n"
+        "from leukedge.tfcompat import tensorflow; tf = tensorflow()\n"
         "from leukedge.edge.card import load_card_for_model; from leukedge.edge.preprocess import preprocess_file\n"
         f"card = load_card_for_model({str(model)!r}); m = tf.keras.models.load_model({str(model)!r}, compile=False)\n"
         f"print(float(m.predict(preprocess_file({image!r}, card.preprocessing)[None], verbose=0)[0, 1]))\n"

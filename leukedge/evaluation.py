@@ -196,7 +196,7 @@ def scorer_for(model_path: str | os.PathLike, card, threads: int | None = None, 
     runs through the device's Classifier (so measured figures are the device's figures)."""
     if card.model_format == "keras":
         if keras_model is None:
-            from leukedge.train.tfcompat import load_keras_model
+            from leukedge.tfcompat import load_keras_model
 
             keras_model = load_keras_model(model_path)
         return KerasScorer(keras_model, card.preprocessing, card.positive_index, name=f"keras-{card.variant}",

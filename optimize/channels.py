@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from leukedge.edge.errors import LeukedgeError
-from leukedge.train.tfcompat import tensorflow
+from leukedge.tfcompat import tensorflow
 
 CRITERIA = ("taylor", "l1")
 DEFAULT_CRITERION = "taylor"

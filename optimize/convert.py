@@ -6,7 +6,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from leukedge.train.tfcompat import tensorflow
+from leukedge.tfcompat import tensorflow
 
 IO_TYPES = ("int8", "uint8", "float32")
 

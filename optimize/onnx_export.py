@@ -78,7 +78,7 @@ def export_onnx(keras_model, path: str | os.PathLike, opset: int = DEFAULT_OPSET
     Raises OnnxExportError for a model that is not one NHWC image in, one vector out, or when
     tf2onnx/onnx are not installed.
     """
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     tf2onnx = _require("tf2onnx")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from leukedge.train.tfcompat import tensorflow
+from leukedge.tfcompat import tensorflow
 
 
 def clone_float(model):

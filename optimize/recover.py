@@ -42,7 +42,7 @@ import numpy as np
 
 from leukedge.edge.errors import LeukedgeError
 from leukedge.edge.preprocess import Preprocessing, normalize
-from leukedge.train.tfcompat import tensorflow
+from leukedge.tfcompat import tensorflow
 
 
 class RecoveryError(LeukedgeError, ValueError):

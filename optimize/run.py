@@ -29,7 +29,7 @@ from leukedge.metrics import choose_threshold
 from leukedge.options import validate as _validate_ranges
 from leukedge.train.datasets import read_dataset
 from leukedge.train.splits import SPLIT_FILE, read_split, subsample
-from leukedge.train.tfcompat import load_keras_model, tensorflow
+from leukedge.tfcompat import load_keras_model, tensorflow
 
 from .convert import IO_TYPES, representative_from, to_tflite
 from .variants import BUILDERS, DEFAULT_VARIANTS, VARIANTS, Variant, VariantError, choices, resolve

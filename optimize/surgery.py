@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from leukedge.edge.errors import LeukedgeError
-from leukedge.train.tfcompat import tensorflow
+from leukedge.tfcompat import tensorflow
 
 
 class SurgeryError(LeukedgeError, ValueError):

@@ -18,7 +18,7 @@ PBC = SHARED_DATA / "pbc-granulocytes"
 
 def tiny_model(size: int = 64, seed: int = 0):
     """Conv+BN+ReLU blocks, a concat and the screening head: the layer kinds InceptionV3 uses."""
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     tf.keras.utils.set_random_seed(seed)
@@ -45,7 +45,7 @@ def tiny_model(size: int = 64, seed: int = 0):
 
 
 def fit_briefly(model, images: np.ndarray, labels: np.ndarray, epochs: int = 8):
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     model.compile(optimizer=tf.keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     from leukedge.evaluation import ImageArrays
     from leukedge.train.fit import get_strategy
     from leukedge.train.pipeline import make_dataset
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     tf.config.threading.set_intra_op_parallelism_threads(a.threads)

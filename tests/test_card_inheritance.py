@@ -74,7 +74,7 @@ def test_cells_field_is_validated_and_round_trips(tmp_path):
 
 
 def _strip_softmax(model):
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     last = model.layers[-1]

@@ -97,7 +97,7 @@ def test_removing_filters_equals_zeroing_their_channels_and_shapes_agree(model):
 
 
 def test_count_macs_by_hand():
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     L = tf.keras.layers
@@ -152,7 +152,7 @@ def test_align_rounds_kept_counts_of_wide_convolutions():
 
 
 def test_what_cannot_be_pruned_is_frozen():
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     L = tf.keras.layers

@@ -41,7 +41,7 @@ def _backbone(keras, size: int):
 def reference_model(size: int = SIZE, backbone=None, units: int = 32, seed: int = 0, head: str = "softmax"):
     """The notebook's architecture around `backbone` (default: the small stand-in); head: the last Dense's
     activation ('softmax', or None for a logits head as labs that train with from_logits=True bring it)."""
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     tf.keras.utils.set_random_seed(seed)
@@ -55,7 +55,7 @@ def reference_model(size: int = SIZE, backbone=None, units: int = 32, seed: int 
 
 def notebook_images(paths, size: int) -> np.ndarray:
     """Images loaded the notebook's way: Keras's image loader, nearest resize, raw 0..255 (uint8 here)."""
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     return np.stack([tf.keras.utils.img_to_array(tf.keras.utils.load_img(p, target_size=(size, size),
@@ -66,7 +66,7 @@ def notebook_images(paths, size: int) -> np.ndarray:
 def fit_reference(model, x_raw: np.ndarray, y: np.ndarray, steps: int = 60, from_logits: bool = False):
     """Fit the head (backbone frozen) on raw pixels; the head's BatchNorm starts from the feature statistics
     (a few CPU steps never move its moving averages far enough)."""
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     backbone, bn = model.layers[0], model.layers[1]
@@ -145,7 +145,7 @@ def test_notebook_loader_and_leukedge_nearest_give_identical_pixels(reference):
 def test_import_writes_flat_model_card_split_and_report(reference, imported):
     from leukedge.edge.card import load_card_for_model
     from leukedge.edge.files import sha256_file
-    from leukedge.train.tfcompat import load_keras_model
+    from leukedge.tfcompat import load_keras_model
 
     out, res = imported
     card = load_card_for_model(out / "model.keras")
@@ -194,7 +194,7 @@ def test_keras3_file_is_rebuilt_in_tf_keras_with_outputs_checked(reference, tmp_
     res = _import(reference, tmp_path / "k3run", source=tmp_path / "k3.keras")
     assert res["check"]["verified"]
     assert res["card"]["provenance"]["imported"]["keras"]["flavour"] == "keras3"
-    from leukedge.train.tfcompat import load_keras_model
+    from leukedge.tfcompat import load_keras_model
 
     flat = load_keras_model(tmp_path / "k3run" / "model.keras")
     x = reference["x"][:8].astype(np.float32)
@@ -374,7 +374,7 @@ def test_surgery_flattens_drops_activity_regularizer_and_folds_batchnorm():
 
 def test_surgery_refuses_what_tfmot_cannot_quantize_naming_the_layer():
     from leukedge.optimize.surgery import SurgeryError, check, prepare
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     L = tf.keras.layers
@@ -395,7 +395,7 @@ def test_surgery_refuses_what_tfmot_cannot_quantize_naming_the_layer():
 def test_check_variants_names_the_variant_and_layer():
     from leukedge.optimize.surgery import SurgeryError, check_variants
     from leukedge.optimize.variants import resolve
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     L = tf.keras.layers

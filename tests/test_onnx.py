@@ -149,7 +149,7 @@ def test_qdq_int8_decisions_agree_with_the_float_parent_on_real_images(tmp_path)
 
     x_train, y_train = arrays(0, 60)
     x_test, _ = arrays(60, 140)
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     model = tiny_model(SIZE, seed=0)

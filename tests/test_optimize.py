@@ -139,7 +139,7 @@ def test_qat_keeps_the_order_of_mixed_concat_inputs(synth_arrays):
     import numpy as np
 
     from leukedge.optimize.qat import quantization_aware
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     tf.keras.utils.set_random_seed(1)

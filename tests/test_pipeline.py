@@ -34,7 +34,7 @@ def _prep(size=S):
 def _former_pipeline(arrays, prep, batch_size, shuffle, seed=0):
     """The pipeline as it was before this change (images as a from_tensor_slices constant), augmentation off."""
     from leukedge.train.pipeline import normalize_tf
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     ds = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels))

@@ -54,7 +54,7 @@ def _maxpool(x, k=3, s=2):
 
 def test_conversion_matches_an_independent_numpy_forward_on_a_real_image(original, synth_dir):
     from leukedge.train.model import build_inception_v3
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
     from leukedge.train.weights import assign_arrays
 
     arrays, raw = original
@@ -84,7 +84,7 @@ def test_conversion_matches_an_independent_numpy_forward_on_a_real_image(origina
 
 def test_every_backbone_layer_is_filled_and_the_last_pool_is_max(original):
     from leukedge.train.model import BACKBONE_CONVS, build_inception_v3
-    from leukedge.train.tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
     from leukedge.train.weights import EXPECTED_PARAMS, assign_arrays
 
     arrays, raw = original

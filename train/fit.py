@@ -26,7 +26,7 @@ from .model import HeadConfig, build_inception_v3, set_trainable_from
 from .pipeline import class_weights, make_dataset
 from .preprocessing import resolve_preprocessing
 from .splits import SPLIT_FILE, Split, make_split, read_split, subsample, write_split
-from .tfcompat import tensorflow
+from leukedge.tfcompat import tensorflow
 from .weights import load_backbone_weights, plan_weights
 
 RESUME_DIR = ".leukedge-resume"

@@ -103,7 +103,7 @@ def parse_threshold(value: str | float, n_labels: int = 2) -> tuple[float, str]:
 
 def source_flavour(path: Path) -> tuple[str, str]:
     """('tf-keras' | 'keras3' | 'h5' | 'savedmodel' | 'tflite' | 'unknown', version) of a model file."""
-    from .tfcompat import keras_file_flavour
+    from leukedge.tfcompat import keras_file_flavour
 
     if path.suffix == ".tflite":
         return "tflite", ""
@@ -197,7 +197,7 @@ def rebuild_keras3(path: Path, version: str):
     (seeded uniform 0..255 and -1..1 pixels, |diff| <= 1e-5). Raises ModelImportError (cause and fix)."""
     import zipfile
 
-    from .tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     fix = "in Keras 3 save it as HDF5 (model.save('model.h5')) and import that"
@@ -248,7 +248,7 @@ def open_source(path: str | Path):
     Supported: a tf-keras 2 `.keras` file, an HDF5 `.h5`, and a Keras 3 `.keras` made of layers tf-keras
     also has (rebuilt: rebuild_keras3). A SavedModel or a `.tflite` is refused in one line naming the
     cause and the fix (ModelImportError)."""
-    from .tfcompat import load_keras_model, tensorflow
+    from leukedge.tfcompat import load_keras_model, tensorflow
 
     p = Path(path)
     if not p.exists():
@@ -305,7 +305,7 @@ def conform(model, size: int):
     outputs, a fixed input size other than `size`, or not 3 channels."""
     from leukedge.optimize.surgery import SurgeryError, flatten
 
-    from .tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -484,7 +484,7 @@ def import_model(source: str | Path, out: str | Path, opts: ImportOptions) -> di
     Returns {"out", "card", "check" (or None), "validation" (or None)}. Raises ModelImportError (or
     PreprocessingMismatch, DatasetError) in one line.
     """
-    from .tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     src = Path(source)
     labels = [x.strip() for x in opts.labels if x.strip()]
@@ -579,7 +579,7 @@ def import_model(source: str | Path, out: str | Path, opts: ImportOptions) -> di
 
 def _check_copy(source_model, saved: Path, prep: Preprocessing, atol: float = 1e-5) -> None:
     """The saved flat copy gives the source's outputs on probe inputs (seeded uniform 0..255 pixels)."""
-    from .tfcompat import load_keras_model
+    from leukedge.tfcompat import load_keras_model
 
     copy = load_keras_model(saved)
     rng = np.random.default_rng(0)

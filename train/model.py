@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .tfcompat import tensorflow
+from leukedge.tfcompat import tensorflow
 
 BACKBONE_CONVS = 94
 

@@ -12,7 +12,7 @@ import numpy as np
 from leukedge.edge.preprocess import Preprocessing
 from leukedge.evaluation import ImageArrays, decode_samples  # noqa: F401 - decoded once, in one place
 
-from .tfcompat import tensorflow
+from leukedge.tfcompat import tensorflow
 
 
 def normalize_tf(x, prep: Preprocessing):

@@ -25,7 +25,7 @@ from .model import build_inception_v3
 from .pipeline import class_weights, decode_samples, make_dataset
 from .preprocessing import resolve_preprocessing
 from .splits import SPLIT_FILE, write_split
-from .tfcompat import tensorflow
+from leukedge.tfcompat import tensorflow
 from .weights import load_backbone_weights, plan_weights
 
 SPACE = {  # key: (kind, low, high) or (kind, choices); the same keys as TrainConfig

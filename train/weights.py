@@ -222,7 +222,7 @@ ORIGINAL_SOURCE = f"inception-2015-12-05 ({FID_REQUIREMENT})"
 
 def _assign_keras_imagenet(model) -> None:
     from .model import BACKBONE_CONVS
-    from .tfcompat import tensorflow
+    from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     ref = tf.keras.applications.InceptionV3(include_top=False, weights="imagenet",

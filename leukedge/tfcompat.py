@@ -1,4 +1,8 @@
-"""One place that imports TensorFlow the way the whole project needs it (Keras 2 via tf-keras)."""
+"""One place that imports TensorFlow the way the whole project needs it (Keras 2 via tf-keras).
+
+It lives at the top of the package, not in train/, because the one evaluation (leukedge.evaluation) loads
+Keras models too and must not import from a layer above it (issue 19).
+"""
 
 from __future__ import annotations
 
