@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from leukedge.graph import clone_float  # noqa: F401 (re-exported: optimize.run, qat, channels)
 from leukedge.tfcompat import tensorflow
-
-
-def clone_float(model):
-    """A copy with its own variables: pruning wrappers would otherwise share the parent's."""
-    tf = tensorflow()
-    copy = tf.keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def surgery_steps(model) -> list[str]:

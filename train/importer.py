@@ -37,6 +37,8 @@ from leukedge.edge.errors import LeukedgeError
 from leukedge.edge.files import sha256_file, staged_dir, write_text_atomic
 from leukedge.edge.preprocess import Preprocessing, normalize
 
+from .cells import measure_training_cells
+
 SCALINGS: dict[str, tuple[float, float, str]] = {
     "raw": (0.0, 1.0, "x (raw 0..255)"),
     "unit": (0.0, 255.0, "x/255"),
@@ -303,7 +305,7 @@ def conform(model, size: int):
 
     Returns (model, steps: list[str]). Raises ModelImportError when the model has several inputs or
     outputs, a fixed input size other than `size`, or not 3 channels."""
-    from leukedge.optimize.surgery import SurgeryError, flatten
+    from leukedge.graph import SurgeryError, flatten
 
     from leukedge.tfcompat import tensorflow
 
@@ -544,6 +546,8 @@ def import_model(source: str | Path, out: str | Path, opts: ImportOptions) -> di
     card = ModelCard(labels=labels, positive_label=opts.positive, preprocessing=prep, model_file="model.keras",
                      model_format="keras", threshold=threshold, name=opts.name or f"imported-{src.stem}",
                      variant="float", output=kind,
+                     cells=(measure_training_cells([s.path for s in ds.labelled], root=ds.root, step="import",
+                                                   seed=opts.seed) if ds is not None else None),
                      provenance={"leukedge_version": __version__, "imported": imported,
                                  "keras": {"flavour": "tf-keras", "version": getattr(tf_keras, "__version__", ""),
                                            "opens_with": "tf-keras 2 with TF_USE_LEGACY_KERAS=1 (not Keras 3)"},
