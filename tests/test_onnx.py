@@ -201,7 +201,7 @@ def test_load_failures_are_one_line_model_errors_naming_the_file(tmp_path):
     with pytest.raises(ModelError, match="looks like NCHW"):
         open_onnx(nchw)
     uint8 = _identity_model(tmp_path / "u8.onnx", [1, 8, 8, 3], onnx.TensorProto.UINT8)
-    with pytest.raises(ModelError, match="float32 input and output"):
+    with pytest.raises(ModelError, match=r"float32 (or float16 )?input and output"):
         open_onnx(uint8)
 
 
@@ -479,3 +479,47 @@ def test_optimize_builds_gated_onnx_variants_with_cards(tiny_models, synth_dir, 
         assert clf.runtime.name == "onnxruntime" and clf.runtime.detail == "CPUExecutionProvider"
         assert clf.predict_one(ds.labelled[0].path).ok
     assert card.onnx["quantization"]["format"] == "QDQ" and card.onnx["quantization"]["calibration_images"] == 24
+
+
+def test_optimize_builds_the_cpu_int8_variant_with_card_golden_set_gate_and_temperature(tiny_models, synth_dir, tmp_path):
+    """issue 22: the registry's onnx-cpu-int8 goes through optimize's _measure_variant like every variant."""
+    import shutil
+
+    from helpers import make_card
+    from leukedge.edge.card import load_card_for_model
+    from leukedge.edge.classifier import Classifier
+    from leukedge.edge.selftest import self_test
+    from leukedge.optimize.run import OptimizeOptions, optimize
+    from leukedge.train.datasets import read_dataset
+    from leukedge.train.splits import make_split, write_split
+
+    keras = tmp_path / "parent" / "model.keras"
+    keras.parent.mkdir()
+    shutil.copy(tiny_models["keras"], keras)
+    ds = read_dataset(synth_dir)
+    split = make_split(ds)
+    make_card(keras, SIZE, "float", "keras", provenance={
+        "data": {"root": str(synth_dir)}, "split": split.describe(ds), "config": {"val_fraction": 0.2}})
+    write_split(split, ds, keras.parent / "split.json")
+    out = tmp_path / "opt"
+    summary = optimize(keras, out, OptimizeOptions(variants=("onnx-cpu-int8",), max_f1_drop=1.0, max_recall_drop=1.0,
+                                                   calibration_size=24, finetune_batch=8))
+    row = summary["variants"][0]
+    assert row["variant"] == "onnx-cpu-int8" and row["format"] == "onnx" and row["output"] == "logits"
+    assert row["max_abs_delta_p"] < 0.1 and row["temperature"] is not None
+    model = out / "onnx-cpu-int8.onnx"
+    card = load_card_for_model(model)
+    assert card.verdict["status"] == "pass" and card.golden and card.calibration["temperature"] == row["temperature"]
+    q = card.onnx["quantization"]
+    assert q["activations"]["type"] == "uint8" and q["calibration_images"] == 24 and q["float_head"]
+    assert card.quantization["calibration"]["images"] == 24  # the same calibration set as the TFLite int8
+    clf = Classifier.load(model, threads=1)
+    assert clf.runtime.name == "onnxruntime" and self_test(clf).ok  # golden set measured on the default engine
+    try:
+        from leukedge.edge.engines import load_classifier
+
+        ov_clf = load_classifier(model, engine="openvino", threads=1)
+    except ModelError as exc:
+        pytest.skip(f"OpenVINO not usable here: {exc}")
+    rep = self_test(ov_clf)
+    assert rep.agreement == 1.0, rep.message
