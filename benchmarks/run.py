@@ -455,26 +455,7 @@ def report_markdown(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
+    """f1_vs_latency.png (see leukedge.benchmarks.plots)."""
+    from leukedge.benchmarks.plots import f1_vs_latency
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sizes = [r["size_bytes"] / 1e6 for r in results["variants"]]
-    top = max(sizes) or 1
-    for r, mb in zip(results["variants"], sizes):
-        ms = r["latency"]["all_cores"]["p50"]
-        f1 = r["metrics"]["f1_positive"]
-        ax.scatter(ms, f1, s=40 + 900 * mb / top, alpha=0.55, edgecolors="black",
-                   label=f"{r['variant']}: F1 {f1:.3f}, {ms:.1f} ms, {mb:.1f} MB")
-    ax.set_xlabel("ms / image (p50, all cores)")
-    ax.set_ylabel(f"F1 ({results['positive_label']})")
-    ax.set_title(f"F1 vs latency — {results['data']['images']} {results['data']['part']} images; marker area ~ size")
-    ax.grid(alpha=0.3)
-    legend = ax.legend(fontsize=7, loc="best", framealpha=0.8)  # labels beside close points would overlap
-    for handle in legend.legend_handles:
-        handle.set_sizes([40])
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    f1_vs_latency(results, path)

@@ -111,34 +111,42 @@ def _write_plots(out: Path, history: list[dict], report: dict, labels: list[str]
         return []
     written = []
     if history:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        ep = [h["epoch"] for h in history]
-        for key in ("loss", "val_loss"):
-            if key in history[0]:
-                axes[0].plot(ep, [h.get(key, np.nan) for h in history], marker="o", label=key)
-        axes[0].set_xlabel("epoch"); axes[0].set_title("loss"); axes[0].legend()
-        axes[1].plot(ep, [h.get("val_f1_pos", np.nan) for h in history], marker="o", label="val F1 (positive)")
-        axes[1].plot(ep, [h.get("val_recall_pos", np.nan) for h in history], marker="s", label="val recall (positive)")
-        axes[1].set_xlabel("epoch"); axes[1].set_ylim(0, 1.02); axes[1].legend(); axes[1].set_title("validation")
         from matplotlib.ticker import MaxNLocator
 
-        for ax in axes:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        ep = [h["epoch"] for h in history]
+        for key, label, style in (("loss", "training loss", "-o"), ("val_loss", "validation loss", "--s")):
+            if key in history[0]:
+                axes[0].plot(ep, [h.get(key, np.nan) for h in history], style, label=label)
+        axes[1].plot(ep, [h.get("val_f1_pos", np.nan) for h in history], "-o", label="validation F1 (positive)")
+        axes[1].plot(ep, [h.get("val_recall_pos", np.nan) for h in history], "--s",
+                     label="validation recall (positive)")
+        axes[0].set_title("loss")
+        axes[1].set_title("validation")
+        axes[1].set_ylim(0, 1.0)
         stage2 = [h["epoch"] for h in history if h.get("stage") == "finetune"]
-        if stage2 and stage2[0] > 1:
-            for ax in axes:
+        for ax in axes:
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            if stage2 and stage2[0] > 1:
                 ax.axvline(stage2[0] - 0.5, color="grey", linestyle=":", label="fine-tuning starts")
+            ax.legend(fontsize=8)  # after every line, so each one is in it
         fig.tight_layout(); fig.savefig(out / "training_curves.png", dpi=110); plt.close(fig)
         written.append("training_curves.png")
     cm = np.array(report["confusion_matrix"])
-    fig, ax = plt.subplots(figsize=(3.8, 3.4))
-    ax.imshow(cm, cmap="Blues")
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, cm.max()))
+    rows = cm.sum(axis=1, keepdims=True)
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="black", fontsize=12)
+            dark = cm[i, j] > 0.5 * max(1, cm.max())  # white on the dark half of the colour map, black on the light
+            share = f"\n{100 * cm[i, j] / rows[i, 0]:.0f} %" if rows[i, 0] else ""
+            ax.text(j, i, f"{cm[i, j]}{share}", ha="center", va="center", fontsize=12, fontweight="bold",
+                    color="white" if dark else "black")
     ax.set_xticks([0, 1], labels); ax.set_yticks([0, 1], labels)
-    ax.set_xlabel("predicted"); ax.set_ylabel("true")
-    ax.set_title(f"validation, threshold {report['threshold']:.3f}")
+    ax.set_xlabel("predicted  (count; % of its true class)", fontsize=9); ax.set_ylabel("true")
+    ax.set_title(f"validation, threshold {report['threshold']:.3f}", fontsize=10)
     fig.tight_layout(); fig.savefig(out / "confusion_matrix.png", dpi=110); plt.close(fig)
     written.append("confusion_matrix.png")
     return written
