@@ -157,6 +157,9 @@ def test_import_writes_flat_model_card_split_and_report(reference, imported):
     assert imp["keras"]["flavour"] == "tf-keras" and imp["preprocessing_verified"] is True
     assert any("flattened" in s for s in imp["surgery"])
     assert (out / "split.json").exists() and (out / "import-report.md").exists()
+    # how the training cells look, measured on --data (C-NMC: one cell masked on black, 450x450, scale unknown)
+    assert card.cells["style"] == "masked" and card.cells["canvas_px"] == 450 and card.cells["um_per_px"] is None
+    assert 150 < card.cells["diameter_px"] < 300
     assert "may have been trained on" in card.metrics["validation"]["note"]
     report = json.loads((out / "import-report.json").read_text())
     assert report["check"]["declared"]["auroc"] > 0.85 and len(report["check"]["candidates"]) >= 8
@@ -235,6 +238,7 @@ def test_without_data_the_card_is_unverified_and_optimize_refuses(reference, tmp
     _import(reference, tmp_path / "nodata", data="")
     card = json.loads((tmp_path / "nodata" / "model.keras.json").read_text())
     assert card["provenance"]["imported"]["preprocessing_verified"] is False
+    assert card["cells"] is None  # nothing to measure the training cells' look on
     with pytest.raises(OptimizeError, match="unverified"):
         optimize(tmp_path / "nodata" / "model.keras", tmp_path / "o", OptimizeOptions(variants=("float32",)))
 

@@ -56,6 +56,9 @@ def test_train_writes_model_card_history_and_plots(synth_dir, tmp_path):
     assert card.provenance["config"]["min_recall_all"] == 0.9
     assert card.metrics["validation"]["sensitivity"] >= 0.9  # the threshold honours --min-recall-all
     assert card.threshold == pytest.approx(res["threshold"])
+    # how the training cells look, measured on the training images (synthetic C-NMC: masked on black, 96 px)
+    assert card.cells["style"] == "masked" and card.cells["canvas_px"] == 96 and card.cells["um_per_px"] is None
+    assert 30 < card.cells["diameter_px"] < 96
     history = (out / "history.csv").read_text().splitlines()
     assert history[0].startswith("stage,epoch") and len(history) == 3
     assert not (out / ".leukedge-resume").exists()

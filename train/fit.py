@@ -20,6 +20,7 @@ from leukedge.edge.card import card_path_for
 from leukedge.evaluation import EvaluationError, ImageArrays, KerasScorer, decode_samples, evaluate
 from leukedge.metrics import choose_threshold
 
+from .cells import measure_training_cells
 from .config import TrainConfig, to_toml
 from .datasets import Dataset, DatasetError, read_dataset
 from .model import HeadConfig, build_inception_v3, set_trainable_from
@@ -360,6 +361,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
         },
         metrics=metrics,
         input_statistics=input_statistics,
+        cells=measure_training_cells([s.path for s in split.parts["train"]], root=ds.root, seed=cfg.seed),
     )
     with staged_dir(out) as stage:
         export_model(model, stage / "model.keras")

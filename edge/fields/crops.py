@@ -22,6 +22,11 @@ from ..errors import LeukedgeError
 from .locate import RED_CELL_UM, LocatedCell, NotASmearError, locate_cells, masked_single_cell
 
 STYLES = ("masked", "crop")
+# White-cell diameters on a dried smear: a small lymphocyte ~7 um, a neutrophil 10-14 um, a monocyte or
+# blast up to ~20-25 um (Bain, "Blood Cells: A Practical Guide"). A red-cell ruler that puts the median
+# training cell outside these bounds is measuring something else (on PBC's 360 px crops, whose pale red
+# cells are mostly cut by the edge, it reads ~16 px for cells ~75 px across, i.e. 55 um white cells).
+WHITE_CELL_UM = (5.0, 30.0)
 
 
 class CellsError(LeukedgeError, ValueError):
@@ -108,7 +113,8 @@ def measure_cells(images: Iterable[str | os.PathLike | np.ndarray], um_per_px: f
     Returns {"style", "canvas_px", "diameter_px", "um_per_px"}: style 'masked' when most images are one cell
     on black (`masked_single_cell`), else 'crop'; canvas_px the median longest side; diameter_px the median
     white-cell diameter (masked: the cell's area; crop: the located cell nearest the centre); um_per_px
-    given, else from the red cells (RED_CELL_UM / median red-cell diameter) for crops that show them, else None.
+    given, else from the red cells (RED_CELL_UM / median red-cell diameter) for crops that show them, else None;
+    a ruler that makes the median white cell smaller or larger than WHITE_CELL_UM allows is not trusted (None).
     Raises CellsError when no image could be measured.
     """
     from ..preprocess import ImageError, load_rgb
@@ -143,9 +149,11 @@ def measure_cells(images: Iterable[str | os.PathLike | np.ndarray], um_per_px: f
         raise CellsError(f"could not measure the training cells: none of {n} image(s) showed a white cell")
     style = "masked" if masked * 2 > n else "crop"
     if um_per_px is None and style == "crop" and len(rulers) >= 3:
-        um_per_px = RED_CELL_UM / float(np.median(rulers))
+        ruler = RED_CELL_UM / float(np.median(rulers))
+        if WHITE_CELL_UM[0] <= ruler * float(np.median(diameters)) <= WHITE_CELL_UM[1]:
+            um_per_px = ruler
     return {"style": style, "canvas_px": int(np.median(sides)), "diameter_px": round(float(np.median(diameters)), 2),
             "um_per_px": None if um_per_px is None else round(float(um_per_px), 5)}
 
 
-__all__ = ["CellsError", "STYLES", "cell_canvas", "cells_spec", "crop_scale", "measure_cells"]
+__all__ = ["CellsError", "STYLES", "WHITE_CELL_UM", "cell_canvas", "cells_spec", "crop_scale", "measure_cells"]
