@@ -106,7 +106,7 @@ def _last_axis(axis, rank: int) -> bool:
 def channel_graph(model) -> ChannelGraph:
     """Trace which Conv2D filters can be removed and where their channels go.
 
-    model: a flat functional tf-keras model, channels last (optimize.surgery.flatten makes a nested
+    model: a flat functional tf-keras model, channels last (leukedge.graph.flatten makes a nested
     one flat), every layer called once. Returns a ChannelGraph. Raises ChannelError for a nested
     model, a layer called more than once, or a model without a graph (subclassed).
     """
@@ -119,7 +119,7 @@ def channel_graph(model) -> ChannelGraph:
     for lc in config["layers"]:
         name = lc["name"]
         if isinstance(layers.get(name), tf.keras.Model):
-            raise ChannelError(f"layer {name!r} is a nested model; flatten it first (optimize.surgery.flatten)")
+            raise ChannelError(f"layer {name!r} is a nested model; flatten it first (leukedge.graph.flatten)")
         nodes = lc.get("inbound_nodes", [])
         if len(nodes) > 1:
             raise ChannelError(f"layer {name!r} is called {len(nodes)} times; channel pruning needs each layer once")
@@ -520,7 +520,7 @@ def slim(model, macs_kept: float, criterion: str = DEFAULT_CRITERION, images: np
          scores: dict[str, np.ndarray] | None = None):
     """A thinner copy of `model` keeping at most `macs_kept` of its multiply-accumulates, and a report.
 
-    model: a tf-keras model (a nested one is flattened first: optimize.surgery.flatten).
+    model: a tf-keras model (a nested one is flattened first: leukedge.graph.flatten).
     macs_kept: share in (0, 1]; criterion, images, labels, output: see importance(); scores: reuse
     scores computed before for the same model (then criterion is only recorded).
     Returns (model, report) with report = {"criterion", "allocation", "align", "width", "macs_kept_target",
@@ -528,7 +528,7 @@ def slim(model, macs_kept: float, criterion: str = DEFAULT_CRITERION, images: np
     "convolutions_frozen", "filters_before", "filters", "seconds"}; MACs at the model's input size.
     Raises ChannelError (see channel_graph, importance, plan).
     """
-    from .surgery import flatten
+    from leukedge.graph import flatten
 
     t0 = time.perf_counter()
     flat, _ = flatten(model)
@@ -593,7 +593,7 @@ def slim_model(ctx, macs_kept: float, size: int | None = None, criterion: str = 
 
     skey = ("slim-scores", criterion)
     if skey not in ctx.cache:
-        from .surgery import flatten
+        from leukedge.graph import flatten
 
         t0 = time.perf_counter()
         graph = channel_graph(flatten(ctx.model)[0])

@@ -78,7 +78,7 @@ def test_removing_filters_equals_zeroing_their_channels_and_shapes_agree(model):
     """Remove filters from each branch of the concatenation, from the convolution feeding all branches
     (one through a pool) and from the one feeding the head: the thin model computes what the original
     computes with those channels set to 0, so every slice (concatenation offsets included) is right."""
-    from leukedge.optimize.prune import clone_float
+    from leukedge.graph import clone_float
 
     g = channel_graph(model)
     drop = {"conv_a": [0, 5], "conv_b": [7], "conv_c": [0, 3], "conv_d": [2], "conv_e": [1, 9, 15]}
@@ -111,7 +111,7 @@ def test_count_macs_by_hand():
 
 @pytest.mark.parametrize("criterion", ["taylor", "l1"])
 def test_criteria_rank_a_dead_filter_last_and_the_plan_drops_it(model, criterion, synth_arrays):
-    from leukedge.optimize.prune import clone_float
+    from leukedge.graph import clone_float
 
     x, y, _ = synth_arrays
     m = clone_float(model)
@@ -265,7 +265,7 @@ def test_early_stopping_restores_the_best_weights(model, synth_dir):
     """A learning rate far too high makes every step worse: training stops after `patience`
     measurements and the model returned is the one measured at step 0."""
     from leukedge.edge.preprocess import Preprocessing, load_rgb, normalize
-    from leukedge.optimize.prune import clone_float
+    from leukedge.graph import clone_float
     from leukedge.optimize.recover import RecoveryOptions, recover
     from leukedge.train.datasets import read_dataset
 
