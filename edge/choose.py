@@ -485,7 +485,12 @@ def _table(doc: dict) -> str:
              "verdict  self-test"]
     for r in sorted(doc["measurements"], key=lambda r: (r["model"], r["single_ms"])):
         st = r.get("self_test")
-        stx = "-" if st is None else f"{'ok' if st['ok'] else 'decisions ' + ('agree' if st['agreement'] == 1.0 else 'DIFFER')}"
+        if st is None:
+            stx = "-"
+        elif not st.get("golden_set"):
+            stx = "no golden set in the card"
+        else:
+            stx = "ok" if st["ok"] else "decisions " + ("agree" if st["agreement"] == 1.0 else "DIFFER")
         if st is not None and st.get("max_abs_delta_p") is not None:
             stx += f" (max |dP| {st['max_abs_delta_p']:.2g})"
         lines.append(f"{r['model'][:28]:28s} {r['engine']:12s} {r['load_s']:7.2f} {r['bare_ms']:8.2f} "
