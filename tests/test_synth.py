@@ -54,7 +54,7 @@ def test_flow_synthetic_uses_the_generated_set_even_where_the_sample_is_at_hand(
     path, description, _ = flow.pick_data(None, tmp_path / "flow", quick=True)
     assert path.endswith("pbc-granulocytes") and "REAL sample" in description  # ours, or the real ../shared one
     path, description, overrides = flow.pick_data(None, tmp_path / "flow", quick=True, synthetic=True)
-    assert description.startswith("SYNTHETIC") and "realistic" in description and overrides == {}
+    assert description.startswith("SYNTHETIC") and "realistic" in description and overrides == {"test_fold": "fold_2"}
     assert "Difficulty: realistic" in (tmp_path / "flow" / "data" / "C-NMC_Leukemia" / "SYNTHETIC_README.txt").read_text()
     with pytest.raises(ValueError, match="not both"):
         flow.pick_data("somewhere", tmp_path / "flow", quick=True, synthetic=True)
