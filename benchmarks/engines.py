@@ -369,6 +369,7 @@ def main(argv=None) -> int:
     t.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     t.add_argument("--float-ov", action="store_true", help="also OpenVINO on the float32 file")
     t.add_argument("--ov-exec", action="store_true", help="record OpenVINO's kernel types per QDQ file")
+    t.add_argument("--only", nargs="+", help="keep the configurations whose label contains one of these words")
     t.add_argument("--out", type=Path)
     w = sub.add_parser("path", help="edge-classify's folder cost vs the decode floor, and cold start, per engine")
     w.add_argument("work", type=Path)
@@ -407,6 +408,8 @@ def main(argv=None) -> int:
     size = json.loads((args.work / "calibration.json").read_text())["size"]
     x = np.random.default_rng(SEED).uniform(-1, 1, (1, size, size, 3)).astype(np.float32)
     configs = _configs(args.work, args.threads, args.float_ov)
+    if args.only:
+        configs = [(label, c) for label, c in configs if any(o in label for o in args.only)]
     # int8 I/O for LiteRT: its backend takes the quantized tensor; give each config the input it takes
     inputs = {}
     for label, c in configs:
