@@ -61,7 +61,7 @@ def main():
 
 @main.group()
 def data():
-    """Inspect, verify, download or synthesize datasets."""
+    """Inspect, verify, download or synthesize datasets, or crop microscope frames into one."""
 
 
 @data.command("inspect")
@@ -161,6 +161,45 @@ def data_synth(out, train_images, val_images, size, seed, difficulty):
 
     root = synthesize(out, train_images, val_images, size, seed, difficulty=difficulty)
     click.echo(f"wrote synthetic C-NMC-layout data ({difficulty}) to {root} (not microscope images)")
+
+
+@data.command("crop")
+@click.argument("frames", type=click.Path())
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="New dataset folder: class folders, unlabelled/, manifest.csv, reviewed.txt, crop.json.")
+@click.option("--model", "-m", type=click.Path(dir_okay=False),
+              help="Sort the cells into folders by this model's predicted label (marked unreviewed); its card "
+                   "says how its training cells look.")
+@click.option("--annotations", type=click.Path(),
+              help="VOC XML (folder of <frame>.xml, or one file) or CSV (frame,label,x0,y0,x1,y1 or frame,label,x,y): "
+                   "cells go into the annotated classes.")
+@click.option("--classes", default="", help="Annotation classes to keep, comma-separated (e.g. WBC); default all.")
+@click.option("--style", type=click.Choice(["masked", "crop"]),
+              help="Crops masked on black (C-NMC) or square with background (PBC) [default: the model's card].")
+@click.option("--canvas", "canvas_px", type=click.IntRange(16, 8192), help="Crop side in px [default: the model's card].")
+@click.option("--um-per-px", type=click.FloatRange(min=0, min_open=True),
+              help="Micrometres per pixel of the crops (the training cells) [default: the card's; without a "
+                   "model, the camera's, else the frames' median red-cell ruler].")
+@click.option("--camera-um-per-px", type=click.FloatRange(min=0, min_open=True),
+              help="The camera's micrometres per pixel [default: each frame's red cells].")
+@click.option("--skip-flagged", is_flag=True, help="Leave out cells cut by the frame edge, touching another, or blurred.")
+@_one_line_errors
+def data_crop(frames, out, model, annotations, classes, style, canvas_px, um_per_px, camera_um_per_px, skip_flagged):
+    """Cut every white cell of the frames in FRAMES (a file or folder) into a dataset to label and train on."""
+    from leukedge.train.crop import CropOptions, crop_frames
+
+    opts = CropOptions(model=model or "", annotations=annotations or "",
+                       classes=tuple(c.strip() for c in classes.split(",") if c.strip()), style=style,
+                       canvas_px=canvas_px, um_per_px=um_per_px, camera_um_per_px=camera_um_per_px,
+                       skip_flagged=skip_flagged)
+    res = crop_frames(frames, out, opts)
+    for frame, problem in res.errors:
+        click.echo(f"leukedge data crop: {frame}: {problem}", err=True)
+    folders = ", ".join(f"{k}: {v}" for k, v in res.per_folder.items()) or "none"
+    click.echo(f"leukedge data crop: {res.cells} cells from {res.frames - len(res.errors)} of {res.frames} frames "
+               f"into {res.out} ({folders}); {res.reviewed} reviewed (reviewed.txt)"
+               + (f"; {res.skipped_flagged} flagged cells left out" if res.skipped_flagged else ""), err=True)
+    sys.exit(EXIT_FAILED if res.errors else 0)
 
 
 # -- train -----------------------------------------------------------------------

@@ -32,6 +32,8 @@ from leukedge.edge.calibration import cnmc_subject
 from leukedge.edge.files import is_ignored_name, sha256_file
 from leukedge.edge.preprocess import is_image_name
 
+from .crop import REVIEWED, UNLABELLED, unreviewed_note
+
 CNMC_LABELS = ["hem", "all"]  # output order: index 1 = ALL, the positive class
 KNOWN_POSITIVES = ("all", "ig", "blast", "positive", "leukemic")
 TCIA_DIRS = {"train": "C-NMC_training_data", "validation": "C-NMC_test_prelim_phase_data",
@@ -220,7 +222,8 @@ def read_class_folders(root: Path, positive: str | None = None) -> Dataset:
     two folders look like splits (train/test, ...) rather than classes, or the classes are unclear."""
     classes = sorted(p.name for p in root.iterdir()
                      if p.is_dir() and not p.name.startswith(".") and not is_ignored_name(p.name))
-    classes = [c for c in classes if _images(root / c)]
+    # `leukedge data crop` leaves the cells nobody labelled in unlabelled/: not a class (report_unused counts them)
+    classes = [c for c in classes if c.lower() != UNLABELLED and _images(root / c)]
     splitty = [c for c in classes if looks_like_split(c)]
     if len(classes) >= 2 and splitty:
         raise DatasetError(
@@ -246,6 +249,9 @@ def read_class_folders(root: Path, positive: str | None = None) -> Dataset:
             samples.append(Sample(str(img), idx, None, None, "train"))
     ds = Dataset(str(root), "folders", labels, positive, samples, [])
     report_unused(ds)
+    note = unreviewed_note(root, [s.path for s in samples])  # a `data crop` dataset sorted by a model
+    if note:
+        ds.problems.append((str(root / REVIEWED), note))
     return ds
 
 

@@ -252,6 +252,11 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
           + ", ".join(f"{p}={len(v)}" for p, v in split.parts.items())
           + (f" (train subsampled to {len(train_samples)})" if len(train_samples) != len(split.parts["train"]) else "")
           + f"; weights: {info.source}; {cfg.image_size}px", file=sys.stderr)
+    for where, problem in ds.problems[:5]:  # e.g. images not used, or a `data crop` set nobody reviewed
+        print(f"leukedge train: warning: {where}: {problem}", file=sys.stderr)
+    if len(ds.problems) > 5:
+        print(f"leukedge train: warning: {len(ds.problems) - 5} more dataset problems (leukedge data inspect)",
+              file=sys.stderr)
     try:
         arrays = {"train": decode_samples(train_samples, prep, cfg.strict, what="train images")}
         for part in split.parts:
