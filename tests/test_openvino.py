@@ -364,13 +364,26 @@ def test_a_choice_is_ignored_or_refused_once_the_model_changes(choice_folder):
     d, images = choice_folder
     choose(d, images, rounds=1, threads=1, self_test=False)
     m = d / "onnx-cpu-int8.onnx"
-    card = load_card_for_model(m)
-    card.model_sha256 = "0" * 64  # as if the model had been replaced (and its card with it)
+    assert engine_for(m, "single")[0] in ("onnxruntime", "openvino")
+    model = onnx.load(str(m))
+    model.doc_string = "re-optimized"  # another model file under the same name, with a valid card of its own
+    onnx.save(model, str(m))
+    card = load_card_for_model(m, verify=False)
+    card.bind(m)
     card.save(card_path_for(m))
     engine, note = engine_for(m, "single")
-    assert engine is None and note is None or (engine is None and "changed" in note)
-    with pytest.raises(ChoiceError):
+    assert engine is None and "changed since it was measured" in note
+    with pytest.raises(ChoiceError, match="changed since it was measured"):
         pick_from(d, "single")
+
+
+def test_openvino_runs_the_qdq_convolutions_as_int8(cpu_int8):
+    """What makes the variant fast: OpenVINO's runtime graph runs every convolution in u8/i8, not f32."""
+    from leukedge.benchmarks.engines import ov_exec_types
+
+    kinds = ov_exec_types(cpu_int8["path"])
+    convs = {k: n for k, n in kinds.items() if k.startswith("Convolution")}
+    assert convs and all(k.split()[1] in ("u8", "i8") and k.endswith(("_I8", "_i8")) for k in convs), kinds
 
 
 def test_under_require_signature_only_signed_models_are_measured_or_picked(choice_folder, tmp_path):
