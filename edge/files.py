@@ -227,8 +227,11 @@ class WriterLock:
             os.close(fd)
             raise FileInUseError(16, f"{self.path}: {self.what} in use by another edge-classify (pid {other}); "
                                      "one writer per file: wait for it, or choose another --output") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:  # the pid is only for the other process's message: a full disk must not stop the run
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError:
+            pass
         self._fd = fd
         return self
 

@@ -4,14 +4,21 @@ Content identity. A file is known by its path relative to the watched folder and
 identity: (size, mtime_ns), plus (inode, ctime_ns) and a SHA-256 of the content as the "cheap
 hash when needed". `cp -p` or `touch -r` can give new content an old mtime, but never an old
 ctime; when size and mtime match a journaled result but inode or ctime do not, the content
-hash decides (equal: same content, nothing to do; different: classify again).
+hash decides (equal: same content, nothing to do; different: classify again). The hash also
+decides when all four are equal but the content was read within the file system's timestamp
+granularity of its mtime (1 s on ext3/HFS+/many shares, 2 s on FAT: a rewrite in the same tick
+leaves every stamp as it was; git's "racy clean" rule, `Record.racy`), and when an inotify event
+says the file was written: such files are compared by content until a read falls outside that
+window. Folders follow the same rule in poll mode (a folder listed within its mtime's tick is
+listed again).
 
 Journal (JSON lines, append-only, rewritten compactly at each start). Lines:
 
     {"t": "section", "v": 1, "folder": ABS, "model": {file, sha256, variant, threshold, leukedge},
      "output": ABS or null, "format": fmt, "started": ISO}
     {"t": "file", "p": REL, "s": size, "m": mtime_ns, "i": inode, "c": ctime_ns, "h": sha256[:16] or null,
-     "st": "ok" | "error" | "internal" | "existing", "o": offset, "n": bytes, "k": crc32}
+     "st": "ok" | "error" | "internal" | "existing", "o": offset, "n": bytes, "k": crc32,
+     "r": wall-clock ns just before the content was read (the racy-clean rule)}
 
 A "file" line belongs to the section above it. With a results FILE, the journal line is written
 BEFORE the row, naming the row's offset, length and CRC-32; at the next start every journaled
@@ -19,18 +26,22 @@ row is checked against the output file: a record whose row is not there (crash b
 writes, full disk) is dropped, so its file is classified again, and bytes after the last
 verified row (rows whose journal line a power loss took) are cut, so nothing is duplicated.
 With results on stdout (`--state FILE`) the line is written AFTER the row: a crash between the
-two can repeat that one row, never lose it. "existing" marks a file that was there at a first
-start without --include-existing. When the hash shows unchanged content under a new inode/ctime,
+two can repeat that one row, never lose it. Both files are written with unbuffered writes at a
+known offset: a write that fails (a full disk) is cut back and retried at the same offset, never
+appended twice, and a record whose row could not be written is cut from the journal again, so
+the journal names exactly the rows the file holds. "existing" marks a file that was in the
+listing taken before the model loaded, at a first start without --include-existing. When the hash shows unchanged content under a new inode/ctime,
 the previous record is repeated with the new identity (same status and row).
 
 Heartbeat: a small JSON file rewritten (atomically) every few seconds: time, pid, state
 (watching | folder-missing | output-error | stopped), last scan, counts (classified, failed,
-internal, rereads, pending) and the model, so monitoring can tell a dead or stuck watcher
+internal, rereads, pending, skipped files by reason, inotify overflows) and the model, so monitoring can tell a dead or stuck watcher
 (old `time`) from a quiet microscope (fresh `time`, growing `last_scan`, no new counts).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -210,6 +221,7 @@ class Journal:
         self._fh = None
         self._end = 0  # the journal's length: the next record goes here
         self._torn = False  # bytes after _end may be a failed append's tail
+        self._pending = b""  # this run's section line, when a full disk kept it from the compacted rewrite
         self._last: tuple[Record, int] | None = None  # the last record appended and where it starts
         self._last_sync = time.monotonic()
         self._lines: list[dict] = []  # compacted content, for the rewrite at open
@@ -252,16 +264,22 @@ class Journal:
             fh.close()
             raise JournalError(0, f"{self.path}: in use by another edge-classify (pid {other}); "
                                   "one watcher per journal") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+        try:  # the pid is only for the other process's message: a full disk must not stop the watcher
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+        except OSError:
+            pass
         self._lock_fh = fh
 
     def release_lock(self) -> None:
         fh = getattr(self, "_lock_fh", None)
         if fh is not None:
-            fh.close()
+            try:
+                fh.close()
+            except OSError:  # a pid that never reached a full disk: the lock is dropped all the same
+                pass
             self._lock_fh = None
 
     def open(self, sink=None) -> "Journal":
@@ -351,10 +369,23 @@ class Journal:
         out_lines.append(json.dumps(section))
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.path, "\n".join(out_lines) + "\n")
-            fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+            try:
+                write_text_atomic(self.path, "\n".join(out_lines) + "\n")
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                # a full disk at start: keep the journal as it is (records it no longer trusts are dropped
+                # again at every start) and write this run's section with its first record
+                self._pending = (json.dumps(section) + "\n").encode()
+                self.notes.append(f"{self.path}: not compacted ({exc.strerror}); this run's records are appended")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
             self._fh = os.fdopen(fd, "r+b", buffering=0)  # unbuffered: see append()
             self._end = os.fstat(fd).st_size
+            if self._pending:  # never glue a record to a torn last line
+                tail = os.pread(fd, min(self._end, 1 << 16), max(0, self._end - (1 << 16)))
+                if tail and not tail.endswith(b"\n"):
+                    self._end -= len(tail) - (tail.rfind(b"\n") + 1)
+                    os.ftruncate(fd, self._end)
         except OSError as exc:
             raise JournalError(exc.errno, f"{self.path}: cannot write journal: {exc.strerror or exc}") from None
 
@@ -367,13 +398,12 @@ class Journal:
         was (or, if even that fails, the torn tail is cut before the next append), so no record is
         half there and none is written twice: the journal holds exactly the records that succeeded.
         """
-        data = (json.dumps(rec.to_json()) + "\n").encode()
+        data = self._pending + (json.dumps(rec.to_json()) + "\n").encode()
         start = self._end
         fd = self._fh.fileno()
         try:
-            if self._torn:
-                os.ftruncate(fd, start)
-                self._torn = False
+            if self._torn:  # a failed append's tail is still there: cut it (a write over it would do too)
+                self._cut(start)
             pwrite_all(fd, data, start)
             if self.fsync_interval <= 0 or time.monotonic() - self._last_sync >= self.fsync_interval:
                 os.fsync(fd)
@@ -382,7 +412,10 @@ class Journal:
             self._cut(start)
             raise JournalError(exc.errno, f"cannot write journal {self.path}: {exc.strerror or exc}") from None
         self._end = start + len(data)
-        self._last = (rec, start)
+        if self._torn:
+            self._cut(self._end)
+        self._last = (rec, start + len(self._pending))
+        self._pending = b""
         self.known[rec.path] = rec
 
     def _cut(self, size: int) -> None:
@@ -708,9 +741,9 @@ class Watcher:
 
     # inotify -------------------------------------------------------------------------------
 
-    def _start_observer(self) -> None:
+    def _make_handler(self):
+        """The watchdog event handler that feeds `_dirty` (paths, content flag, overflow, folders moved in)."""
         from watchdog.events import EVENT_TYPE_EVENTS_LOST, FileSystemEventHandler
-        from watchdog.observers import Observer
 
         watcher = self
 
@@ -733,8 +766,13 @@ class Watcher:
                             with watcher._dirty_lock:
                                 watcher._dirty[p] = watcher._dirty.get(p, False) or content
 
+        return Handler()
+
+    def _start_observer(self) -> None:
+        from watchdog.observers import Observer
+
         obs = Observer()
-        self._handler = Handler()
+        self._handler = self._make_handler()
         obs.schedule(self._handler, str(self.folder), recursive=self.opts.recursive)
         obs.daemon = True
         obs.start()

@@ -365,9 +365,8 @@ class _FileSink:
         """Append `data` (whole lines) at `offset`; raises OutputError, leaving the file as before."""
         start = self.offset
         try:
-            if self._torn:
-                os.ftruncate(self._fh.fileno(), start)
-                self._torn = False
+            if self._torn:  # a failed write's tail is still there: cut it (a write over it would do too)
+                self._rollback(start)
             self._pwrite(data, start)
             if self.fsync_interval <= 0 or time.monotonic() - self._last_sync >= self.fsync_interval:
                 os.fsync(self._fh.fileno())  # a delayed-allocation ENOSPC shows here: the row is not kept
@@ -376,6 +375,8 @@ class _FileSink:
             self._rollback(start)
             raise OutputError(exc.errno, f"cannot write {self.path}: {exc.strerror or exc}", str(self.path)) from None
         self.offset = start + len(data)
+        if self._torn:
+            self._rollback(self.offset)
 
     def _rollback(self, start: int) -> None:
         """After a failed write, cut the file back to `start` (its last whole line)."""
