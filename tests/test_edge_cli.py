@@ -230,22 +230,17 @@ def test_full_disk_exits_2_naming_the_temp_file_with_every_finished_row(tiny_mod
     _, _, paths = synth_arrays
     real_init = outputs.TempFileSink.__init__
 
-    class Full:
-        def __init__(self, fh):
-            self.fh, self.n = fh, 0
-
-        def write(self, data):
-            self.n += 1
-            if self.n > 3:  # the header and two rows fit
-                raise OSError(28, "No space left on device")
-            return self.fh.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.fh, name)
-
     def init(self, *a, **k):
         real_init(self, *a, **k)
-        self._fh = Full(self._fh)
+        real_pwrite, writes = self._pwrite, [0]
+
+        def full(data, offset):
+            writes[0] += 1
+            if writes[0] > 3:  # the header and two rows fit
+                raise OSError(28, "No space left on device")
+            real_pwrite(data, offset)
+
+        self._pwrite = full
 
     monkeypatch.setattr(outputs.TempFileSink, "__init__", init)
     target = tmp_path / "res.csv"
@@ -702,7 +697,8 @@ def test_an_unusable_model_is_one_stderr_line(tmp_path):
 
 
 @pytest.mark.parametrize("sig, code, with_output", [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, True),
-                                                    (signal.SIGINT, 130, False)])
+                                                    (signal.SIGINT, 130, False), (signal.SIGHUP, 129, True),
+                                                    (signal.SIGHUP, 129, False)])
 def test_an_interrupted_batch_says_so_with_the_signal_s_exit_code(tiny_models, tmp_path, sig, code, with_output):
     big = write_image(tmp_path / "big.png", size=(1600, 1600), fmt="PNG")
     folder = tmp_path / "many"
@@ -716,7 +712,7 @@ def test_an_interrupted_batch_says_so_with_the_signal_s_exit_code(tiny_models, t
     time.sleep(4.0)  # loaded and classifying (a 1600 px PNG takes tens of ms)
     proc.send_signal(sig)
     stdout, err = proc.communicate(timeout=60)
-    name = "SIGTERM" if sig == signal.SIGTERM else "SIGINT"
+    name = signal.Signals(sig).name
     assert proc.returncode == code, err
     last = err.decode().strip().splitlines()[-1]
     assert last.startswith(f"edge-classify: error: interrupted by {name}") and b"Traceback" not in err

@@ -157,28 +157,32 @@ def test_strict_quality_turns_warnings_into_failures(tmp_path):
 # -- batch output file ----------------------------------------------------------------------
 
 
-class Flaky:
-    """A file object whose writes fail with ENOSPC after `ok` writes (a disk filling up)."""
+def fill_up_after(sink, ok):
+    """After `ok` writes, the sink's writes fail with ENOSPC having written half their bytes (a disk
+    filling up mid-row, as a real full disk leaves it). Returns a function that frees the space."""
+    real = sink._pwrite
+    left = [ok]
 
-    def __init__(self, fh, ok):
-        self.fh, self.ok = fh, ok
-
-    def write(self, data):
-        if self.ok <= 0:
-            self.fh.write(data[: len(data) // 2])  # a torn half line, as a real full disk leaves
+    def pwrite(data, offset):
+        if left[0] <= 0:
+            real(data[: len(data) // 2], offset)
             raise OSError(28, "No space left on device")
-        self.ok -= 1
-        return self.fh.write(data)
+        left[0] -= 1
+        real(data, offset)
 
-    def __getattr__(self, name):
-        return getattr(self.fh, name)
+    sink._pwrite = pwrite
+
+    def free():
+        sink._pwrite = real
+
+    return free
 
 
 def test_batch_temp_file_keeps_finished_rows_on_full_disk(tmp_path):
     target = tmp_path / "res.jsonl"
     sink = TempFileSink(target)
     assert sink.path.parent == tmp_path and is_ignored_name(sink.path.name) and not target.exists()
-    sink._fh = Flaky(sink._fh, ok=3)
+    fill_up_after(sink, ok=3)
     w = RowWriter("json", sink, MODEL)
     for i in range(3):
         w.write(make_row(f"f{i}.bmp", MODEL, label="hem", p_all=0.1))
@@ -416,15 +420,14 @@ def test_full_disk_in_watch_mode_is_retried_without_loss(tmp_path):
     folder.mkdir()
     out = tmp_path / "out.jsonl"
     sink = AppendFileSink(out, fsync_interval=0)
-    real = sink._fh
-    sink._fh = Flaky(real, ok=1)
+    free = fill_up_after(sink, ok=1)
     run = Run(folder, out, sink=sink)
     try:
         for i in range(3):
             (folder / f"f{i}.bmp").write_bytes(image_bytes(tmp_path, 80 + i))
         assert wait_for(lambda: any("No space left" in m for m in run.logs))
         assert len(run.rows()) == 1
-        sink._fh = real  # space again
+        free()  # space again
         assert wait_for(lambda: len(run.rows()) == 3)
         time.sleep(0.5)
         assert sorted(Path(r["path"]).name for r in run.rows()) == ["f0.bmp", "f1.bmp", "f2.bmp"]
