@@ -9,6 +9,10 @@ its final content (compared with a batch run on the final files), no content may
 
 The default run is small (a few hundred writes, ~30 s); LEUKEDGE_SOAK_FILES=1000 gives the
 issue's full size. Marked slow: it runs real processes for tens of seconds.
+
+The "disk-fills" run (issue 20) keeps the results file, its journal and its heartbeat on a small
+tmpfs (root: it is mounted) that a second writer fills up and frees again every few seconds, kill
+and restart included: still 0 lost and 0 duplicated.
 """
 
 import json
@@ -114,14 +118,56 @@ class Writer:
         self.versions[name].append(data)
 
 
+class DiskFiller:
+    """Fills the file system under `folder` (a filler file written until ENOSPC), holds it full, frees it,
+    again and again in a thread, until stopped (then the disk stays free)."""
+
+    def __init__(self, folder: Path, full_s: float = 2.0, free_s: float = 2.0):
+        self.filler, self.full_s, self.free_s = folder / "filler", full_s, free_s
+        self.done = threading.Event()
+        self.fills = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.done.wait(self.free_s):
+            with open(self.filler, "wb", buffering=0) as fh:
+                for size in (1 << 16, 4096, 256, 1):
+                    try:
+                        while True:
+                            fh.write(b"\0" * size)
+                    except OSError:
+                        continue
+            self.fills += 1
+            self.done.wait(self.full_s)
+            self.filler.unlink()
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(30)
+        self.filler.unlink(missing_ok=True)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "poll"])
-def test_soak_no_result_lost_or_duplicated_across_kill_and_restart(tiny_models, tmp_path, poll):
+@pytest.mark.parametrize("poll, disk_fills", [(False, False), (True, False), (False, True)],
+                         ids=["inotify", "poll", "disk-fills"])
+def test_soak_no_result_lost_or_duplicated_across_kill_and_restart(tiny_models, tmp_path, poll, disk_fills, request):
     n = int(os.environ.get("LEUKEDGE_SOAK_FILES", "120"))
     model = tiny_models["float32"]
     folder = tmp_path / "in"
     folder.mkdir()
     out = tmp_path / "rows.jsonl"
+    filler = None
+    if disk_fills:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to mount a small tmpfs")
+        mnt = tmp_path / "small"
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+        request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(mnt)], capture_output=True))
+        out = mnt / "rows.jsonl"
+        filler = DiskFiller(mnt)
     sources = [write_image(tmp_path / "src" / f"s{i}.png", size=(48 + i, 48), fmt="PNG", seed=i).read_bytes()
                for i in range(12)]
     writer = Writer(folder, sources, seed=7, n=n)
@@ -135,6 +181,9 @@ def test_soak_no_result_lost_or_duplicated_across_kill_and_restart(tiny_models, 
                 for j in range(n // 10):  # files arrive while the watcher is down
                     writer.step(n + j)
                 proc = _start(model, folder, out, poll)
+        if filler is not None:
+            filler.stop()  # free for good: what waited for space is written now
+            assert filler.fills >= 2
         # wait until the output stops growing and everything settled
         last, stable = -1, 0
         while stable < 6:
@@ -143,6 +192,8 @@ def test_soak_no_result_lost_or_duplicated_across_kill_and_restart(tiny_models, 
             stable = stable + 1 if size == last else 0
             last = size
     finally:
+        if filler is not None:
+            filler.stop()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
