@@ -324,3 +324,43 @@ def test_slim_variants_build_from_the_registry_with_cards_recording_work(optimiz
     assert resized["macs"] > load_card_for_model(out / "slim50-int8@80.tflite").optimization["macs"]
     assert resized["recovery"]["history"][0]["step"] == 0
     assert by["slim50-int8"]["size_bytes"] < by["int8"]["size_bytes"]
+
+
+# -- the seed study (benchmarks/seed_study.py) ----------------------------------------------------------
+
+def test_seed_study_runs_in_parts_and_an_interrupted_study_loses_nothing(tiny_models, synth_dir, tmp_path):
+    import json as _json
+
+    from leukedge.benchmarks import seed_study
+    from leukedge.train.datasets import read_dataset
+    from leukedge.train.splits import make_split, write_split
+
+    d = tmp_path / "run"
+    d.mkdir()
+    keras = d / "model.keras"
+    shutil.copy(tiny_models["keras"], keras)
+    ds = read_dataset(synth_dir)
+    split = make_split(ds, rule="random", val_fraction=0.25, test_fraction=0.25)
+    make_card(keras, SIZE, "float", "keras", provenance={
+        "data": {"root": str(synth_dir)}, "split": split.describe(ds), "config": {"val_fraction": 0.25}})
+    write_split(split, ds, d / "split.json")
+    out = tmp_path / "study"
+    args = [str(keras), "--out", str(out), "--variants", "slim50-int8", "--seeds", "0,1", "--set",
+            "calibration_size=16", "prune_steps=6", "finetune_batch=8", "max_f1_drop=1", "max_recall_drop=1"]
+    assert seed_study.main(args + ["--max-parts", "1"]) == 0
+    first = out / "parts" / "slim50-int8-seed0" / "result.json"
+    assert first.exists() and not (out / "parts" / "slim50-int8-seed1" / "result.json").exists()
+    partial = _json.loads((out / "summary.json").read_text())["variants"]["slim50-int8"]
+    assert partial["seeds_missing"] == [1] and not partial["meets_criterion"]
+    stamp = first.stat().st_mtime_ns
+    (out / "parts" / "slim50-int8-seed1" / "optimize").mkdir(parents=True)  # a part interrupted mid-way
+    assert seed_study.main(args) == 0
+    assert first.stat().st_mtime_ns == stamp  # the finished part was not redone
+    summary = _json.loads((out / "summary.json").read_text())
+    row = summary["variants"]["slim50-int8"]
+    assert row["seeds_done"] == [0, 1] and row["seeds_missing"] == []
+    assert not row["meets_criterion"]  # two seeds are fewer than the criterion's three
+    assert row["f1_drop_spread"] == max(row["f1_drops"]) - min(row["f1_drops"])
+    part = row["parts"][1]
+    assert part["recovery"]["steps_run"] >= 1 and part["macs"] > 0 and 0 <= part["test"]["f1_positive"] <= 1
+    assert (out / "summary.md").read_text().count("| slim50-int8 |") == 2

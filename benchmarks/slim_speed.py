@@ -1,0 +1,202 @@
+"""Does channel pruning make int8 InceptionV3 faster? Slim variants against LiteRT int8, side by side.
+
+Speed does not depend on the weights' values, so this runs on InceptionV3 with random weights
+(tf.keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg") + Dense(2, softmax),
+the screening model's shape) and needs no data and no training. Each variant is thinned by
+optimize.channels (the "l1" criterion: with random weights the choice of filters is arbitrary, the
+number kept per layer - what speed follows - is the planner's), converted to full-integer int8 by
+the project's converter (optimize.convert.to_tflite, 16 random calibration images), and timed by
+LiteRT through edge.runtime.open_interpreter (the device's own loader), at 1 and at 2 threads.
+
+Timing: every model's interpreter is loaded and warmed up (5 invokes), then `runs` rounds in which
+each model is invoked once in turn (alternating, so drift and neighbours' load hit all alike); the
+median of the rounds is the figure, with the inter-quartile range. Each figure is also given per
+multiply-accumulate (ns/MAC), so a variant that is smaller but not faster is visible.
+
+Resumable: the converted models are kept in `--work` (default runs/slim-speed, ignored by git)
+and reused; the timing itself takes a few minutes. Run: `nice -n 10 python -m leukedge.benchmarks.slim_speed`.
+Writes benchmarks/results/slim-speed.json and .md (the CPU named: model name and the
+instruction-set flags that matter to int8 kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# (name, share of MACs kept by channel pruning or None, input size): int8 at 224 px is the baseline
+DEFAULT_VARIANTS = (("int8", None, 224), ("slim60-int8", 0.60, 224), ("slim50-int8", 0.50, 224),
+                    ("slim40-int8", 0.40, 224), ("slim30-int8", 0.30, 224), ("int8@160", None, 160),
+                    ("slim60-int8@160", 0.60, 160), ("slim50-int8@160", 0.50, 160), ("slim40-int8@160", 0.40, 160),
+                    ("slim60-int8@192", 0.60, 192), ("slim50-int8@192", 0.50, 192))
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_tile",
+             "asimd", "asimddp", "i8mm", "sve")
+
+
+def cpu_flags() -> list[str]:
+    """The instruction-set flags of ISA_FLAGS this processor reports (/proc/cpuinfo; [] elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            have = set(line.split(":", 1)[1].split())
+            return [f for f in ISA_FLAGS if f in have]
+    return []
+
+
+def reference_model(size: int, seed: int = 0):
+    """Random-weight InceptionV3 (no top, average pooling) + Dense(2, softmax), flat, at `size` px."""
+    from leukedge.tfcompat import tensorflow
+
+    tf = tensorflow()
+    tf.keras.utils.set_random_seed(seed)
+    base = tf.keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg",
+                                             input_shape=(size, size, 3))
+    out = tf.keras.layers.Dense(2, activation="softmax", name="probabilities")(base.output)
+    return tf.keras.Model(base.input, out, name="inception_v3_random")
+
+
+def build(work: Path, variants, seed: int = 0) -> list[dict]:
+    """Convert each variant to int8 TFLite in `work` (reusing files already there). Returns one dict each:
+    {"variant", "file", "input_size", "macs", "params", "macs_kept", "width", "bytes"}."""
+    from leukedge.optimize.channels import at_size, count_macs, count_params, slim
+    from leukedge.optimize.convert import representative_from, to_tflite
+
+    work.mkdir(parents=True, exist_ok=True)
+    parent = None
+    rows = []
+    for name, share, size in variants:
+        path = work / f"{name}.tflite"
+        meta_path = work / f"{name}.json"
+        if path.exists() and meta_path.exists():
+            rows.append(json.loads(meta_path.read_text()))
+            continue
+        if parent is None:
+            parent = reference_model(224, seed)
+        model, info = parent, {"macs_kept": 1.0, "width": 1.0}
+        if share is not None:
+            model, report = slim(parent, share, "l1")
+            info = {"macs_kept": report["macs_kept"], "width": report["width"]}
+        model = at_size(model, size)
+        calib = np.random.default_rng(seed).normal(0, 1, (16, size, size, 3)).astype(np.float32)
+        t0 = time.perf_counter()
+        path.write_bytes(to_tflite(model, "int8", representative_from(calib)))
+        row = {"variant": name, "file": path.name, "input_size": size, "macs": count_macs(model),
+               "params": count_params(model), **info, "bytes": path.stat().st_size,
+               "convert_seconds": round(time.perf_counter() - t0, 1)}
+        meta_path.write_text(json.dumps(row, indent=2) + "\n")
+        print(f"slim_speed: built {name}: {row['macs'] / 1e9:.2f} GMAC, {row['params'] / 1e6:.2f} M params",
+              file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
+
+
+def time_models(work: Path, rows: list[dict], threads: int, runs: int, warmup: int = 5) -> None:
+    """Alternating timed invokes of every model at `threads`; adds "ms_<threads>t" stats to each row."""
+    from leukedge.edge.runtime import open_interpreter
+
+    interps = []
+    for row in rows:
+        interp, rt = open_interpreter(work / row["file"], threads=threads)
+        inp = interp.get_input_details()[0]
+        x = np.random.default_rng(1).integers(-128, 128, inp["shape"], dtype=np.int8).astype(inp["dtype"])
+        interp.set_tensor(inp["index"], x)
+        for _ in range(warmup):
+            interp.invoke()
+        interps.append(interp)
+        row["runtime"] = f"{rt.name} {rt.version}"
+    times = [[] for _ in rows]
+    for _ in range(runs):
+        for i, interp in enumerate(interps):
+            t0 = time.perf_counter()
+            interp.invoke()
+            times[i].append((time.perf_counter() - t0) * 1e3)
+    for row, ms in zip(rows, times):
+        q = statistics.quantiles(ms, n=4)
+        med = statistics.median(ms)
+        row[f"ms_{threads}t"] = {"median": round(med, 3), "q1": round(q[0], 3), "q3": round(q[2], 3),
+                                 "runs": len(ms), "ns_per_mac": round(med * 1e6 / row["macs"], 4)}
+
+
+def summarize(rows: list[dict], threads: list[int]) -> None:
+    """Adds "speedup_<t>t" (baseline median / variant median, baseline = the first row) to each row."""
+    base = rows[0]
+    for row in rows:
+        for t in threads:
+            row[f"speedup_{t}t"] = round(base[f"ms_{t}t"]["median"] / row[f"ms_{t}t"]["median"], 3)
+        row["mac_ratio"] = round(base["macs"] / row["macs"], 3)
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    ts = result["threads"]
+    lines = [f"# Slim (channel-pruned) int8 against int8: LiteRT speed on {m['cpu']}", "",
+             f"CPU: {m['cpu']} ({m['usable_cores']} usable cores; flags: {', '.join(result['cpu_flags']) or 'n/a'}). "
+             f"Runtime: {result['rows'][0].get('runtime')}. Model: InceptionV3 with random weights + Dense(2), "
+             f"full-integer int8 (optimize.convert). Medians of {result['runs']} alternating runs per thread count; "
+             f"speed-up against `int8` at 224 px measured in the same run. {result['when']}.", "",
+             "| variant | px | GMAC | M params | MB | " + " | ".join(
+                 f"{t} thr ms (IQR) | x int8 | ns/MAC" for t in ts) + " |",
+             "|---|---:|---:|---:|---:|" + "---:|---:|---:|" * len(ts)]
+    for r in result["rows"]:
+        cells = []
+        for t in ts:
+            s = r[f"ms_{t}t"]
+            cells += [f"{s['median']:.2f} ({s['q1']:.2f}-{s['q3']:.2f})", f"{r[f'speedup_{t}t']:.2f}",
+                      f"{s['ns_per_mac']:.3f}"]
+        lines.append(f"| {r['variant']} | {r['input_size']} | {r['macs'] / 1e9:.2f} | {r['params'] / 1e6:.2f} | "
+                     f"{r['bytes'] / 1e6:.1f} | " + " | ".join(cells) + " |")
+    lines += ["", "Targets (issue 23): a slim variant at 224 px >= 1.6x the int8 speed at 1 and 2 threads; with a "
+              "smaller input >= 3x. " + "; ".join(result["verdicts"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=RESULTS.parents[1] / "runs" / "slim-speed")
+    ap.add_argument("--out", type=Path, default=RESULTS / "slim-speed.json")
+    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--variants", default="", help="comma-separated names of DEFAULT_VARIANTS (default: all)")
+    args = ap.parse_args(argv)
+    if args.runs < 30:
+        ap.error("--runs: at least 30 alternating runs (issue 23)")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from leukedge.benchmarks.machine import machine_info
+
+    chosen = [v for v in DEFAULT_VARIANTS if not args.variants or v[0] in args.variants.split(",")]
+    if chosen[0][0] != "int8":
+        chosen = [DEFAULT_VARIANTS[0]] + [v for v in chosen if v[0] != "int8"]
+    rows = build(args.work, chosen)
+    threads = [int(t) for t in args.threads.split(",")]
+    for t in threads:
+        time_models(args.work, rows, t, args.runs)
+    summarize(rows, threads)
+    verdicts = []
+    for label, pick, target in (("slim at 224", lambda r: r["input_size"] == 224 and r["macs_kept"] < 1, 1.6),
+                                ("slim + smaller input", lambda r: r["input_size"] < 224 and r["macs_kept"] < 1, 3.0)):
+        cands = [r for r in rows if pick(r)]
+        ok = [r["variant"] for r in cands if all(r[f"speedup_{t}t"] >= target for t in threads)]
+        verdicts.append(f"{label} >= {target}x at every thread count: " + (", ".join(ok) if ok else "none"))
+    result = {"schema": "leukedge.slim-speed", "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine_info(), "cpu_flags": cpu_flags(), "runs": args.runs, "threads": threads,
+              "rows": rows, "verdicts": verdicts}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
