@@ -181,9 +181,35 @@ def _decode_options(bit_depth, page, max_pixels, value_range=None):
         _fail(msg)
 
 
+def _engine_for(model: str | None, engine: str, choice: str | None, layout: str, require_signature: str | None,
+                quiet: bool) -> tuple[str, str]:
+    """(model, engine) for this run: --choice picks both (edge.choose.pick_from, re-checked now); with
+    --engine auto the choice.json beside --model names the engine measured fastest here (edge.choose.engine_for);
+    otherwise the engine asked for. Only a model with a choice.json beside it pays for reading it. Exit 2 on error."""
+    from .errors import LeukedgeError
+
+    try:
+        if choice:
+            from .choose import pick_from
+
+            pick = pick_from(choice, layout, require_signature)
+            return str(pick.model), pick.engine or "auto"
+        if engine == "auto" and (Path(model).parent / "choice.json").is_file():
+            from .choose import engine_for
+
+            chosen, note = engine_for(model, layout)
+            if note and not quiet:
+                _log(note)
+            return model, chosen or "auto"
+    except LeukedgeError as exc:
+        _fail(str(exc))
+    return model, engine
+
+
 def _load(model: str, threads: int | None, threshold: float | None, decode, require_signature: str | None,
-          quiet: bool):
-    """Check the signature (if asked), load the classifier; every failure is one line and exit 2."""
+          quiet: bool, engine: str | None = None):
+    """Check the signature (if asked), load the classifier on `engine` (None: the card format's default);
+    every failure is one line and exit 2."""
     from .errors import LeukedgeError
 
     try:
@@ -191,9 +217,14 @@ def _load(model: str, threads: int | None, threshold: float | None, decode, requ
             from .signature import verify_model_signature
 
             verify_model_signature(model, None, require_signature)  # None: the card beside the model
-        from .classifier import Classifier
+        if engine is None:
+            from .classifier import Classifier
 
-        clf = Classifier.load(model, threads=threads, threshold=threshold, decode=decode)
+            clf = Classifier.load(model, threads=threads, threshold=threshold, decode=decode)
+        else:
+            from .engines import load_classifier
+
+            clf = load_classifier(model, engine=engine, threads=threads, threshold=threshold, decode=decode)
     except LeukedgeError as exc:
         _fail(str(exc))  # a model that cannot be used: this one line is all (nothing said before it)
     except MemoryError:
@@ -212,6 +243,26 @@ def _load(model: str, threads: int | None, threshold: float | None, decode, requ
 
 class SummaryLocationError(OSError):
     pass
+
+
+def _run_frames(clf, files, input_errors, sink, fmt, um_per_px, overlays, crops, include_flagged, summary, quiet):
+    """The --fields batch (edge.frame_batch): frame rows to `sink`; a card without `cells` or a missing
+    leukedge[fields] is one line and exit 2. Returns the FrameCounts."""
+    from .errors import LeukedgeError
+    from .frame_batch import FrameOptions, render, run_frames
+
+    for path, problem, _position in input_errors:
+        sink.write(render({"frame": path, "error": problem}, fmt, False))
+    try:
+        counts = run_frames(clf, files, sink, FrameOptions(fmt, um_per_px, overlays, crops, include_flagged),
+                            summary, log=_log)
+    except ImportError as exc:
+        _fail(f"--fields needs the frame extra: pip install 'leukedge[fields]' ({exc})")
+    except LeukedgeError as exc:
+        _fail(str(exc))
+    if not quiet:
+        _log(counts.summary())
+    return counts
 
 
 class _Summary:
@@ -678,7 +729,24 @@ def build_parser(prog: str = "edge-classify") -> argparse.ArgumentParser:
     opt("--value-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
         help="Float images: the values that mean black and white (e.g. 0 4095); [0, 1] is assumed otherwise.")
     opt("--self-test", dest="self_test_flag", action="store_true",
-        help="Run the model's golden-set self-test first; exit 1 if it fails.")
+        help="Run the model's golden-set self-test first; exit 2 (a model error) if it fails.")
+    opt("--engine", choices=["auto", "litert", "onnxruntime", "openvino"], default="auto",
+        metavar="[auto|litert|onnxruntime|openvino]",
+        help="Inference engine for the model [default: auto: the engine edge-choose measured fastest for this "
+             "model on this machine (choice.json beside it), else the card format's default].")
+    opt("--choice", type=_PathArg(), metavar="FILE|DIR",
+        help="Run the variant and engine that edge-choose picked (its choice.json, or the folder holding it) "
+             "instead of --model: only a variant that passed its gate, only a signed one with --require-signature.")
+    opt("--fields", action="store_true",
+        help="Inputs are microscope frames: find every white cell, crop it as the training cells were, and write "
+             "one row per cell (frame rows, docs/frames.md). Needs the card's 'cells' and leukedge[fields].")
+    ranged("--um-per-px", kind=float, low=1e-3, high=100.0, metavar="UM",
+           help="With --fields: the camera's micrometres per pixel [default: measured from the red cells].")
+    opt("--overlays", type=_PathArg(file_okay=False), metavar="DIR",
+        help="With --fields: write a review PNG per frame into DIR (each cell's box coloured by label, with P).")
+    opt("--crops", type=_PathArg(file_okay=False), metavar="DIR", help="With --fields: write each cell's crop into DIR.")
+    opt("--include-flagged", action="store_true",
+        help="With --fields: count cells cut by the edge, touching or blurred in the per-sample fractions.")
     opt("--require-signature", type=_PathArg(dir_okay=False, exists=True), metavar="FILE",
         help="Refuse a model and card not signed with this Ed25519 public key.")
     opt("--summary-by", metavar="folder|subject|REGEX",
@@ -719,6 +787,14 @@ def parse_args(argv: list[str] | None = None, prog: str = "edge-classify") -> di
                  if a.dest in _WATCH_ONLY and opts[a.dest] != a.default]
         if stray:
             parser.error(f"{', '.join(stray)} only appl{'ies' if len(stray) == 1 else 'y'} with --watch DIR")
+    if not opts["fields"]:
+        stray = [a.option_strings[-1] for a in parser._actions if a.dest in _FIELDS_ONLY and opts[a.dest] != a.default]
+        if stray:
+            parser.error(f"{', '.join(stray)} only appl{'ies' if len(stray) == 1 else 'y'} with --fields")
+    elif opts["watch_dir"]:
+        parser.error("--fields with --watch is not supported yet: classify a folder of frames as a batch")
+    if opts["choice"] and any(a in ("-m", "--model") or a.startswith("--model=") for a in args):
+        parser.error("give either --model or --choice, not both")
     return opts
 
 
@@ -726,6 +802,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "edge-classify") -> di
 # rather than silently ignored.
 _WATCH_ONLY = {"include_existing", "state_file", "reclassify", "poll_mode", "poll_interval", "full_scan_interval",
                "settle", "empty_timeout", "heartbeat_file"}
+_FIELDS_ONLY = {"um_per_px", "overlays", "crops", "include_flagged"}
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
@@ -827,10 +904,13 @@ def _quiet_closed_pipes() -> None:
 def classify(inputs, model, threshold, fmt, output, threads, workers, recursive, watch_dir, include_existing,
              state_file, reclassify, poll_mode, poll_interval, full_scan_interval, settle, heartbeat_file,
              fsync_interval, strict_quality, bit_depth, page, max_pixels, value_range, self_test_flag,
-             require_signature, summary_by, summary_out, quiet, empty_timeout=60.0) -> None:
+             require_signature, summary_by, summary_out, quiet, empty_timeout=60.0, engine="auto", choice=None,
+             fields=False, um_per_px=None, overlays=None, crops=None, include_flagged=False) -> None:
     """Run `edge-classify` with parsed options (see `build_parser`); ends with sys.exit(code)."""
-    if not model:
-        _fail("no model given: pass --model FILE.tflite or set LEUKEDGE_MODEL")
+    if choice:
+        model = None  # the choice file names the model (picked below, for the run's layout)
+    elif not model:
+        _fail("no model given: pass --model FILE.tflite (or --choice FILE) or set LEUKEDGE_MODEL")
     if not inputs and not watch_dir and not self_test_flag:
         _fail("no inputs: give image files, folders or patterns, or --watch DIR")
     if watch_dir and not Path(watch_dir).is_dir():
@@ -878,8 +958,12 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
                 workers = default_workers()
             else:
                 workers = 1
-        n_workers = workers
-        clf = _load(model, threads if (threads or n_workers == 1) else 1, threshold, decode, require_signature, quiet)
+        n_workers = 1 if fields else workers  # a frame's cells are classified in turn by one interpreter
+        if choice or engine != "litert":
+            model, engine = _engine_for(model, engine, choice, "folder" if n_workers > 1 else "single",
+                                        require_signature, quiet)
+        clf = _load(model, threads if (threads or n_workers == 1) else 1, threshold, decode, require_signature, quiet,
+                    engine=None if engine == "auto" else engine)
     except BaseException:  # a usage or model error, a signal: nothing was classified, so no results file
         if batch_sink is not None and batch_sink.path is not None:
             batch_sink.close()
@@ -911,9 +995,14 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
         show_bar = len(files) > 1 and sys.stderr.isatty() and not quiet
         _report_skips(skipped, counts)
         try:
-            run_batch(clf, files, input_errors, emitter, minfo, strict_quality, show_bar,
-                      workers=n_workers, threads=threads, decode=decode)
-            writer.ensure_header()  # a batch without rows still gets its CSV column names / text header
+            if fields:
+                frame_counts = _run_frames(clf, files, input_errors, batch_sink, fmt, um_per_px, overlays, crops,
+                                           include_flagged, summary, quiet)
+                counts.failing.update(["frames"] if frame_counts.failed or input_errors else [])
+            else:
+                run_batch(clf, files, input_errors, emitter, minfo, strict_quality, show_bar,
+                          workers=n_workers, threads=threads, decode=decode)
+                writer.ensure_header()  # a batch without rows still gets its CSV column names / text header
             if batch_sink.path is not None:  # -o FILE (not stdout): rename the finished file into place
                 batch_sink.commit()
             else:
@@ -931,7 +1020,7 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
                     _interrupted(exc.name, exc.code, batch_sink.path)
                 _interrupted("SIGINT", EXIT_SIGINT, batch_sink.path)
             raise
-        if not quiet and (len(files) > 1 or counts.any_failed or input_errors or counts.skipped):
+        if not fields and not quiet and (len(files) > 1 or counts.any_failed or input_errors or counts.skipped):
             _log(counts.summary())
         if summary is not None and not watch_dir:
             summary.finish(quiet)
