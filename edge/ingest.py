@@ -538,13 +538,14 @@ _RESCAN, _LOST = "\0rescan", "\0lost"
 
 @dataclass
 class _DirState:
-    """What the last listing of one folder found: its mtime, when it was listed (wall clock, ns), the
-    image names in it with their inode numbers, its subfolders, and its skipped files by reason."""
+    """What the last listing of one folder found: its mtime, when it was listed (wall clock, ns), every
+    entry's inode number (by name), its subfolders, and its skipped files (name -> reason, and counts)."""
 
     mtime_ns: int
     listed_ns: int
-    names: dict = field(default_factory=dict)  # name -> inode
-    subdirs: list = field(default_factory=list)
+    inodes: dict = field(default_factory=dict)  # name -> inode, every entry
+    subdirs: set = field(default_factory=set)  # relative paths
+    skip_of: dict = field(default_factory=dict)  # name -> reason, for files that are not classified
     skipped: dict = field(default_factory=dict)  # reason -> count
 
     @property
@@ -552,6 +553,19 @@ class _DirState:
         """Listed within the clock's granularity of its last change: a create in the same tick would not
         change its mtime, so it is listed again (the "racy clean" rule, for folders)."""
         return self.listed_ns - self.mtime_ns < timestamp_granularity_ns(self.mtime_ns)
+
+    def skip(self, name: str, reason: str) -> None:
+        self.skip_of[name] = reason
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def forget(self, name: str, rel: str) -> None:
+        """Drop what was known about entry `name` (path `rel`): it is gone or now another inode."""
+        reason = self.skip_of.pop(name, None)
+        if reason is not None:
+            self.skipped[reason] -= 1
+            if not self.skipped[reason]:
+                del self.skipped[reason]
+        self.subdirs.discard(rel)
 
 
 class Watcher:
@@ -602,10 +616,11 @@ class Watcher:
         """(rel path, stat) of the files to consider; raises FileNotFoundError if the folder is gone.
 
         Full (skip_unchanged_dirs False): every input image, stat'ed. Incremental (poll mode's
-        ticks): a folder whose mtime is unchanged (and was not listed racily) is not listed, and in
-        a folder that is, only names that are new or now name another inode are stat'ed, so a tick
-        costs nothing per unchanged file (in-place rewrites wait for the full sweep, or are caught
-        as racy). Every file that is not an input image is counted by reason (`counts.skipped`).
+        ticks): a folder whose mtime is unchanged (and was not listed racily) is not listed; one that
+        is, is read as names and inode numbers only, and just the entries that are new or now another
+        inode (a rename over an old name) are looked at and stat'ed, so a tick costs nothing per
+        unchanged file beyond its name (in-place rewrites wait for the full sweep, or are caught as
+        racy). Every file that is not an input image is counted by reason (`counts.skipped`).
         """
         found = []
         seen_dirs = set()
@@ -621,7 +636,8 @@ class Watcher:
                     raise
                 continue
             prev = self.dirs.get(rel_dir)
-            if skip_unchanged_dirs and prev is not None and prev.mtime_ns == dst.st_mtime_ns and not prev.racy:
+            incremental = skip_unchanged_dirs and prev is not None
+            if incremental and prev.mtime_ns == dst.st_mtime_ns and not prev.racy:
                 stack.extend(prev.subdirs)  # nothing created, renamed or deleted here; still descend
                 continue
             listed_ns = time.time_ns()
@@ -633,33 +649,39 @@ class Watcher:
                 continue
             except PermissionError:
                 continue
-            state = _DirState(dst.st_mtime_ns, listed_ns)
-            old_names = prev.names if (skip_unchanged_dirs and prev is not None) else None
-            for e in entries:
+            inodes = {e.name: e.inode() for e in entries}
+            if incremental:
+                state, todo = prev, entries
+                changed = {name for name, _ in inodes.items() - prev.inodes.items()}  # C speed: set algebra
+                for name in prev.inodes.keys() - inodes.keys():  # deleted or renamed away
+                    gone = f"{rel_dir}/{name}" if rel_dir else name
+                    state.forget(name, gone)
+                    self.pending.pop(gone, None)
+                    self.racy.discard(gone)
+                    for sub in [d for d in self.dirs if d.startswith(gone + "/")]:
+                        del self.dirs[sub]
+                for name in changed:
+                    state.forget(name, f"{rel_dir}/{name}" if rel_dir else name)
+                todo = [e for e in entries if e.name in changed] if changed else []
+                state.mtime_ns, state.listed_ns, state.inodes = dst.st_mtime_ns, listed_ns, inodes
+            else:
+                state, todo = _DirState(dst.st_mtime_ns, listed_ns, inodes), entries
+            for e in todo:
                 rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
                 try:
                     if e.is_dir(follow_symlinks=False):
                         if self.opts.recursive:
-                            stack.append(rel)
-                            state.subdirs.append(rel)
+                            state.subdirs.add(rel)
                         continue
                     reason = skip_reason(e.name) or (None if e.is_file() else SKIP_NOT_FILE)
                     if reason is not None:
-                        state.skipped[reason] = state.skipped.get(reason, 0) + 1
+                        state.skip(e.name, reason)
                         self._tell_skip(rel, reason)
                         continue
-                    ino = e.inode()
-                    state.names[e.name] = ino
-                    if old_names is not None and old_names.get(e.name) == ino:
-                        continue  # a name already known, same inode: not this tick's business
                     found.append((rel, e.stat()))
                 except OSError:
                     continue
-            if old_names is not None:
-                for name in old_names.keys() - state.names.keys():  # deleted or renamed away
-                    gone = f"{rel_dir}/{name}" if rel_dir else name
-                    self.pending.pop(gone, None)
-                    self.racy.discard(gone)
+            stack.extend(state.subdirs)
             self.dirs[rel_dir] = state
         if not skip_unchanged_dirs:
             for rel_dir in self.dirs.keys() - seen_dirs:

@@ -680,6 +680,34 @@ def test_a_pending_file_does_not_relist_its_folder_every_tick(tmp_path, monkeypa
         run.close()
 
 
+def test_a_poll_tick_sees_new_subfolders_and_renames_over_old_names_without_a_sweep(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(200):
+        (folder / f"old{i:03d}.txt").write_bytes(b"x")
+    run = Run(folder, tmp_path / "out.jsonl", mode="poll")
+    run.watcher.opts.full_scan_interval = 3600.0  # only the incremental ticks can find anything
+    try:
+        (folder / "cell.bmp").write_bytes(image_bytes(tmp_path, 700))
+        assert wait_for(lambda: len(run.rows()) == 1)
+        staged = tmp_path / "staged.bmp"  # saved beside, then renamed over the old name: a new inode
+        staged.write_bytes(image_bytes(tmp_path, 701))
+        os.replace(staged, folder / "cell.bmp")
+        (folder / "a" / "b").mkdir(parents=True)
+        (folder / "a" / "b" / "deep.bmp").write_bytes(image_bytes(tmp_path, 702))
+        assert wait_for(lambda: len(run.rows()) == 3)
+        rows = by_path(run.rows())
+        assert rows["cell.bmp"][1]["reread"] is True and len(rows["deep.bmp"]) == 1
+        assert run.counts.skipped == {"not an image file name": 200}
+        shutil.rmtree(folder / "a")
+        for i in range(50):
+            (folder / f"old{i:03d}.txt").unlink()
+        assert wait_for(lambda: run.counts.skipped == {"not an image file name": 150})
+        assert "a/b" not in run.watcher.dirs
+    finally:
+        run.close()
+
+
 def test_json_nested_past_the_bound_is_a_parse_error_not_a_recursion_error(tmp_path):
     from leukedge.edge.files import loads_bounded
 
