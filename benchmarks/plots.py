@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 # Okabe-Ito (colour-blind safe), then tab10's remaining hues for many families
-PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#8c564b", "#9467bd",
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#9467bd", "#8c564b", "#56B4E9",
            "#7f7f7f", "#bcbd22", "#17becf", "#e7298a"]  # no black (the Pareto front's) and no pale yellow
 ENGINE_MARKERS = {"litert": "o", "onnxruntime": "s", "tensorrt": "^", "openvino": "D", "keras": "P"}
 ENGINE_NAMES = {"litert": "LiteRT", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT", "openvino": "OpenVINO",
