@@ -8,9 +8,9 @@ number kept per layer - what speed follows - is the planner's), converted to ful
 the project's converter (optimize.convert.to_tflite, 16 random calibration images), and timed by
 LiteRT through edge.runtime.open_interpreter (the device's own loader), at 1 and at 2 threads.
 
-Timing: every model's interpreter is loaded and warmed up (5 invokes), then `runs` rounds in which
-each model is invoked once in turn (alternating, so drift and neighbours' load hit all alike); the
-median of the rounds is the figure, with the inter-quartile range. Each figure is also given per
+Timing: an interpreter per model and thread count is loaded and warmed up (5 invokes), then `runs`
+rounds in which each is invoked once in turn (alternating, so drift and neighbours' load hit all
+alike); the median of the rounds is the figure, with the inter-quartile range. Each figure is also given per
 multiply-accumulate (ns/MAC), so a variant that is smaller but not faster is visible.
 
 Resumable: the converted models are kept in `--work` (default runs/slim-speed, ignored by git)
@@ -102,31 +102,36 @@ def build(work: Path, variants, seed: int = 0) -> list[dict]:
     return rows
 
 
-def time_models(work: Path, rows: list[dict], threads: int, runs: int, warmup: int = 5) -> None:
-    """Alternating timed invokes of every model at `threads`; adds "ms_<threads>t" stats to each row."""
+def time_models(work: Path, rows: list[dict], threads: list[int], runs: int, warmup: int = 5) -> None:
+    """Alternating timed invokes of every model at every thread count; adds "ms_<t>t" stats to each row.
+
+    One interpreter per (model, thread count), all loaded and warmed up first; each of the `runs`
+    rounds invokes every one of them once, in the same order, so load from other processes during
+    the run falls on every model and thread count alike. Stats: median, quartiles, ns per MAC.
+    """
     from leukedge.edge.runtime import open_interpreter
 
-    interps = []
+    pairs = []
     for row in rows:
-        interp, rt = open_interpreter(work / row["file"], threads=threads)
-        inp = interp.get_input_details()[0]
-        x = np.random.default_rng(1).integers(-128, 128, inp["shape"], dtype=np.int8).astype(inp["dtype"])
-        interp.set_tensor(inp["index"], x)
-        for _ in range(warmup):
-            interp.invoke()
-        interps.append(interp)
-        row["runtime"] = f"{rt.name} {rt.version}"
-    times = [[] for _ in rows]
+        for t in threads:
+            interp, rt = open_interpreter(work / row["file"], threads=t)
+            inp = interp.get_input_details()[0]
+            x = np.random.default_rng(1).integers(-128, 128, inp["shape"], dtype=np.int8).astype(inp["dtype"])
+            interp.set_tensor(inp["index"], x)
+            for _ in range(warmup):
+                interp.invoke()
+            pairs.append((row, t, interp, []))
+            row["runtime"] = f"{rt.name} {rt.version}"
     for _ in range(runs):
-        for i, interp in enumerate(interps):
+        for _, _, interp, ms in pairs:
             t0 = time.perf_counter()
             interp.invoke()
-            times[i].append((time.perf_counter() - t0) * 1e3)
-    for row, ms in zip(rows, times):
+            ms.append((time.perf_counter() - t0) * 1e3)
+    for row, t, _, ms in pairs:
         q = statistics.quantiles(ms, n=4)
         med = statistics.median(ms)
-        row[f"ms_{threads}t"] = {"median": round(med, 3), "q1": round(q[0], 3), "q3": round(q[2], 3),
-                                 "runs": len(ms), "ns_per_mac": round(med * 1e6 / row["macs"], 4)}
+        row[f"ms_{t}t"] = {"median": round(med, 3), "q1": round(q[0], 3), "q3": round(q[2], 3),
+                           "runs": len(ms), "ns_per_mac": round(med * 1e6 / row["macs"], 4)}
 
 
 def summarize(rows: list[dict], threads: list[int]) -> None:
@@ -138,13 +143,70 @@ def summarize(rows: list[dict], threads: list[int]) -> None:
         row["mac_ratio"] = round(base["macs"] / row["macs"], 3)
 
 
+def fit_fixed_cost(rows: list[dict], threads: list[int], size: int = 224) -> dict:
+    """Least-squares line ms = fixed + per_gmac * GMAC over the variants at `size` px, per thread count.
+
+    `fixed` is the part of the time that channel pruning does not shrink (work that scales with
+    channels rather than channels squared, or not at all: quantize, pooling, concatenation, per-op
+    overhead); it caps the speed-up pruning can give at that size. Returns {"<t>": {"fixed_ms",
+    "ms_per_gmac"}} (empty when fewer than 3 variants are at `size`).
+    """
+    at = [r for r in rows if r["input_size"] == size]
+    if len(at) < 3:
+        return {}
+    g = np.array([r["macs"] / 1e9 for r in at])
+    out = {}
+    for t in threads:
+        ms = np.array([r[f"ms_{t}t"]["median"] for r in at])
+        slope, fixed = np.polyfit(g, ms, 1)
+        out[str(t)] = {"fixed_ms": round(float(fixed), 3), "ms_per_gmac": round(float(slope), 3)}
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    """Median ms against GMAC per variant and thread count, the fitted line at 224 px dashed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, len(result["threads"]), figsize=(5 * len(result["threads"]), 3.8), squeeze=False)
+    colours = {224: "#0072B2", 192: "#009E73", 160: "#D55E00"}
+    for ax, t in zip(axes[0], result["threads"]):
+        for r in result["rows"]:
+            s = r[f"ms_{t}t"]
+            c = colours.get(r["input_size"], "0.4")
+            ax.errorbar(r["macs"] / 1e9, s["median"], yerr=[[s["median"] - s["q1"]], [s["q3"] - s["median"]]],
+                        fmt="o" if r["macs_kept"] < 1 else "s", color=c, ms=5, capsize=2)
+            ax.annotate(r["variant"], (r["macs"] / 1e9, s["median"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        fit = result.get("fit_224", {}).get(str(t))
+        if fit:
+            g = np.linspace(0, 3, 10)
+            ax.plot(g, fit["fixed_ms"] + fit["ms_per_gmac"] * g, "--", color="0.5", lw=1,
+                    label=f"224 px fit: {fit['fixed_ms']:.1f} ms + {fit['ms_per_gmac']:.2f} ms/GMAC")
+            ax.legend(fontsize=7, loc="upper left")
+        ax.set_xlim(0, None)
+        ax.set_ylim(0, None)
+        ax.set_xlabel("multiply-accumulates (GMAC, batch 1)")
+        ax.set_ylabel("median ms per image")
+        ax.set_title(f"LiteRT int8, {t} thread(s) (blue 224, green 192, orange 160 px)", fontsize=8)
+    fig.suptitle(f"{result['machine']['cpu']} ({', '.join(result['cpu_flags'])})", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     ts = result["threads"]
     lines = [f"# Slim (channel-pruned) int8 against int8: LiteRT speed on {m['cpu']}", "",
              f"CPU: {m['cpu']} ({m['usable_cores']} usable cores; flags: {', '.join(result['cpu_flags']) or 'n/a'}). "
              f"Runtime: {result['rows'][0].get('runtime')}. Model: InceptionV3 with random weights + Dense(2), "
-             f"full-integer int8 (optimize.convert). Medians of {result['runs']} alternating runs per thread count; "
+             f"full-integer int8 (optimize.convert). Medians of {result['runs']} rounds alternating every model and "
+             f"thread count; "
              f"speed-up against `int8` at 224 px measured in the same run. {result['when']}.", "",
              "| variant | px | GMAC | M params | MB | " + " | ".join(
                  f"{t} thr ms (IQR) | x int8 | ns/MAC" for t in ts) + " |",
@@ -157,6 +219,11 @@ def markdown(result: dict) -> str:
                       f"{s['ns_per_mac']:.3f}"]
         lines.append(f"| {r['variant']} | {r['input_size']} | {r['macs'] / 1e9:.2f} | {r['params'] / 1e6:.2f} | "
                      f"{r['bytes'] / 1e6:.1f} | " + " | ".join(cells) + " |")
+    fits = result.get("fit_224") or {}
+    if fits:
+        lines += ["", "Fit over the 224 px variants, ms = fixed + slope x GMAC: " + "; ".join(
+            f"{t} thread(s): {f['fixed_ms']:.2f} ms + {f['ms_per_gmac']:.2f} ms/GMAC" for t, f in fits.items())
+            + ". The fixed part does not shrink with channel pruning and caps its speed-up at 224 px."]
     lines += ["", "Targets (issue 23): a slim variant at 224 px >= 1.6x the int8 speed at 1 and 2 threads; with a "
               "smaller input >= 3x. " + "; ".join(result["verdicts"]) + "."]
     return "\n".join(lines) + "\n"
@@ -180,8 +247,7 @@ def main(argv=None) -> int:
         chosen = [DEFAULT_VARIANTS[0]] + [v for v in chosen if v[0] != "int8"]
     rows = build(args.work, chosen)
     threads = [int(t) for t in args.threads.split(",")]
-    for t in threads:
-        time_models(args.work, rows, t, args.runs)
+    time_models(args.work, rows, threads, args.runs)
     summarize(rows, threads)
     verdicts = []
     for label, pick, target in (("slim at 224", lambda r: r["input_size"] == 224 and r["macs_kept"] < 1, 1.6),
@@ -191,9 +257,10 @@ def main(argv=None) -> int:
         verdicts.append(f"{label} >= {target}x at every thread count: " + (", ".join(ok) if ok else "none"))
     result = {"schema": "leukedge.slim-speed", "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine_info(), "cpu_flags": cpu_flags(), "runs": args.runs, "threads": threads,
-              "rows": rows, "verdicts": verdicts}
+              "rows": rows, "verdicts": verdicts, "fit_224": fit_fixed_cost(rows, threads)}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))
+    plot(result, args.out.with_suffix(".png"))
     print(markdown(result))
     return 0
 
