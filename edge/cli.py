@@ -825,6 +825,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         _interrupted(exc.name, exc.code)
     except KeyboardInterrupt:
         _interrupted("SIGINT", EXIT_SIGINT)
+    except MemoryError:
+        _fail(_NO_MEMORY)
+    except ImportError as exc:  # under a memory limit a library's shared object cannot be mapped
+        text = " ".join(str(exc).split())
+        if "failed to map segment" not in text and "Cannot allocate memory" not in text:
+            raise
+        _fail(f"{_NO_MEMORY} ({text[:200]})")
     except OSError as exc:
         if exc.errno != errno.EPIPE:
             raise
@@ -835,6 +842,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         while _HELD_LOCKS:
             _HELD_LOCKS.pop().release()
         native_stderr.uninstall()
+
+
+_NO_MEMORY = "not enough memory for this run (the README names the memory each model needs)"
 
 
 class _Terminated(KeyboardInterrupt):

@@ -38,6 +38,8 @@ def _import_failure(name: str, exc: BaseException, printed: str) -> str:
     """One line for a runtime that failed to import, naming the fix where one is known."""
     text = f"{type(exc).__name__}: {exc}".strip()
     both = f"{text} {printed}"
+    if "failed to map segment" in both or "Cannot allocate memory" in both or isinstance(exc, MemoryError):
+        return f"{name}: not enough memory to load it; fix: more memory (the README names the memory each model needs)"
     if "_ARRAY_API" in both or "numpy.core.multiarray" in both or "compiled using NumPy 1" in both:
         return f"{name}: built for NumPy 1.x but NumPy {_numpy_version()} is installed; fix: pip install 'numpy<2'"
     if any(k in both for k in ("GLIBC", "undefined symbol", "wrong ELF class", "cannot open shared object",
@@ -77,7 +79,9 @@ def find_runtime(prefer: str | None = None) -> Runtime:
             continue
         printed = io.StringIO()
         try:
-            with contextlib.redirect_stderr(printed):
+            # what a failing import prints goes into the one line, never onto stdout (the rows):
+            # TensorFlow prints its ssl traceback there when a library cannot be mapped
+            with contextlib.redirect_stderr(printed), contextlib.redirect_stdout(printed):
                 mod = importlib.import_module(module)
                 interp = getattr(mod, "Interpreter")
                 version = getattr(importlib.import_module(top), "__version__", "unknown")

@@ -923,8 +923,12 @@ def test_the_memory_floor_of_a_model_is_measured(tiny_models, synth_arrays, vari
             ok = r.returncode == 0 and len(r.stdout.splitlines()) == len(images)
             low, high = (low, mid) if ok else (mid, high)
         floors[workers] = high
-        r = _run_under_limit(model, images, high, workers)
+        r = _run_under_limit(model, images, high + 16, workers)  # near the floor, address-space layout varies
         assert r.returncode == 0 and len(r.stdout.splitlines()) == len(images), r.stderr
+        for limit in range(64, high, 32):  # below it: one line of ours (or the native library's last words)
+            r = _run_under_limit(model, images, limit, workers)
+            assert "Traceback" not in r.stderr and r.stdout.count("Traceback") == 0, (limit, r.stderr)
+            assert all(line.startswith("edge-classify: ") for line in r.stderr.splitlines()), (limit, r.stderr)
     with capsys.disabled():
         print(f"\n[memory floor, {variant} ({Path(model).stat().st_size >> 10} KiB model)] address space "
               f"(prlimit --as): {floors[1]} MiB with 1 worker, {floors[2]} MiB with 2 workers")
