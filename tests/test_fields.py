@@ -128,6 +128,16 @@ def test_no_white_cell_is_zero_cells_not_an_error(tmp_path):
     assert res.rows() == [{"rows_version": frames.ROWS_VERSION, "frame": res.frame, "cell": 0, "cells": 0}]
 
 
+def test_a_near_black_violet_cell_is_found():
+    """A heavy or normalised stain makes a cell near-black violet with little B - R (C-NMC's: RGB ~(66, 28, 76))."""
+    img = make_field([(300, 240)], platelets=0)
+    cv2.circle(img, (300, 240), 34, (66, 28, 76), -1)
+    loc = locate.locate_cells(img)
+    assert len(loc.cells) == 1
+    c = loc.cells[0]
+    assert math.hypot(c.centroid[0] - 300, c.centroid[1] - 240) < 5 and c.diameter_px == pytest.approx(68, rel=0.15)
+
+
 def test_flags_edge_cut_and_touching():
     cut = locate.locate_cells(make_field([(20, 240)]))
     assert [c.edge_cut for c in cut.cells] == [True]
