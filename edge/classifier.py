@@ -116,8 +116,10 @@ class Classifier:
         Costs two invokes at load, only for softmax-head models (optimize's variants output logits).
         Raises NotProbabilitiesError (one line naming the model file) otherwise."""
         size = self.card.preprocessing.size
-        probes = (np.full((size, size, 3), 128, np.uint8),
-                  np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
+        # a fixed pseudo-random pattern (Knuth's multiplicative hash of the pixel index), not numpy.random,
+        # whose import costs a device start ~5 ms and pulls in hashlib
+        noise = ((np.arange(size * size * 3, dtype=np.uint32) * np.uint32(2654435761)) >> np.uint32(24))
+        probes = (np.full((size, size, 3), 128, np.uint8), noise.astype(np.uint8).reshape(size, size, 3))
         for rgb in probes:
             self.probabilities(self.input_tensor(rgb))
 
