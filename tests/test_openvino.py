@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -230,7 +231,7 @@ def test_chooser_command_line_on_a_bad_model_is_one_line_and_exit_2(tmp_path, sy
     images = tmp_path / "images"
     images.mkdir()
     for p in paths[:2]:
-        (images / os.path.basename(p)).write_bytes(open(p, "rb").read())
+        shutil.copyfile(p, images / os.path.basename(p))
     r = subprocess.run([sys.executable, "-m", "leukedge.edge.choose", str(bad), str(images), "--engines", "openvino",
                         "-q"], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "LEUKEDGE_OPENVINO_CACHE": "off"})
