@@ -548,7 +548,7 @@ def test_warnings_are_logged_in_watch_mode(tmp_path):
         (folder / "w.bmp").write_bytes(image_bytes(tmp_path, 99))
         assert wait_for(lambda: len(run.rows()) == 1)
         assert run.rows()[0]["warning"] == "out of distribution (colour)"
-        assert any("w.bmp: warning: out of distribution" in m for m in run.logs)
+        assert wait_for(lambda: any("w.bmp: warning: out of distribution" in m for m in run.logs))  # logged after the row
     finally:
         run.close()
 
