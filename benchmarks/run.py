@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from leukedge import __version__
+from leukedge.options import option
 from leukedge.edge.card import CardError, ModelCard, load_card_for_model
 from leukedge.train.splits import SPLIT_FILE
 from leukedge.edge.classifier import Classifier
@@ -43,17 +44,17 @@ class BenchmarkError(LeukedgeError, ValueError):
 class BenchmarkOptions:
     """Options of `leukedge benchmark` (also --set keys)."""
 
-    part: str = "auto"  # test when the split has one, else validation (the report says which)
-    repeats: int = 30
-    warmup: int = 3
-    max_images: int = 0  # 0 = all images of the part
-    cold_start: bool = True
-    cold_start_runs: int = 3
-    max_f1_regression: float = 0.01
-    max_recall_regression: float = 0.01
-    max_latency_ratio: float = 1.25
-    split_file: str = ""  # default: split.json beside the first model given that has one
-    allow_data_drift: bool = False
+    part: str = option("auto", "Split part to evaluate: auto = test if present, else validation (the report says which).")
+    repeats: int = option(30, "Timed invokes per variant and thread count.")
+    warmup: int = option(3, "Untimed invokes before the timed ones.")
+    max_images: int = option(0, "Evaluate at most N images (0 = all).")
+    cold_start: bool = option(True, "Measure each model's cold start as fresh processes.")
+    cold_start_runs: int = option(3, "Fresh processes per cold-start measurement.")
+    max_f1_regression: float = option(0.01, "Allowed F1 drop vs the baseline.")
+    max_recall_regression: float = option(0.01, "Allowed sensitivity drop vs the baseline.")
+    max_latency_ratio: float = option(1.25, "Allowed slowdown vs the baseline (ratio of each variant to its float32 sibling).")
+    split_file: str = option("", "The split.json to measure on (none: the one beside the first model that has one).")
+    allow_data_drift: bool = option(False, "Measure on the recorded files still present when the data changed.")
 
     RANGES = {"repeats": (3, 100000), "warmup": (0, 1000), "max_images": (0, 10**8), "cold_start_runs": (1, 100),
               "max_f1_regression": (0.0, 1.0), "max_recall_regression": (0.0, 1.0), "max_latency_ratio": (1.0, 100.0)}

@@ -204,39 +204,44 @@ def data_crop(frames, out, model, annotations, classes, style, canvas_px, um_per
 
 # -- train -----------------------------------------------------------------------
 
-from leukedge.options import dataclass_option  # noqa: E402 - no TensorFlow behind it
-from leukedge.train.config import TrainConfig  # noqa: E402
+from leukedge.options import dataclass_options  # noqa: E402 - no TensorFlow behind it
+from leukedge.train.config import TrainConfig, TuneOptions  # noqa: E402
 
 
-def _train_options(fn):
-    """The train step's flags: each one a TrainConfig key, with the dataclass's default, range and choices."""
-    flags = [
-        ("epochs", (), "Fine-tuning epochs (stage 2)."), ("epochs_head", (), "Head-only epochs (stage 1)."),
-        ("image_size", (), "Input size in px."), ("batch_size", (), "Global batch size."),
-        ("weights", (), "imagenet | keras-imagenet | none | PATH"),
-        ("fine_tune_from", (), "Block to fine-tune from: mixed0..mixed10, all, none."),
-        ("split", (), "Split rule (auto: official for C-NMC, else subject or random)."),
-        ("test_fraction", (), "Held-out test fraction."), ("test_fold", (), "C-NMC official split: hold this fold out."),
-        ("positive", (), "Positive class (plain class-folder layout)."),
-        ("min_recall_all", (), "Choose the threshold that keeps positive-class sensitivity >= R."),
-        ("max_train_images", (), "Stratified subsample of the training split (quick runs)."),
-        ("strategy", (), "tf.distribute strategy."), ("seed", (), ""),
-        ("strict", (), "Fail on the first unreadable image instead of skipping it."),
-        ("bit_depth", (), "Significant bits of integer images (e.g. 12 for 12-bit camera data in 16-bit TIFFs); 0 = as the file says."),
-        ("strict_quality", (), "Refuse training images that fail the quality gate instead of skipping them (with a count)."),
-        ("split_file", (), "Train on this split.json (e.g. tune's) instead of making a split."),
-    ]
-    for key, decls, help_ in reversed(flags):
-        fn = dataclass_option(TrainConfig, key, *decls, help=help_)(fn)
-    return fn
+def _config_options(table: str):
+    """The option group every configurable step shares: --config FILE.toml ([table]) and repeated --set KEY=VALUE."""
+
+    def decorate(fn):
+        fn = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override any option by its key (repeatable).")(fn)
+        return click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                            help=f"TOML config ([{table}] table).")(fn)
+
+    return decorate
+
+
+def _lazy_dataclass_options(module: str, name: str):
+    """dataclass_options of a step's options class, imported when the command line is built (the classes
+    import no TensorFlow at module level, so `leukedge classify` still works without the train extra)."""
+    import importlib
+
+    return dataclass_options(getattr(importlib.import_module(module), name))
+
+
+def _out_option(help_: str = "Output folder."):
+    return click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help=help_)
+
+
+def _data_moved_option(fn):
+    return click.option("--data", "data_path", type=click.Path(),
+                        help="Dataset folder if it moved [default: the one in split.json].")(fn)
 
 
 @main.command()
 @click.argument("data_path", metavar="DATA", type=click.Path())
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config ([train] table).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config key (repeatable).")
-@_train_options
+@_out_option()
+@_config_options("train")
+@dataclass_options(TrainConfig)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @_one_line_errors
 def train(data_path, out, config_file, overrides, resume, **options):
@@ -252,62 +257,29 @@ def train(data_path, out, config_file, overrides, resume, **options):
 
 @main.command()
 @click.argument("data_path", metavar="DATA", type=click.Path())
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
-@click.option("--trials", default=12, show_default=True, type=click.IntRange(1, 10000))
-@click.option("--max-seconds", default=0, show_default=True, type=click.IntRange(0), help="Time budget (0 = none).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
-@click.option("--epochs", default=20, show_default=True, help="Epochs per trial (head on cached features).")
+@_out_option()
+@_config_options("train")
+@dataclass_options(TuneOptions)
 @_one_line_errors
-def tune(data_path, out, trials, max_seconds, config_file, overrides, epochs):
+def tune(data_path, out, config_file, overrides, **options):
     """Search head hyperparameters by validation F1; writes best.toml and the split.json it used."""
+    from leukedge.options import load_options
     from leukedge.train.config import load_config, parse_overrides
     from leukedge.train.tune import tune as run_tune
 
+    topts = load_options(TuneOptions, None, options)
     cfg = load_config(config_file, parse_overrides(overrides))
-    run_tune(data_path, out, cfg, trials=trials, max_seconds=max_seconds, epochs=epochs)
+    run_tune(data_path, out, cfg, trials=topts.trials, max_seconds=topts.max_seconds, epochs=topts.trial_epochs)
 
 
 # -- optimize --------------------------------------------------------------------
 
-def _optimize_options(fn):
-    from leukedge.optimize.run import OptimizeOptions  # no TensorFlow at import (lazy inside)
-
-    flags = [
-        ("variants", (), "Variants to build (registry rows; name@PX for another input size)."), ("io", (), "Input/output type of full-integer TFLite models."),
-        ("sparsity", (), ""), ("calibration_size", (), "Calibration images (stratified, seeded)."),
-        ("calibration", (), "Calibrate on this dataset folder instead of the training split."),
-        ("prune_steps", (), "Fine-tuning steps while pruning."), ("prune_lr", (), ""),
-        ("qat_steps", (), "Quantization-aware fine-tuning steps."), ("qat_lr", (), ""),
-        ("resize_steps", (), "Fine-tuning steps of input-size variants (int8@160)."),
-        ("finetune_batch", (), "Batch size of the fine-tunes."),
-        ("max_f1_drop", (), "Budget: F1 drop against the parent."),
-        ("max_recall_drop", (), "Budget: sensitivity drop against the parent."),
-        ("keep_failing", (), "Exit 0 even when a variant is over budget (it stays marked failed)."),
-        ("keep_threshold", (), "Keep the parent's decision threshold instead of re-choosing it per variant."),
-        ("threads", (), "Interpreter threads for verification (0: all cores)."),
-        ("split_file", (), "The split.json to measure on (none: the one beside MODEL)."),
-        ("allow_data_drift", (), "Measure on the recorded files still present when the data changed."),
-        ("gate", (), "point: budgets on the point estimates; ci: on the worst end of the paired 95 % interval."),
-        ("calibrate", (), "Fit a temperature per logit variant on validation (temperature scaling)."),
-        ("resize_lr", (), "Learning rate of the input-size fine-tunes."),
-        ("seed", (), "Seed of the calibration set, fine-tunes, golden set and bootstrap."),
-    ]
-    from leukedge.optimize.variants import choices
-
-    flags[0] = ("variants", (), f"Variants to build, from: {', '.join(choices())}.")
-    for key, decls, help_ in reversed(flags):
-        fn = dataclass_option(OptimizeOptions, key, *decls, help=help_)(fn)
-    return fn
-
-
 @main.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path())
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
-@click.option("--data", "data_path", type=click.Path(), help="Dataset folder if it moved [default: the one in split.json].")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config ([optimize] table).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any option (repeatable).")
-@_optimize_options
+@_out_option()
+@_data_moved_option
+@_config_options("optimize")
+@_lazy_dataclass_options("leukedge.optimize.run", "OptimizeOptions")
 @_one_line_errors
 def optimize(model_path, out, data_path, config_file, overrides, **options):
     """Prune and quantize MODEL (model.keras) into the registry's variants, each gated against its float parent."""
@@ -330,33 +302,15 @@ def optimize(model_path, out, data_path, config_file, overrides, **options):
 
 @main.command("import")
 @click.argument("model_path", metavar="MODEL", type=click.Path())
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder for model.keras and its card.")
-@click.option("--labels", required=True, help="The model's labels in OUTPUT order, comma-separated (e.g. all,hem).")
-@click.option("--positive", required=True, help="The positive label, by name (e.g. all).")
-@click.option("--size", type=click.IntRange(32, 4096), help="Input size in px [default: the model's].")
-@click.option("--resize", default="bilinear", show_default=True,
-              type=click.Choice(["nearest", "bilinear", "bicubic", "lanczos", "area"]),
-              help="Resize filter the model was trained with (Keras's image loader: nearest).")
-@click.option("--scale", type=click.Choice(["raw", "unit", "tf", "inception-2015"]),
-              help="Pixel scaling: raw = x (0..255), unit = x/255, tf = x/127.5-1 (Keras InceptionV3 "
-                   "preprocess_input), inception-2015 = (x-128)/128. Or give --mean/--std.")
-@click.option("--mean", type=float, help="Input = (x - MEAN) / STD on 0..255 RGB (instead of --scale).")
-@click.option("--std", type=float, help="See --mean.")
-@click.option("--threshold", default="argmax", show_default=True,
-              help="Decision rule: argmax (0.5 on P(positive) for two classes) or a number in [0, 1].")
-@click.option("--data", "data_path", type=click.Path(),
-              help="Labelled dataset: checks the declared preprocessing, writes split.json and a validation report.")
-@click.option("--sample", default=200, show_default=True, type=click.IntRange(10, 100000),
-              help="Labelled images scored per candidate preprocessing in the check.")
-@click.option("--seed", default=0, show_default=True)
+@_out_option("Folder for model.keras and its card.")
+@_lazy_dataclass_options("leukedge.train.importer", "ImportOptions")
 @_one_line_errors
-def import_(model_path, out, labels, positive, size, resize, scale, mean, std, threshold, data_path, sample, seed):
+def import_(model_path, out, **options):
     """Bring a Keras model trained elsewhere (.keras from tf-keras 2 or Keras 3, or .h5) into a leukedge run folder."""
+    from leukedge.options import load_options
     from leukedge.train.importer import ImportOptions, import_model
 
-    opts = ImportOptions(labels=tuple(labels.split(",")), positive=positive, size=size or 0, resize=resize,
-                         scale=scale or "", mean=mean, std=std, threshold=threshold, data=data_path or "",
-                         sample=sample, seed=seed)
+    opts = load_options(ImportOptions, None, options)
     res = import_model(model_path, out, opts)
     check = res["check"]
     if check is None:
@@ -382,45 +336,24 @@ def classify(ctx):
     edge_main(args, prog="leukedge classify")
 
 
-def _benchmark_options(fn):
-    from leukedge.benchmarks.run import BenchmarkOptions
-
-    flags = [
-        ("part", (), "Split part to evaluate: auto = test if present, else validation (the report says which)."),
-        ("repeats", (), "Timed invokes per variant and thread count."),
-        ("max_images", (), "Evaluate at most N images (0 = all)."),
-        ("max_f1_regression", (), "Allowed F1 drop vs the baseline."),
-        ("max_recall_regression", (), "Allowed sensitivity drop vs the baseline."),
-        ("max_latency_ratio", (), "Allowed slowdown vs the baseline (ratio of each variant to its float32 sibling)."),
-        ("split_file", (), "The split.json to measure on (none: the one beside the models)."),
-        ("allow_data_drift", (), "Measure on the recorded files still present when the data changed."),
-    ]
-    for key, decls, help_ in reversed(flags):
-        fn = dataclass_option(BenchmarkOptions, key, *decls, help=help_)(fn)
-    return fn
-
-
 @main.command()
 @click.argument("models", nargs=-1, type=click.Path())
-@click.option("--data", "data_path", type=click.Path(), help="Dataset folder if it moved [default: the one in split.json].")
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
+@_data_moved_option
+@_out_option()
 @click.option("--baseline", type=click.Path(dir_okay=False), help="An earlier results.json to compare against.")
-@click.option("--fail-on-regression", is_flag=True)
-@click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start measurement.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any option (repeatable).")
-@_benchmark_options
+@click.option("--fail-on-regression", is_flag=True, help="Exit 1 when a variant regressed past the baseline's budgets.")
+@_config_options("benchmark")
+@_lazy_dataclass_options("leukedge.benchmarks.run", "BenchmarkOptions")
 @_one_line_errors
-def benchmark(models, data_path, out, baseline, fail_on_regression, no_cold_start, overrides, **options):
+def benchmark(models, data_path, out, baseline, fail_on_regression, config_file, overrides, **options):
     """Score and time every model variant on the same images; write results.json, report.md and a plot."""
     from leukedge.benchmarks.run import BenchmarkOptions
     from leukedge.benchmarks.run import benchmark as run_benchmark
     from leukedge.options import load_options, parse_overrides
 
     values = {k: v for k, v in options.items() if v is not None}
-    if no_cold_start:
-        values["cold_start"] = False
     values.update(parse_overrides(overrides))
-    opts = load_options(BenchmarkOptions, None, values)
+    opts = load_options(BenchmarkOptions, config_file, values, table="benchmark")
     results = run_benchmark(models, out, opts, data_path, baseline)
     if fail_on_regression and results.get("regressions"):
         sys.exit(EXIT_FAILED)
@@ -429,18 +362,19 @@ def benchmark(models, data_path, out, baseline, fail_on_regression, no_cold_star
 @main.command()
 @click.argument("data_path", metavar="[DATA]", required=False, type=click.Path())
 @click.option("--out", "-o", default="runs/flow", show_default=True, type=click.Path(file_okay=False))
-@click.option("--quick", is_flag=True, help="Smallest settings (CI smoke run): tiny images, few steps.")
-@click.option("--image-size", type=int, help="Training image size [default: 128, or 96 with --quick].")
-@click.option("--synthetic", is_flag=True,
-              help="Use the generated synthetic set (realistic difficulty) even where the sample data is at hand.")
+@_lazy_dataclass_options("leukedge.flow", "FlowOptions")
 @_one_line_errors
-def flow(data_path, out, quick, image_size, synthetic):
+def flow(data_path, out, **options):
     """The whole flow on DATA (default: the sample data if at hand, else a generated synthetic set)."""
-    from leukedge.flow import run_flow
+    import dataclasses
 
-    if data_path and synthetic:
+    from leukedge.flow import FlowOptions, run_flow
+    from leukedge.options import load_options
+
+    opts = load_options(FlowOptions, None, options)
+    if data_path and opts.synthetic:
         raise click.UsageError("give DATA or --synthetic, not both")
-    run_flow(data_path, out, quick=quick, image_size=image_size, synthetic=synthetic)
+    run_flow(data_path, out, **dataclasses.asdict(opts))
 
 
 # -- sign / keygen ---------------------------------------------------------------

@@ -13,7 +13,22 @@ import sys
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+
 from leukedge.edge.files import write_text_atomic
+from leukedge.options import option
+
+
+@dataclass
+class FlowOptions:
+    """Options of `leukedge flow` (run_flow's keyword arguments); each field's help is its flag's."""
+
+    quick: bool = option(False, "Smallest settings (CI smoke run): tiny images, few steps.")
+    image_size: int | None = option(None, "Training image size [default: 128, or 96 with --quick].")
+    synthetic: bool = option(False, "Use the generated synthetic set (realistic difficulty) even where the sample "
+                                    "data is at hand.")
+
+    RANGES = {"image_size": (75, 1024)}
 
 SAMPLE_CANDIDATES = ("../shared/data/pbc-granulocytes", "shared/data/pbc-granulocytes")
 

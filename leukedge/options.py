@@ -137,13 +137,49 @@ def to_toml(values: dict[str, Any], table: str = "train") -> str:
     return tomli_w.dumps({table: clean})
 
 
+def option(default: Any = dataclasses.MISSING, help: str = "", *, flags: tuple[str, ...] = (), cli: bool = True,
+           default_factory: Any = dataclasses.MISSING):
+    """A dataclass field that carries its own command-line words (issue 19: help next to the field).
+
+    default / default_factory: as dataclasses.field; help: the flag's help text; flags: its names (default
+    --key-with-dashes; extra names are aliases, e.g. an old spelling); cli: False for a key that is only a
+    config/--set key. `dataclass_options(cls)` turns every such field into a click option.
+    """
+    metadata = {"help": help, "flags": tuple(flags), "cli": cli}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def help_of(cls, key: str) -> str:
+    """The help text a field of `cls` declares with `option(...)` ('' when none)."""
+    return {f.name: f for f in dataclasses.fields(cls)}[key].metadata.get("help", "")
+
+
+def dataclass_options(cls, exclude: tuple[str, ...] = ()):
+    """A decorator adding one click option per field of `cls` (in field order), each from the field's own
+    type, default, RANGES/CHOICES entry and `option(...)` metadata (help, flag names); fields declared with
+    cli=False and names in `exclude` are left out. The command receives them as keyword arguments (None
+    when not typed), so a TOML config and --set keep their say."""
+
+    def decorate(fn):
+        for f in reversed(dataclasses.fields(cls)):
+            if f.name in exclude or not f.metadata.get("cli", True):
+                continue
+            fn = dataclass_option(cls, f.name, *f.metadata.get("flags", ()))(fn)
+        return fn
+
+    return decorate
+
+
 def dataclass_option(cls, key: str, *decls: str, help: str = ""):
     """A click option for field `key` of `cls`: flag names `decls` (default: --key-with-dashes), type,
     choices and range from the dataclass, default None (so only what the user typed overrides the
-    options), and the dataclass default shown in the help."""
+    options), and the dataclass default shown in the help; help defaults to the field's own (`option`)."""
     import click
 
     field = {f.name: f for f in dataclasses.fields(cls)}[key]
+    help = help or field.metadata.get("help", "")
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
     base = _base_type(get_type_hints(cls)[key])
     choices = getattr(cls, "CHOICES", {}).get(key)

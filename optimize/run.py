@@ -26,6 +26,7 @@ from leukedge.edge.files import staged_dir, write_text_atomic
 from leukedge.edge.preprocess import normalize
 from leukedge.evaluation import Evaluation, ImageArrays, KerasScorer, decode_samples, evaluate, gzip_bytes, load_part, scorer_for
 from leukedge.metrics import choose_threshold
+from leukedge.options import option
 from leukedge.options import validate as _validate_ranges
 from leukedge.train.datasets import read_dataset
 from leukedge.train.splits import SPLIT_FILE, read_split, subsample
@@ -44,33 +45,37 @@ class OptimizeError(LeukedgeError, ValueError):
 
 @dataclass
 class OptimizeOptions:
-    """Options of `leukedge optimize` (also its TOML [optimize] table and --set keys)."""
+    """Options of `leukedge optimize` (also its TOML [optimize] table and --set keys); each field's help is its flag's."""
 
-    variants: tuple[str, ...] = DEFAULT_VARIANTS
-    io: str = "int8"  # input/output type of full-integer TFLite models
-    sparsity: float = 0.5
-    calibration_size: int = 200
-    calibration: str = ""  # a dataset folder to calibrate on instead of the training split
+    variants: tuple[str, ...] = option(DEFAULT_VARIANTS, "Variants to build: registry rows (leukedge.optimize.variants), "
+                                                         "name@PX at another input size, slimNN-ROW with channels pruned "
+                                                         "to NN % of the multiply-accumulates.")
+    io: str = option("int8", "Input/output type of full-integer TFLite models.")
+    sparsity: float = option(0.5, "Fraction of each kernel's weights pruned to zero (pruned-* variants).")
+    calibration_size: int = option(200, "Calibration images (stratified, seeded).")
+    calibration: str = option("", "Calibrate on this dataset folder instead of the training split.")
     # Pruning needs a real recovery fine-tune; QAT only a short nudge of already-good weights.
-    prune_steps: int = 300
-    prune_lr: float = 1e-4
-    qat_steps: int = 100
-    qat_lr: float = 1e-5
-    resize_steps: int = 300  # most recovery steps for input-size family members (int8@160; optimize.recover)
+    prune_steps: int = option(300, "Fine-tuning steps while pruning.")
+    prune_lr: float = option(1e-4, "Learning rate of the pruning fine-tune.")
+    qat_steps: int = option(100, "Quantization-aware fine-tuning steps.")
+    qat_lr: float = option(1e-5, "Learning rate of the quantization-aware fine-tune.")
+    resize_steps: int = option(300, "Most recovery fine-tuning steps of input-size variants (int8@160; "
+                                    "optimize.recover stops early on validation).")
     # peak of the recovery's cosine schedule; 1e-5 left the distillation loss still falling at step 300 of a
     # 300-step run (benchmarks/results/seed-study-pbc112), and early stopping keeps the best step anyway
-    resize_lr: float = 1e-4
-    finetune_batch: int = 16
-    max_f1_drop: float = 0.01
-    max_recall_drop: float = 0.01
-    keep_failing: bool = False
-    keep_threshold: bool = False  # keep the parent's decision threshold instead of re-choosing it
-    gate: str = "point"  # point: budgets on point estimates; ci: on the worst end of the paired 95 % interval
-    calibrate: bool = True  # fit a temperature per logit variant on validation (temperature scaling)
-    threads: int = 0  # interpreter threads for verification (0: all cores)
-    seed: int = 0
-    split_file: str = ""  # default: split.json beside the model
-    allow_data_drift: bool = False
+    resize_lr: float = option(1e-4, "Peak learning rate of the input-size recovery fine-tunes.")
+    finetune_batch: int = option(16, "Batch size of the fine-tunes.")
+    max_f1_drop: float = option(0.01, "Budget: F1 drop against the parent.")
+    max_recall_drop: float = option(0.01, "Budget: sensitivity drop against the parent.")
+    keep_failing: bool = option(False, "Exit 0 even when a variant is over budget (it stays marked failed).")
+    keep_threshold: bool = option(False, "Keep the parent's decision threshold instead of re-choosing it per variant.")
+    gate: str = option("point", "point: budgets on the point estimates; ci: on the worst end of the paired 95 % interval.")
+    calibrate: bool = option(True, "Fit a temperature per logit variant on validation (temperature scaling), where "
+                                   "the split can judge one.")
+    threads: int = option(0, "Interpreter threads for verification (0: all cores).")
+    seed: int = option(0, "Seed of the calibration set, fine-tunes, golden set and bootstrap.")
+    split_file: str = option("", "The split.json to measure on (none: the one beside MODEL).")
+    allow_data_drift: bool = option(False, "Measure on the recorded files still present when the data changed.")
 
     RANGES = {"sparsity": (0.01, 0.99), "calibration_size": (MIN_CALIBRATION, 100000), "prune_steps": (2, 10**6),
               "prune_lr": (1e-8, 1.0), "qat_steps": (0, 10**6), "qat_lr": (1e-8, 1.0), "resize_steps": (0, 10**6),

@@ -7,43 +7,48 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from leukedge.options import ConfigError, coerce, load_options, parse_overrides  # noqa: F401 - re-exported
+from leukedge.options import ConfigError, coerce, load_options, option, parse_overrides  # noqa: F401 - re-exported
 from leukedge.options import to_toml as _to_toml
 from leukedge.options import validate as _validate
 
 
 @dataclass
 class TrainConfig:
-    image_size: int = 224
-    weights: str = "imagenet"  # imagenet | keras-imagenet | none | PATH
-    batch_size: int = 32
-    epochs_head: int = 2  # stage 1: head only, backbone frozen
-    epochs: int = 4  # stage 2: fine-tune from `fine_tune_from`
-    fine_tune_from: str = "mixed9"  # block name, "all", or "none" to skip stage 2
-    lr_head: float = 1e-3
-    lr: float = 1e-4
-    dense_units: int = 256
-    activation: str = "relu"
-    dropout: float = 0.5
-    l1: float = 1e-5
-    l2: float = 1e-4
-    patience: int = 3
-    seed: int = 0
-    split: str = "auto"  # auto | official | subject | random
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
-    test_fold: str = ""
-    positive: str = ""
-    min_recall_all: float = 0.0  # 0 = choose the best-F1 threshold
-    augment: bool = True
-    class_weight: bool = True
-    strategy: str = "auto"  # auto | default | mirrored | multiworker
-    strict: bool = False
-    max_train_images: int = 0  # 0 = all; else a stratified subsample for quick runs
-    resize: str = "bilinear"
-    split_file: str = ""
-    strict_quality: bool = False
-    bit_depth: int = 0  # significant bits of integer images when files do not say (e.g. 12 in 16-bit TIFFs); 0 = the file's  # refuse (instead of skip) training images that fail the quality gate  # a split.json (e.g. from `leukedge tune`) to train on instead of making a split
+    """Options of `leukedge train` (also its TOML [train] table and --set keys); each field's help is its flag's."""
+
+    image_size: int = option(224, "Input size in px.")
+    weights: str = option("imagenet", "Backbone weights: imagenet | keras-imagenet | none | PATH.")
+    batch_size: int = option(32, "Global batch size.")
+    epochs_head: int = option(2, "Head-only epochs (stage 1, backbone frozen).")
+    epochs: int = option(4, "Fine-tuning epochs (stage 2, from --fine-tune-from).")
+    fine_tune_from: str = option("mixed9", "Block to fine-tune from: mixed0..mixed10, all, none (skip stage 2).")
+    lr_head: float = option(1e-3, "Learning rate of stage 1.")
+    lr: float = option(1e-4, "Learning rate of stage 2.")
+    dense_units: int = option(256, "Units of the head's hidden Dense layer.")
+    activation: str = option("relu", "Activation of the head's hidden Dense layer.")
+    dropout: float = option(0.5, "Dropout before the output layer.")
+    l1: float = option(1e-5, "L1 weight penalty of the head.")
+    l2: float = option(1e-4, "L2 weight penalty of the head.")
+    patience: int = option(3, "Early-stopping patience in epochs (validation loss).")
+    seed: int = option(0, "Seed of the split, subsample, augmentation and initialisation.")
+    split: str = option("auto", "Split rule (auto: official for C-NMC, else subject or random).")
+    val_fraction: float = option(0.2, "Validation fraction (subject or random split).")
+    test_fraction: float = option(0.0, "Held-out test fraction.")
+    test_fold: str = option("", "C-NMC official split: hold this fold out as the test part.")
+    positive: str = option("", "Positive class (plain class-folder layout).")
+    min_recall_all: float = option(0.0, "Choose the threshold that keeps positive-class sensitivity >= R "
+                                        "(0: the best-F1 threshold).")
+    augment: bool = option(True, "Random flips and rotations of training images.")
+    class_weight: bool = option(True, "Weight the loss by inverse class frequency.")
+    strategy: str = option("auto", "tf.distribute strategy.")
+    strict: bool = option(False, "Fail on the first unreadable image instead of skipping it.")
+    max_train_images: int = option(0, "Stratified subsample of the training split (quick runs; 0 = all).")
+    resize: str = option("bilinear", "Resize filter of every image (the device uses the same).")
+    split_file: str = option("", "Train on this split.json (e.g. tune's) instead of making a split.")
+    strict_quality: bool = option(False, "Refuse training images that fail the quality gate instead of skipping "
+                                         "them (with a count).")
+    bit_depth: int = option(0, "Significant bits of integer images (e.g. 12 for 12-bit camera data in 16-bit "
+                               "TIFFs); 0 = as the file says.")
 
     RANGES = {
         "image_size": (75, 1024), "batch_size": (1, 4096), "epochs_head": (0, 1000), "epochs": (0, 1000),
@@ -78,6 +83,18 @@ def _coerce_all(cfg: TrainConfig) -> TrainConfig:
     for f in fields(cfg):
         setattr(cfg, f.name, coerce(TrainConfig, f.name, getattr(cfg, f.name)))
     return cfg.validate()
+
+
+@dataclass
+class TuneOptions:
+    """Options of `leukedge tune` beyond the training config it searches around; each field's help is its flag's."""
+
+    trials: int = option(12, "Trials of the random search.")
+    max_seconds: int = option(0, "Time budget in seconds (0 = none).")
+    # --trial-epochs: `--epochs` means stage-2 fine-tuning epochs in `train`; kept here as an alias
+    trial_epochs: int = option(20, "Epochs per trial (the head on cached features).", flags=("--trial-epochs", "--epochs"))
+
+    RANGES = {"trials": (1, 10000), "max_seconds": (0, 10**8), "trial_epochs": (1, 10000)}
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -37,6 +37,8 @@ from leukedge.edge.errors import LeukedgeError
 from leukedge.edge.files import sha256_file, staged_dir, write_text_atomic
 from leukedge.edge.preprocess import Preprocessing, normalize
 
+from leukedge.options import option
+
 from .cells import measure_training_cells
 
 SCALINGS: dict[str, tuple[float, float, str]] = {
@@ -460,18 +462,24 @@ def check_preprocessing(model, samples, prep: Preprocessing, labels: list[str], 
 class ImportOptions:
     """Options of `leukedge import` (see import_model)."""
 
-    labels: tuple[str, ...] = ()
-    positive: str = ""
-    size: int = 0  # 0: the model's own fixed input size
-    resize: str = "bilinear"
-    scale: str = ""
-    mean: float | None = None
-    std: float | None = None
-    threshold: str = "argmax"
-    data: str = ""
-    sample: int = CHECK_SAMPLE
-    seed: int = 0
-    name: str = ""
+    labels: tuple[str, ...] = option((), "The model's labels in OUTPUT order, comma-separated (e.g. all,hem).")
+    positive: str = option("", "The positive label, by name (e.g. all).")
+    size: int = option(0, "Input size in px (0: the model's own fixed input size).")
+    resize: str = option("bilinear", "Resize filter the model was trained with (Keras's image loader: nearest).")
+    scale: str = option("", "Pixel scaling: raw = x (0..255), unit = x/255, tf = x/127.5-1 (Keras InceptionV3 "
+                            "preprocess_input), inception-2015 = (x-128)/128. Or give --mean/--std.")
+    mean: float | None = option(None, "Input = (x - MEAN) / STD on 0..255 RGB (instead of --scale).")
+    std: float | None = option(None, "See --mean.")
+    # --decision-rule: `--threshold` means a P cut-off everywhere else (edge-classify); kept here as an alias
+    threshold: str = option("argmax", "Decision rule: argmax (0.5 on P(positive) for two classes) or a number in [0, 1].",
+                            flags=("--decision-rule", "--threshold"))
+    data: str = option("", "Labelled dataset: checks the declared preprocessing, writes split.json and a validation report.")
+    sample: int = option(CHECK_SAMPLE, "Labelled images scored per candidate preprocessing in the check.")
+    seed: int = option(0, "Seed of the check's sample and the split.")
+    name: str = option("", "The model's name in its card (default: imported-<file stem>).")
+
+    RANGES = {"size": (0, 4096), "sample": (10, 100000)}
+    CHOICES = {"resize": ("nearest", "bilinear", "bicubic", "lanczos", "area")}  # --scale: checked by scaling_of
 
 
 def import_model(source: str | Path, out: str | Path, opts: ImportOptions) -> dict:
