@@ -138,6 +138,32 @@ def test_a_near_black_violet_cell_is_found():
     assert math.hypot(c.centroid[0] - 300, c.centroid[1] - 240) < 5 and c.diameter_px == pytest.approx(68, rel=0.15)
 
 
+def test_extent_hugs_the_cell_not_the_red_cells_around_it():
+    """Red cells pressed against a white cell, each with a thin bluish rim (the fringe BCCD's red cells show,
+    which passes the cytoplasm colour rule): the extent is the white cell's disc (radius 34 px), not its
+    neighbours; the pale cytoplasm disc is kept whole."""
+    img = make_field([(300, 240)], platelets=0, rbc=False)
+    rim = (180, 180, 200)  # B - R 20 over red, green 36 below the glass: cytoplasm-coloured
+    for a in range(0, 360, 60):
+        x, y = 300 + round(63 * math.cos(math.radians(a))), 240 + round(63 * math.sin(math.radians(a)))
+        cv2.circle(img, (x, y), 30, rim, -1)
+        cv2.circle(img, (x, y), 28, RED, -1)
+    for x, y in ((80, 80), (560, 80), (80, 400), (560, 400), (150, 240), (450, 240)):
+        cv2.circle(img, (x, y), 30, RED, -1)
+    cv2.circle(img, (300, 240), 34, CYTOPLASM, -1)  # the white cell on top of its neighbours
+    cv2.circle(img, (291, 236), 13, NUCLEUS, -1)
+    cv2.circle(img, (310, 245), 12, NUCLEUS, -1)
+    loc = locate.locate_cells(img, um_per_px=0.125)
+    assert len(loc.cells) == 1
+    c = loc.cells[0]
+    truth = np.zeros(img.shape[:2], bool)
+    cv2.circle(truth.view(np.uint8), (300, 240), 34, 1, -1)
+    found = np.zeros_like(truth)
+    x0, y0, x1, y1 = c.box
+    found[y0:y1, x0:x1] = c.mask
+    assert (found & truth).sum() / (found | truth).sum() >= 0.9
+
+
 def test_flags_edge_cut_and_touching():
     cut = locate.locate_cells(make_field([(20, 240)]))
     assert [c.edge_cut for c in cut.cells] == [True]
