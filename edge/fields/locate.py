@@ -99,7 +99,7 @@ CYTOPLASM_DROP = 12.0
 # fringe 1-2 working pixels wide at their edges; about 10 % of BCCD's red-cell pixels) and specks, which the
 # closing and convex hull then joined into the extent: composed-field mask IoU 0.64 (median, 156 C-NMC cells
 # on BCCD backgrounds, benchmarks/composed_fields.py). A cytoplasm is a solid area and survives an opening;
-# rims and specks thinner than the disc do not. Measured (2026-12-08, that benchmark's frames, and the BCCD
+# rims and specks thinner than the disc do not. Measured (2026-12-07, that benchmark's frames, and the BCCD
 # benchmark's IoU >= 0.5 box recall, audited, all frames; centroid figures identical for all): no opening
 # 0.64 / 0.884; 0.75 um 0.948 / 0.955; 1 um 0.950 / 0.952; 1.5 um 0.960 / 0.942; versus raising
 # CYTOPLASM_BLUE to 16 without opening 0.936 / 0.955, which drops BCCD's pale cytoplasm (B - R 4-16).
