@@ -181,6 +181,66 @@ def _decode_options(bit_depth, page, max_pixels, value_range=None):
         _fail(msg)
 
 
+def _append_problem(output: str, first: bytes, fmt: str, frames: bool) -> str | None:
+    """Why rows of this run must not be appended to `output` (its first line `first`), or None: another
+    --format, other CSV columns, or per-cell rows where frame rows go (--fields) and the other way round."""
+    from .outputs import check_append_target, detect_format
+
+    if frames or detect_format(first) == fmt:
+        from .frame_batch import rows_layout
+
+        layout = rows_layout(first, fmt)
+        if layout is not None and layout != ("frames" if frames else "cells"):
+            return (f"{output}: holds {'per-cell' if layout == 'cells' else 'frame (--fields)'} rows; this run writes "
+                    f"{'frame' if frames else 'per-cell'} rows: choose another --output file")
+        if frames:
+            found = detect_format(first)
+            return None if found in (None, fmt) else (f"{output}: holds {found} rows, this run writes {fmt} "
+                                                      "(--format); use another --output file")
+    return check_append_target(output, first, fmt)  # another --format must not mix formats
+
+
+def _watch_frames(clf, emitter, summary, frames, output, fmt):
+    """Watch mode's frame wiring (--fields): the per-file classifier that gives a frame's block of rows and
+    the per-sample summary fed from those blocks (rebuilt from the results file after a restart).
+    Returns (classify callable or None, FrameCounts or None); exit 2 when the card has no `cells`."""
+    if frames is None:
+        return None, None
+    from .errors import LeukedgeError
+    from .frame_batch import FrameCounts, classify_frame_file, overlay_path, rebuild_summary, summary_observer
+
+    try:
+        from .fields import cells_spec
+
+        cells_spec(clf.card, None)
+    except ImportError as exc:
+        _fail(f"--fields needs the frame extra: pip install 'leukedge[fields]' ({exc})")
+    except LeukedgeError as exc:
+        _fail(str(exc))
+    if frames.overlays:
+        Path(frames.overlays).mkdir(parents=True, exist_ok=True)
+    counts = FrameCounts()
+    if summary is not None:
+        summary.attach(emitter, clf, every_seconds=5.0)
+        emitter.observers.pop()  # frames are recorded cell by cell from their blocks, below
+        if output:
+            rebuild_summary(summary, output, fmt, clf.card.positive_label, frames.include_flagged)
+    observe = summary_observer(summary, clf.card.positive_label, frames.include_flagged, counts)
+
+    def observe_and_write(block):
+        observe(block)
+        if summary is not None:
+            summary.write_if_due()
+
+    emitter.observers.append(observe_and_write)
+    model_fields = {"variant": clf.card.variant, "model_sha256": clf.card.model_sha256[:16]}
+
+    def classify_one(worker_clf, path, model, reread=False, strict_quality=False):
+        return classify_frame_file(worker_clf, path, model_fields, frames, reread, overlay_path(frames.overlays, path))
+
+    return classify_one, counts
+
+
 def _engine_for(model: str | None, engine: str, choice: str | None, layout: str, require_signature: str | None,
                 quiet: bool) -> tuple[str, str]:
     """(model, engine) for this run: --choice picks both (edge.choose.pick_from, re-checked now); with
@@ -297,6 +357,10 @@ class _Summary:
         self.summary.add(row["path"], None if failed else row.get("label") == self.summary.positive_label,
                          None if failed or row.get("p_all") in (None, "") else float(row["p_all"]), failed,
                          bool(row.get("warning")))
+        self.write_if_due()
+
+    def write_if_due(self) -> None:
+        """In watch mode (every_seconds given): rewrite the summary file when its interval has passed."""
         if self.every is not None and self.out and time.monotonic() - self.last_write >= self.every:
             self.write()
 
@@ -465,7 +529,7 @@ def _open_batch_sink(output: str | None):
         _fail(f"{output}: cannot write results there: {exc.strerror or exc}")
 
 
-def _check_watch_output(output: str | None, fmt: str) -> None:
+def _check_watch_output(output: str | None, fmt: str, frames: bool = False) -> None:
     """Before the model is loaded: a watch results file that cannot be appended to in `fmt` is a usage
     error (one line). The file itself is opened (and a crash's half-written line cut) later."""
     if not output or output == "-":
@@ -473,11 +537,9 @@ def _check_watch_output(output: str | None, fmt: str) -> None:
     target = _output_target(output)
     if not target.exists():
         return
-    from .outputs import check_append_target
-
     try:
         with open(target, "rb") as fh:
-            problem = check_append_target(output, fh.readline(), fmt)
+            problem = _append_problem(output, fh.readline(), fmt, frames)
     except OSError as exc:
         problem = f"{output}: cannot read results there: {exc.strerror or exc}"
     if problem:
@@ -791,8 +853,6 @@ def parse_args(argv: list[str] | None = None, prog: str = "edge-classify") -> di
         stray = [a.option_strings[-1] for a in parser._actions if a.dest in _FIELDS_ONLY and opts[a.dest] != a.default]
         if stray:
             parser.error(f"{', '.join(stray)} only appl{'ies' if len(stray) == 1 else 'y'} with --fields")
-    elif opts["watch_dir"]:
-        parser.error("--fields with --watch is not supported yet: classify a folder of frames as a batch")
     if opts["choice"] and any(a in ("-m", "--model") or a.startswith("--model=") for a in args):
         parser.error("give either --model or --choice, not both")
     return opts
@@ -949,7 +1009,7 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
     baseline = None
     try:
         if watch_dir and not inputs:
-            _check_watch_output(output, fmt)
+            _check_watch_output(output, fmt, fields)
         if watch_dir:
             # listed before the model loads: at a first start only this is "already there"; a cell
             # written while the model loads and tests itself is new (see edge.ingest.Watcher.start)
@@ -1039,10 +1099,16 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
         failed = counts.any_failed
 
     if watch_dir:
+        frames = None
+        if fields:
+            from .frame_batch import FrameOptions
+
+            frames = FrameOptions(fmt, um_per_px, overlays or (f"{output}.overlays" if output else None), crops,
+                                  include_flagged)
         watch_failed, ended_by = _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recursive,
                                         include_existing, reclassify, poll_mode, poll_interval, full_scan_interval,
                                         settle, fsync_interval, strict_quality, quiet, n_workers, threads, decode,
-                                        summary, empty_timeout, baseline)
+                                        summary, empty_timeout, baseline, frames)
         if ended_by == "SIGHUP":
             sys.exit(EXIT_SIGHUP)  # not asked to stop: its terminal went away (rows, journal, heartbeat kept)
         failed = watch_failed or failed
@@ -1052,12 +1118,14 @@ def classify(inputs, model, threshold, fmt, output, threads, workers, recursive,
 def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recursive, include_existing, reclassify,
            poll_mode, poll_interval, full_scan_interval, settle, fsync_interval, strict_quality, quiet,
            workers=1, threads=None, decode=None, summary=None, empty_timeout=60.0,
-           baseline=None) -> tuple[bool, str | None]:
+           baseline=None, frames=None) -> tuple[bool, str | None]:
     """Run the watcher until SIGINT, SIGTERM or SIGHUP; returns (any input's latest row failed, the
-    signal's name). baseline: the folder's listing taken before the model loaded (edge.ingest.list_folder)."""
+    signal's name). baseline: the folder's listing taken before the model loaded (edge.ingest.list_folder).
+    frames: edge.frame_batch.FrameOptions for --fields (each settled file is a frame: a block of cell rows,
+    journalled as one), else None (one row per file)."""
     from .handling import Counts, Emitter
     from .ingest import Journal, JournalError, WatchOptions, Watcher
-    from .outputs import AppendFileSink, OutputError, RowWriter, StreamSink, check_append_target
+    from .outputs import AppendFileSink, OutputError, RowWriter, StreamSink
 
     if not _self_test(clf, required=False):
         sys.exit(EXIT_USAGE)  # a model that fails its self-test here is not started (systemd: failed, not restarted)
@@ -1068,7 +1136,7 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
             sink = AppendFileSink(output, fsync_interval)
         except OSError as exc:
             _fail(f"{output}: cannot write results there: {exc.strerror or exc}")
-        problem = check_append_target(output, sink.first_line(), fmt)  # another --format must not mix formats
+        problem = _append_problem(output, sink.first_line(), fmt, frames is not None)
         if problem:
             sink.close()
             _fail(problem)
@@ -1092,13 +1160,19 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
         _log("results go to stdout and no --state FILE is given: a restart will not resume")
     heartbeat = _default_heartbeat(journal_path, heartbeat_file)
     counts = Counts()
-    writer = RowWriter(fmt, sink, minfo, header_each_run=bool(output))
+    if frames is not None:
+        from .frame_batch import FrameRowWriter
+
+        writer = FrameRowWriter(fmt, sink)
+    else:
+        writer = RowWriter(fmt, sink, minfo, header_each_run=bool(output))
     try:
         writer.ensure_header()
     except OutputError:
         pass  # a full disk at start: the header goes with the first row that can be written
     emitter = Emitter(writer, journal, counts)
-    if summary is not None:
+    classify_one, frame_counts = _watch_frames(clf, emitter, summary, frames, output, fmt)
+    if summary is not None and frames is None:
         if output and fmt in ("json", "csv") and Path(output).exists():
             summary.rebuild(output, fmt)  # after a restart: what was already classified (a re-read counts once)
         summary.attach(emitter, clf, every_seconds=5.0)
@@ -1116,7 +1190,8 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
     ending = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     old_handlers = {sig: signal.signal(sig, _stop) for sig in ending}
     pool = make_pool(clf, workers, threads, decode) if workers > 1 else None
-    watcher = Watcher(clf, watch_dir, emitter, minfo, opts, _log, stop, pool=pool, baseline=baseline)
+    watcher = Watcher(clf, watch_dir, emitter, minfo, opts, _log, stop, pool=pool, baseline=baseline,
+                      classify=classify_one)
     try:
         try:
             watcher.start()  # lists what is there first, so anything written after the next line is new
@@ -1133,7 +1208,7 @@ def _watch(clf, minfo, watch_dir, fmt, output, state_file, heartbeat_file, recur
         if journal is not None:
             journal.close()
     by = f" by {ended_by[0]}" if ended_by else ""
-    _log(f"stopped{by}; {counts.summary()}")
+    _log(f"stopped{by}; {counts.summary()}" + (f"; {frame_counts.summary()}" if frame_counts is not None else ""))
     if summary is not None:
         summary.finish(quiet)
     return counts.any_failed, (ended_by[0] if ended_by else None)

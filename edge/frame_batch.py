@@ -91,49 +91,171 @@ def frame_rows(result, model_fields: dict) -> list[dict]:
     return rows
 
 
-def run_frames(clf, files: list[str], sink, opts: FrameOptions, summary=None,
-               log: Callable[[str], None] = lambda m: None) -> FrameCounts:
-    """Classify every white cell of every frame in `files`, writing rows to `sink` as they come.
+def csv_header() -> bytes:
+    """The CSV column line of frame rows (what a frame-rows CSV file starts with)."""
+    return (",".join(FRAME_FIELDS) + "\n").encode()
 
-    clf: a loaded Classifier whose card has `cells` (else the first frame raises CellsError, one line);
-    sink: an edge.outputs sink (write(bytes)); summary: the run's per-sample summary adapter or None
-    (cells are recorded under '<frame>#cell<N>', grouped by the frame's path); log: one-line messages.
-    Returns the counts. Raises CellsError when the card cannot say how its training cells look, and
-    OutputError when a row cannot be written; never for one frame's content.
-    """
-    from .fields import classify_frame
 
-    counts = FrameCounts()
-    model_fields = {"variant": clf.card.variant, "model_sha256": clf.card.model_sha256[:16]}
-    overlays = Path(opts.overlays) if opts.overlays else None
-    if overlays is not None:
-        overlays.mkdir(parents=True, exist_ok=True)
-    header = opts.fmt == "csv"
-    for i, path in enumerate(files):
-        overlay = overlays / f"{Path(path).stem}.{i + 1}.overlay.png" if overlays is not None else None
-        crops = Path(opts.crops) / Path(path).stem if opts.crops else None
+TEXT_HEADER = b"# leukedge frame rows: frame, cell N, label, P(positive), (x,y) diameter, flags\n"
+
+
+def header_for(fmt: str) -> bytes | None:
+    """The line a frame-rows file starts with in `fmt` (None for JSON lines, which name every key)."""
+    return {"csv": csv_header(), "text": TEXT_HEADER}.get(fmt)
+
+
+def rows_layout(first_line: bytes, fmt: str) -> str | None:
+    """Which rows an existing results file holds, from its first line: 'frames', 'cells' (the per-cell rows
+    of edge.outputs) or None (empty). A frame run never appends to a per-cell file, nor the other way round."""
+    if not first_line.strip():
+        return None
+    if fmt == "csv":
+        return "frames" if first_line == csv_header() else "cells"
+    if fmt == "json":
+        try:
+            keys = json.loads(first_line)
+        except ValueError:
+            return "cells"
+        return "frames" if isinstance(keys, dict) and "frame" in keys and "path" not in keys else "cells"
+    return "frames" if first_line == TEXT_HEADER else "cells"
+
+
+class FrameRowWriter:
+    """edge.outputs.RowWriter's interface for frame rows, so a batch and the watcher (its Emitter and
+    journal) handle frames as they handle cells. One 'row' is a frame's block: {"path", "status", "rows"};
+    it renders as all of the frame's cell rows together, so the journal records the whole block (offset,
+    length, CRC) and a kill inside it leaves a torn block that the next start cuts off and reads again."""
+
+    def __init__(self, fmt: str, sink):
+        self.format, self.sink, self.rows = fmt, sink, 0
+        self._header = header_for(fmt) if sink.offset == 0 else None
+
+    def render(self, block: dict) -> bytes:
+        return b"".join(render(row, self.format, False) for row in block["rows"])
+
+    def ensure_header(self) -> None:
+        if self._header is not None:
+            self.sink.write(self._header)
+            self._header = None
+
+    def write_bytes(self, data: bytes) -> None:
+        self.ensure_header()
+        self.sink.write(data)
+        self.rows += 1
+
+    def write(self, block: dict) -> None:
+        self.write_bytes(self.render(block))
+
+    def close(self) -> None:
+        try:
+            self.ensure_header()
+        finally:
+            self.sink.close()
+
+
+def classify_frame_file(clf, path: str, model_fields: dict, opts: FrameOptions, reread: bool = False,
+                        overlay: str | None = None) -> dict:
+    """One frame file -> its block {"path", "status" ('ok' | 'error' | 'internal'), "rows", "reread"}.
+
+    Never raises for the file's sake (an unusable frame is an error block, anything unexpected an
+    'internal' block naming the exception), except CellsError: the card cannot say how its cells look,
+    which the caller checks before the first frame."""
+    from .fields import CellsError, classify_frame
+
+    crops = Path(opts.crops) / Path(path).stem if opts.crops else None
+    try:
         result = classify_frame(clf, path, um_per_px=opts.um_per_px, overlay=overlay, crops_dir=crops)
+    except CellsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one frame never ends a run
+        row = {"rows_version": None, "frame": path, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"}
+        return {"path": path, "status": "internal", "rows": [{**row, **model_fields}], "reread": reread}
+    rows = frame_rows(result, model_fields)
+    return {"path": path, "status": "ok" if result.ok else "error", "rows": rows, "reread": reread,
+            "error": result.error}
+
+
+def overlay_path(folder: str | os.PathLike | None, frame: str) -> str | None:
+    """Where a frame's review PNG goes: <folder>/<frame stem>.<8 hex of the frame's path>.overlay.png (frames of
+    one name in different subfolders never share a PNG); None without a folder."""
+    if folder is None:
+        return None
+    import zlib
+
+    return str(Path(folder) / f"{Path(frame).stem}.{zlib.crc32(os.fsencode(frame)):08x}.overlay.png")
+
+
+def summary_observer(summary, positive_label: str, include_flagged: bool, counts: FrameCounts):
+    """A callable fed every written block: counts its cells and records them in the per-sample summary
+    (`summary`: the run's adapter or None), keyed '<frame>#cell<N>' and grouped by the frame's path; flagged
+    cells are left out of the fractions unless include_flagged."""
+
+    def observe(block: dict) -> None:
         counts.frames += 1
-        if not result.ok:
-            counts.failed += 1
-            log(f"{path}: {result.error}")
-        for row in frame_rows(result, model_fields):
-            sink.write(render(row, opts.fmt, header))
-            header = False
+        counts.failed += block["status"] != "ok"
+        for row in block["rows"]:
             if row.get("error") or not row.get("cells"):
                 continue
             counts.cells += 1
             counts.flagged += bool(row["flagged"])
-            if summary is not None and (opts.include_flagged or not row["flagged"]):
-                summary.summary.add(f"{path}#cell{row['cell']}", row["label"] == clf.card.positive_label,
+            if summary is not None and (include_flagged or not row["flagged"]):
+                summary.summary.add(f"{block['path']}#cell{row['cell']}", row["label"] == positive_label,
                                     row["p_all"], False, bool(row.get("warning")),
-                                    key=summary.summary.group_key(path))
-    if header:  # no row at all: a CSV still says its columns
-        sink.write(render({}, opts.fmt, True).split(b"\n", 1)[0] + b"\n")
+                                    key=summary.summary.group_key(block["path"]))
+
+    return observe
+
+
+def rebuild_summary(summary, output: str | os.PathLike, fmt: str, positive_label: str, include_flagged: bool) -> None:
+    """After a watch restart: record in `summary` every cell an earlier run already wrote to `output` (frame
+    rows, csv or json), so the per-sample summary counts what is done once. Unreadable files are left alone."""
+    path = Path(output)
+    if fmt not in ("csv", "json") or not path.is_file():
+        return
+    with path.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh)) if fmt == "csv" else [json.loads(line) for line in fh if line.strip()]
+    truth = (True, "True", "true", "1")
+    for row in rows:
+        if row.get("error") or str(row.get("cells", "")) in ("", "0") or row.get("label") in (None, ""):
+            continue
+        flagged = row.get("flagged") in truth
+        if include_flagged or not flagged:
+            summary.summary.add(f"{row['frame']}#cell{row['cell']}", row["label"] == positive_label,
+                                float(row["p_all"]), False, bool(row.get("warning")),
+                                key=summary.summary.group_key(row["frame"]))
+
+
+def run_frames(clf, files: list[str], sink, opts: FrameOptions, summary=None,
+               log: Callable[[str], None] = lambda m: None) -> FrameCounts:
+    """Classify every white cell of every frame in `files`, writing rows to `sink` as they come.
+
+    clf: a loaded Classifier whose card has `cells` (else CellsError before the first frame, one line);
+    sink: an edge.outputs sink (write(bytes), offset); summary: the run's per-sample summary adapter or
+    None; log: one-line messages. Returns the counts. Raises CellsError, and OutputError when a row cannot
+    be written; never for one frame's content.
+    """
+    from .fields import cells_spec
+
+    cells_spec(clf.card, None)  # the card must say how its training cells look, before any frame is read
+    counts = FrameCounts()
+    writer = FrameRowWriter(opts.fmt, sink)
+    observe = summary_observer(summary, clf.card.positive_label, opts.include_flagged, counts)
+    model_fields = {"variant": clf.card.variant, "model_sha256": clf.card.model_sha256[:16]}
+    if opts.overlays:
+        Path(opts.overlays).mkdir(parents=True, exist_ok=True)
+    for path in files:
+        block = classify_frame_file(clf, path, model_fields, opts, overlay=overlay_path(opts.overlays, path))
+        if block["status"] != "ok":
+            log(f"{path}: {block['rows'][0].get('error')}")
+        writer.write(block)
+        observe(block)
+    writer.ensure_header()  # no row at all: a CSV still says its columns
     if summary is not None and counts.flagged and not opts.include_flagged:
         log(f"{counts.flagged} flagged cell(s) (cut by the frame edge, touching another white cell or blurred) "
             "are left out of the per-sample fractions (--include-flagged counts them)")
     return counts
 
 
-__all__ = ["FRAME_FIELDS", "FrameCounts", "FrameOptions", "frame_rows", "render", "run_frames"]
+__all__ = ["FRAME_FIELDS", "FrameCounts", "FrameOptions", "FrameRowWriter", "classify_frame_file", "csv_header",
+           "frame_rows", "header_for", "overlay_path", "rebuild_summary", "render", "rows_layout", "run_frames",
+           "summary_observer"]

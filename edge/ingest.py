@@ -301,7 +301,9 @@ class Journal:
         if sink is not None:
             records = self._repair(records, sections, sink)
         ours = [r for r in records if r.section in mine]
-        self.first_start = not ours
+        # a first start is one with no section for this folder: when every record was dropped above (a crash
+        # cut them all off), the files they named are lost results to classify again, not "already there"
+        self.first_start = not mine
         last_model = sections[max(mine)].get("model", {}) if mine else None
         if last_model is not None and last_model.get("sha256") != self.model.model_sha256:
             self.notes.append(
@@ -324,6 +326,7 @@ class Journal:
         """Keep records whose row is verifiably in the results file; cut unjournaled trailing rows."""
         same_out = {i for i, s in enumerate(sections) if s.get("output") == self.output and s.get("format") == self.fmt}
         keep, lost, last_end = [], set(), None
+        first_out = min((r.out for r in records if r.section in same_out and r.out is not None), default=None)
         for r in records:
             if r.section in same_out and r.out is not None:
                 data = sink.read_at(r.out, r.n or 0)
@@ -337,6 +340,8 @@ class Journal:
         if dropped:
             self.notes.append(f"{dropped} journaled results were not in {sink.path} (crash or full disk): "
                               "those files are classified again")
+        if last_end is None:  # no journaled row survived: everything from the first one on is unjournaled
+            last_end = first_out
         if last_end is not None and sink.offset > last_end:
             extra = sink.read_at(last_end, sink.offset - last_end)
             rows = sum(1 for line in extra.split(b"\n") if line.strip() and not line.startswith(b"#"))
@@ -574,12 +579,15 @@ class Watcher:
     clf: a Classifier; emitter: Emitter (rows + journal); log: one-line stderr messages.
     baseline: the listing taken before the model was loaded (`list_folder`); at a first start
     without --include-existing only the files in it (as they were then) count as already there.
+    classify: (clf, path, model, reread=, strict_quality=) -> the row (or a frame's block of rows,
+    edge.frame_batch.classify_frame_file) one settled file gives; default `classify_file` (one cell).
     """
 
     def __init__(self, clf, folder: str | os.PathLike, emitter: Emitter, model: ModelInfo, opts: WatchOptions,
                  log: Callable[[str], None], stop: threading.Event | None = None, pool=None,
-                 baseline: list[tuple[str, os.stat_result]] | None = None):
+                 baseline: list[tuple[str, os.stat_result]] | None = None, classify: Callable | None = None):
         self.clf = clf
+        self.classify = classify or classify_file
         self.pool = pool  # edge.throughput.ClassifierPool: a backlog is classified on its workers, rows in order
         self.folder = Path(folder)
         self.emitter = emitter
@@ -863,7 +871,7 @@ class Watcher:
         full = os.path.join(self.folder, rel)
         read_ns = time.time_ns()  # before the content is read: see Record.racy
         digest = content_hash(full)
-        row = classify_file(clf, full, self.model, reread=reread, strict_quality=self.opts.strict_quality)
+        row = self.classify(clf, full, self.model, reread=reread, strict_quality=self.opts.strict_quality)
         return rel, ident, digest, row, stat_identity(full), read_ns
 
     def _read_ready(self, ready: list[tuple[str, Identity]]) -> None:

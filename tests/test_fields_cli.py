@@ -72,7 +72,7 @@ def test_fields_with_a_card_without_cells_is_refused_in_one_line(tiny_models, tm
 
 @pytest.mark.parametrize("args, words", [
     (["--overlays", "o"], "only applies with --fields"),
-    (["--fields", "--watch", "."], "not supported yet"),
+    (["--crops", "c", "--watch", "."], "only applies with --fields"),
     (["--engine", "tensorflow"], "invalid choice"),
 ])
 def test_fields_and_engine_usage_errors_are_one_line(tiny_models, tmp_path, args, words):
@@ -87,3 +87,80 @@ def test_engine_litert_named_and_a_missing_choice_file(tiny_models, synth_dir, t
     assert 0.0 <= json.loads(r.stdout.splitlines()[0])["p_all"] <= 1.0
     r = _run("--choice", tmp_path / "nowhere.json", "--format", "json", img)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def _wait_for(predicate, timeout=60.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _csv_rows(path):
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _start_watch(model, watch, out):
+    return subprocess.Popen([*EDGE, "-m", str(model), "--fields", "--um-per-px", "0.125", "--format", "csv",
+                             "-o", str(out), "--watch", str(watch), "--poll", "--poll-interval", "0.1",
+                             "--settle", "0.2", "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_watch_takes_frames_journals_each_block_and_survives_a_kill_inside_one(cells_model, tmp_path):
+    """Issue 25: a frame is a block of rows, journalled as one (offset, length, CRC). A results file cut inside
+    a frame's block (what kill -9 mid-write leaves) is repaired on restart: the frame is classified again, and
+    no cell is lost or written twice. Overlays go to a folder beside the results."""
+    import signal
+    import time
+
+    watch, out = tmp_path / "camera", tmp_path / "rows.csv"
+    watch.mkdir()
+    proc = _start_watch(cells_model, watch, out)
+    try:
+        assert _wait_for(lambda: proc.stderr and False or (tmp_path / "rows.csv.journal").exists() or out.exists(), 60)
+        time.sleep(1.0)  # the watcher lists the folder before its model loads; frames written after are new
+        Image.fromarray(make_field(wbcs=((180, 150), (470, 330)))).save(watch / "a.png")
+        assert _wait_for(lambda: out.exists() and len(_csv_rows(out)) >= 2), "frame a never got its rows"
+        Image.fromarray(make_field(wbcs=(), seed=1)).save(watch / "b.png")
+        assert _wait_for(lambda: len(_csv_rows(out)) >= 3), "frame b never got its row"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    rows = _csv_rows(out)
+    assert [r["frame"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "a.png", "b.png"]
+    assert len(list((tmp_path / "rows.csv.overlays").glob("*.png"))) == 2
+    assert "3 white cell" not in err and "2 white cell(s)" in err  # the stop line counts frames' cells
+
+    # a kill inside a's block: the file ends in the middle of a's second row (b's row lost with it)
+    data = out.read_bytes()
+    lines = data.splitlines(keepends=True)
+    cut = len(lines[0]) + len(lines[1]) + len(lines[2]) // 2
+    out.write_bytes(data[:cut])
+    proc = _start_watch(cells_model, watch, out)
+    try:
+        assert _wait_for(lambda: len(_csv_rows(out)) == 3 and out.read_bytes().endswith(b"\n")
+                         and b"b.png" in out.read_bytes(), 90), out.read_text()
+        time.sleep(1.0)  # nothing more may come
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    rows = _csv_rows(out)
+    assert sorted(r["frame"].rsplit("/", 1)[-1] + "#" + r["cell"] for r in rows) == ["a.png#1", "a.png#2", "b.png#0"]
+
+
+def test_watch_refuses_to_mix_frame_rows_and_per_cell_rows(cells_model, tmp_path):
+    out = tmp_path / "cells.csv"
+    from leukedge.edge.outputs import FIELD_NAMES
+
+    out.write_text(",".join(FIELD_NAMES) + "\n")
+    (tmp_path / "w").mkdir()
+    r = _run("-m", cells_model, "--fields", "--format", "csv", "-o", out, "--watch", tmp_path / "w")
+    assert r.returncode == 2 and "per-cell rows" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
