@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LeukedgeError
-from .files import sha256_file, write_text_atomic
+from .files import loads_bounded, sha256_file, write_text_atomic
 from .preprocess import Preprocessing
 
 SCHEMA = "leukedge.model-card"
@@ -361,7 +361,7 @@ def load_card(path: str | os.PathLike) -> ModelCard:
     except (OSError, UnicodeDecodeError) as exc:
         raise CardError(f"{p}: cannot read model card: {exc}") from None
     try:
-        data = json.loads(text)
+        data = loads_bounded(text)  # bounded depth: a hostile card is one line, not a RecursionError
     except json.JSONDecodeError as exc:
         raise CardError(f"{p}: model card is not valid JSON: {exc}") from None
     return ModelCard.from_dict(data, where=str(p))

@@ -165,3 +165,13 @@ def test_verified_hash_cache_follows_file_identity(tmp_path, monkeypatch):
     load_card_for_model(model)
     load_card_for_model(model)
     assert len(calls) == 4
+
+
+def test_a_deeply_nested_card_is_one_line_not_a_recursion_error(tmp_path):
+    """Issue 20: a 100,000-deep value in a card used to raise RecursionError (a traceback on the device)."""
+    from leukedge.edge.card import CardError, load_card
+
+    path = tmp_path / "m.tflite.json"
+    path.write_text('{"schema": "leukedge.model-card", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(CardError, match="not valid JSON.*nested deeper"):
+        load_card(path)
