@@ -56,8 +56,9 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from .errors import LeukedgeError
+from .files import IMAGE_SUFFIXES
 
-IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # one list of image names (.jfif/.jpe/.jif are JPEG): edge.files
 
 # The container formats leukedge decodes. Restricting Image.open keeps other plugins (EPS runs
 # Ghostscript, PSD, ...) away from untrusted files.

@@ -221,3 +221,17 @@ def test_verify_maps_the_tcia_package_onto_the_release_manifest(cnmc_dir, tmp_pa
     rep = verify_release(tmp_path, progress=False)
     assert rep.layout == "tcia" and rep.ok == 78 and not rep.unexpected
     assert [c[0] for c in rep.corrupt] == ["validation_data/C-NMC_test_prelim_phase_data_labels.csv"]
+
+
+def test_a_dataset_folder_reads_jfif_and_jpe_as_jpeg(tmp_path):
+    """Issue 20: Windows saves JPEGs as .jfif by default; training data read from such a folder keeps them."""
+    from helpers import write_image
+    from leukedge.train.datasets import read_dataset
+
+    for cls in ("all", "hem"):
+        (tmp_path / cls).mkdir()
+        for i, suffix in enumerate((".jfif", ".jpe", ".jpg")):
+            src = write_image(tmp_path / f"src{cls}{i}.jpg", fmt="JPEG", seed=i)
+            src.rename(tmp_path / cls / f"c{i}{suffix}")
+    ds = read_dataset(tmp_path, positive="all")
+    assert len(ds.labelled) == 6
