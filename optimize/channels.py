@@ -581,7 +581,7 @@ def slim_model(ctx, macs_kept: float, size: int | None = None, criterion: str = 
 
     Filters are chosen once per share at the parent's size (scores on the calibration images, once per
     criterion); the thin model is then moved to `size` and recovered there against the parent at its
-    own size. ctx: optimize.run.BuildContext; its options' prune_steps / prune_lr set the recovery's
+    own size. ctx: optimize.builders.BuildContext; its options' prune_steps / prune_lr set the recovery's
     steps and peak learning rate. Returns (tf-keras model, info dict for the card).
     """
     parent_size = ctx.card.preprocessing.size
@@ -623,7 +623,7 @@ def build_slim(ctx, v, path) -> dict:
     slim variant goes through every int8 path the registry has, each with its own recipe. That
     builder sees a context whose parent is the thin model at the variant's size and whose calibration
     images are decoded at that size.
-    ctx: optimize.run.BuildContext; v: the Variant (v.macs_kept, v.input_size); path: the model file.
+    ctx: optimize.builders.BuildContext; v: the Variant (v.macs_kept, v.input_size); path: the model file.
     Returns the card's `optimization` dict: the inner builder's entries ("output", "onnx", ...) plus
     {"slim": channels report (criterion, width, filters, MACs), "recovery": the recovery report,
     "macs", "params": the variant's (batch 1 at its input size), "parent_macs", "parent_params":

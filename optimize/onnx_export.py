@@ -354,7 +354,7 @@ def _checked_calibration(onnx, src: Path, calibration_inputs: np.ndarray) -> np.
 def build_onnx_cpu(ctx, v, path: Path) -> dict:
     """optimize's builder for the CPU int8 variant: the float parent (logits) -> ONNX -> QDQ int8 for CPU engines.
 
-    ctx: optimize.run.BuildContext (its parent with the softmax removed, and its calibration inputs, the same
+    ctx: optimize.builders.BuildContext (its parent with the softmax removed, and its calibration inputs, the same
     images as the TFLite `int8`). v: the registry row. path: the .onnx to write.
     Returns {"onnx": export description + {"quantization": recipe}, "output": "logits" | "probabilities"}.
     """

@@ -344,7 +344,7 @@ def _part_arrays(ctx, part: str, size: int | None) -> np.ndarray:
 
 
 def views_for(ctx, part: str, size: int) -> Views:
-    """Views of a split part for a student at `size` px and the parent at its own size (ctx: run.BuildContext)."""
+    """Views of a split part for a student at `size` px and the parent at its own size (ctx: optimize.builders.BuildContext)."""
     parent_size = ctx.card.preprocessing.size
     s = _part_arrays(ctx, part, size)
     t = _part_arrays(ctx, part, None) if size != parent_size else None
@@ -357,7 +357,7 @@ def views_for(ctx, part: str, size: int) -> Views:
 def recover_in_context(ctx, student, size: int, steps: int, lr: float):
     """Recover `student` (at `size` px) towards the optimize step's float parent on its run's split.
 
-    ctx: optimize.run.BuildContext (parent, card, split, options: finetune_batch and seed are used).
+    ctx: optimize.builders.BuildContext (parent, card, split, options: finetune_batch and seed are used).
     steps, lr: RecoveryOptions.steps / lr. Returns (student, report) as recover() does.
     """
     opts = RecoveryOptions(steps=int(steps), lr=float(lr), batch=int(ctx.opts.finetune_batch), seed=int(ctx.opts.seed),

@@ -27,7 +27,7 @@ class VariantError(LeukedgeError, ValueError):
 @dataclass(frozen=True)
 class Variant:
     name: str
-    builder: str  # key into BUILDERS (optimize.run registers them)
+    builder: str  # key into BUILDERS (optimize.builders registers them)
     conversion: str  # TFLite converter mode (float32|float16|dynamic|int8|qat) or onnx-float32|onnx-qdq
     format: str = "tflite"  # tflite | onnx
     runtime: str = "LiteRT"  # what runs it on the device

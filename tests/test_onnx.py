@@ -482,7 +482,7 @@ def test_optimize_builds_gated_onnx_variants_with_cards(tiny_models, synth_dir, 
 
 
 def test_optimize_builds_the_cpu_int8_variant_with_card_golden_set_gate_and_temperature(tiny_models, synth_dir, tmp_path):
-    """issue 22: the registry's onnx-cpu-int8 goes through optimize's _measure_variant like every variant."""
+    """issue 22: the registry's onnx-cpu-int8 goes through optimize's measure_variant like every variant."""
     import shutil
 
     from helpers import make_card
