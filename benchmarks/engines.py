@@ -65,7 +65,7 @@ TYPE_VARIANTS = {  # file stem -> quantize_qdq_cpu keyword arguments
 
 def calibration_images(folder: Path, n: int, size: int) -> tuple[np.ndarray, list[str]]:
     """n uint8 RGB images (n, size, size, 3), evenly spaced through folder's sorted image files, and their paths."""
-    from leukedge.edge.ingest import wanted
+    from leukedge.edge.app.listing import wanted
     from leukedge.edge.preprocess import load_rgb
 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and wanted(p.name))
@@ -250,7 +250,8 @@ def whole_path(work: Path, images: Path, n_images: int, seconds: float, repeats:
     decode_invoke_per_s, bare_invoke_per_s, cost_vs_floor = decode_invoke_per_s / images_per_s (issue 22's
     target: <= 1.1).
     """
-    from leukedge.edge.engines import installed, load_classifier
+    from leukedge.edge.engines import installed
+    from leukedge.edge.load_engine import load_classifier
     from leukedge.edge.throughput import default_workers
 
     from .throughput import _images, bare_invoke_rate, decode_invoke_rate, end_to_end_rate
@@ -282,7 +283,7 @@ def whole_path(work: Path, images: Path, n_images: int, seconds: float, repeats:
 COLD = """
 import sys, time
 t0 = time.perf_counter()
-from leukedge.edge.engines import load_classifier
+from leukedge.edge.load_engine import load_classifier
 clf = load_classifier(sys.argv[1], engine=sys.argv[2])
 t1 = time.perf_counter()
 p = clf.predict_one(sys.argv[3])

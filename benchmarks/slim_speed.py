@@ -109,7 +109,7 @@ def time_models(work: Path, rows: list[dict], threads: list[int], runs: int, war
     rounds invokes every one of them once, in the same order, so load from other processes during
     the run falls on every model and thread count alike. Stats: median, quartiles, ns per MAC.
     """
-    from leukedge.edge.runtime import open_interpreter
+    from leukedge.edge.runtime_tflite import open_interpreter
 
     pairs = []
     for row in rows:

@@ -9,7 +9,7 @@ Layouts (C = usable cores):
 For each layout, in one run:
   bare_invoke_per_s  `interpreter.invoke()` alone on a prepared tensor, every worker looping at once
                      (the most that layout can do on this machine)
-  images_per_s       the whole per-image path edge-classify runs (edge.ingest.classify_file through
+  images_per_s       the whole per-image path edge-classify runs (edge.app.handling.classify_file through
                      edge.throughput.ClassifierPool: decode, image checks, input tensor, invoke,
                      decision, row rendering and an append-only write with flush), IMAGES_DIR's
                      images in input order
@@ -39,7 +39,7 @@ from pathlib import Path
 
 
 def _images(folder: Path | None, n: int) -> list[str]:
-    from leukedge.edge.ingest import wanted
+    from leukedge.edge.app.listing import wanted
 
     if folder is None:
         import numpy as np
@@ -106,8 +106,9 @@ def _rate(first, workers: int, threads: int | None, files: list[str], fn, consum
 
 def end_to_end_rate(first, workers: int, threads: int | None, files: list[str]) -> float:
     """Images per second through the same per-image path and writer as edge-classify."""
-    from leukedge.edge.handling import Counts, Emitter, classify_file
-    from leukedge.edge.outputs import AppendFileSink, ModelInfo, RowWriter
+    from leukedge.edge.app.handling import Counts, Emitter, classify_file
+    from leukedge.edge.app.rows import ModelInfo, RowWriter
+    from leukedge.edge.app.sinks import AppendFileSink
 
     model = ModelInfo.from_classifier(first)
     with tempfile.TemporaryDirectory() as tmp:

@@ -53,8 +53,11 @@ def _populate(root: Path, n: int, per_dir: int = 500) -> None:
 
 
 def measure(n: int, mode: str, idle_s: float, work: Path) -> dict:
-    from leukedge.edge.ingest import Counts, Emitter, Journal, WatchOptions, Watcher
-    from leukedge.edge.outputs import AppendFileSink, ModelInfo, RowWriter
+    from leukedge.edge.app.handling import Counts, Emitter
+    from leukedge.edge.app.journal import Journal
+    from leukedge.edge.app.rows import ModelInfo, RowWriter
+    from leukedge.edge.app.sinks import AppendFileSink
+    from leukedge.edge.app.watcher import WatchOptions, Watcher
 
     folder = work / f"{mode}-{n}"
     _populate(folder, n)

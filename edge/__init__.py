@@ -8,13 +8,14 @@ Its public face, loaded on first use so that importing a light module (`leukedge
   inherit_card
 - Preprocessing, DecodeOptions, load_rgb   the one decoder and preprocessing                   (edge.preprocess)
 - decide, label_for                        `p >= threshold`, written once                      (edge.decision)
-- open_backend, ModelError                 the runtime backends (LiteRT, ONNX Runtime, OpenVINO) (edge.runtime)
-- load_classifier, engines_for             a model on a named engine                           (edge.engines)
+- ModelError                               the runtime interface                             (edge.runtime)
+- open_backend, engines_for               the backends (LiteRT, ONNX Runtime, OpenVINO)      (edge.engines)
+- load_classifier                          a model on a named engine                           (edge.load_engine)
 - self_test                                the golden-set self-test                            (edge.selftest)
 - LeukedgeError                            the one error base class                            (edge.errors)
 
 Frames (white cells in a microscope field) are `leukedge.edge.fields`; the device app (`edge-classify`:
-options, batch, watch, journal, outputs) is built on this library.
+options, batch, watch, journal, rows) is `leukedge.edge.app`, built on this library.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ _EXPORTS = {
     "ModelCard": "card", "load_card_for_model": "card", "inherit_card": "card",
     "Preprocessing": "preprocess", "DecodeOptions": "preprocess", "load_rgb": "preprocess",
     "decide": "decision", "label_for": "decision",
-    "open_backend": "runtime", "ModelError": "runtime",
-    "load_classifier": "engines", "engines_for": "engines",
+    "ModelError": "runtime", "open_backend": "engines", "engines_for": "engines",
+    "load_classifier": "load_engine",
     "self_test": "selftest",
     "LeukedgeError": "errors",
 }

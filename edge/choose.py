@@ -192,8 +192,9 @@ def _folder_ms(c: Candidate, files: list[str], workers: int) -> float:
     """Milliseconds per image for `files` through edge-classify's throughput layout and row writer."""
     import tempfile
 
-    from .handling import Counts, Emitter, classify_file
-    from .outputs import AppendFileSink, ModelInfo, RowWriter
+    from .app.handling import Counts, Emitter, classify_file
+    from .app.rows import ModelInfo, RowWriter
+    from .app.sinks import AppendFileSink
     from .throughput import ClassifierPool
 
     if c.pool is None:

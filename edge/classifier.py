@@ -22,7 +22,8 @@ from .calibration import check_probabilities, probability_tolerance, softmax
 from .card import ModelCard, load_card_for_model
 from .decision import label_for
 from .preprocess import DecodeOptions, ImageError, load_rgb, normalize, quantize
-from .runtime import ModelError, open_backend
+from .engines import open_backend
+from .runtime import ModelError
 
 
 @dataclass

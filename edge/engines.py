@@ -75,7 +75,7 @@ def open_with_engine(model_path: str | os.PathLike, model_format: str, engine: s
     """Open a model with a named engine (None: the format's default engine).
 
     model_format: the card's format. threads: engine threads (None: the usable cores).
-    Returns a backend with the interface of edge.runtime.TFLiteBackend. Raises ModelError (one line
+    Returns a backend with the interface of edge.runtime_tflite.TFLiteBackend. Raises ModelError (one line
     naming the file) for an unknown engine, an engine that does not run this format, an engine that
     is not installed, or a file the engine cannot load.
     """
@@ -83,7 +83,7 @@ def open_with_engine(model_path: str | os.PathLike, model_format: str, engine: s
         raise ModelError(f"{model_path}: the device runs TFLite and ONNX models, not {model_format!r}")
     name = check_engine(engine or DEFAULT_ENGINE[model_format], model_format, model_path)
     if name == "litert":
-        from .runtime import TFLiteBackend
+        from .runtime_tflite import TFLiteBackend
 
         return TFLiteBackend(model_path, threads)
     if name == "onnxruntime":
@@ -104,17 +104,23 @@ def engine_of(backend) -> str:
     return name if name in ("onnxruntime", "openvino") else "litert"
 
 
-def load_classifier(model_path: str | os.PathLike, engine: str | None = None, threads: int | None = None,
-                    verify: bool = True, threshold: float | None = None, decode=None):
-    """`Classifier.load` with a named engine: read the card beside the model (verifying its SHA-256 unless
-    verify=False), open the model with `engine` (None: the card format's default) and build the Classifier.
+def open_backend(model_path: str | os.PathLike, model_format: str, threads: int | None = None,
+                 engine: str | None = None):
+    """The runtime for a model, chosen by its card's format: tflite -> LiteRT, onnx -> ONNX Runtime.
 
-    Raises CardError (missing/invalid card, hash mismatch) or ModelError (unknown engine, one that does
-    not run the card's format, not installed, or cannot load the file), each one line.
+    engine: None for that default, or an engine that runs the format (edge.engines: "litert",
+    "onnxruntime", "openvino"; e.g. OpenVINO for a QDQ .onnx). Raises ModelError (one line, naming
+    the file) when no runtime for that format can load it, or the engine is unknown, not installed
+    or does not run the format.
     """
-    from .card import load_card_for_model
-    from .classifier import Classifier
+    if engine is not None:
+        return open_with_engine(model_path, model_format, engine, threads)
+    if model_format == "tflite":
+        from .runtime_tflite import TFLiteBackend
 
-    card = load_card_for_model(model_path, verify=verify)
-    backend = open_with_engine(model_path, card.model_format, engine, threads)
-    return Classifier(model_path, card, threads=threads, threshold=threshold, decode=decode, backend=backend)
+        return TFLiteBackend(model_path, threads)
+    if model_format == "onnx":
+        from .runtime_onnx import open_onnx
+
+        return open_onnx(model_path, threads)
+    raise ModelError(f"{model_path}: the device runs TFLite and ONNX models, not {model_format!r}")

@@ -23,8 +23,8 @@ file Pillow hands it `tempfile.tif`, which does not exist; that name becomes `li
 before and after `install()` (afterwards they travel to the reader in the pipe itself, so they apply
 to every native line written after the call).
 
-One mechanism for the device (`edge-classify`, edge.cli) and the workstation (`leukedge`,
-leukedge.cli). `uninstall()` (also registered with atexit) puts fd 2 back and waits for the reader
+One mechanism for the device (`edge-classify`, edge.app.cli) and the workstation (`leukedge`,
+leukedge.app.cli). `uninstall()` (also registered with atexit) puts fd 2 back and waits for the reader
 to write what is still in the pipe.
 """
 
@@ -155,7 +155,7 @@ def install(prefix: str) -> bool:
     if _state is not None:
         _send(b"p", prefix.encode())
         return True
-    from .outputs import escape_text  # before the fork: the reader imports nothing
+    from .text import escape_text  # before the fork: the reader imports nothing
 
     try:
         sys.stderr.flush()

@@ -44,7 +44,7 @@ class ClassifierPool:
 
         from .classifier import Classifier
         from .engines import DEFAULT_ENGINE, engine_of
-        from .runtime import open_backend
+        from .engines import open_backend
 
         self.workers = max(1, int(workers))
         self._free: queue.Queue = queue.Queue()

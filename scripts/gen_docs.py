@@ -60,12 +60,12 @@ def _docstring_section(doc: str, start: str, stop: str | None) -> str:
 # -- rows -------------------------------------------------------------------------------------------
 
 def rows_doc() -> str:
-    from leukedge.edge import outputs
+    from leukedge.edge.app import rows as outputs
 
     doc = outputs.__doc__
     return (HEADER + f"# Result rows (rows version {outputs.ROWS_VERSION})\n\n"
             "What `edge-classify` writes per input, in every `--format` (`text`, `json`, `csv`). "
-            "Source: `FIELDS` in [`edge/outputs.py`](../../edge/outputs.py). CSV has these columns in this order; "
+            "Source: `FIELDS` in [`edge/app/rows.py`](../../edge/app/rows.py). CSV has these columns in this order; "
             "JSON lines leave out empty fields; text writes `path<TAB>label<TAB>p_all=…` under a "
             "`# leukedge … model … sha256 …` header line. A later rows version only appends fields.\n\n"
             + _table(("field", "type", "meaning"), ((f"`{f.name}`", f.kind, f.doc) for f in outputs.FIELDS))
@@ -288,27 +288,27 @@ HEARTBEAT_KEYS = {
 
 
 def heartbeat_doc() -> str:
-    from leukedge.edge import ingest
+    from leukedge.edge.app import watcher
 
-    keys = _dict_keys_written(inspect.getsource(ingest.Watcher.heartbeat), ("beat",))
+    keys = _dict_keys_written(inspect.getsource(watcher.Watcher.heartbeat), ("beat",))
     _check_keys("heartbeat", keys, HEARTBEAT_KEYS)
     return (HEADER + "# Watch-mode heartbeat (`RESULTS.heartbeat`, or `--heartbeat FILE`)\n\n"
-            + _docstring_section(ingest.__doc__, "Heartbeat:", None).replace("Heartbeat: a", "A", 1)
+            + _docstring_section(watcher.__doc__, "Heartbeat:", None).replace("Heartbeat: a", "A", 1)
             + "\nRewritten atomically every 5 s (one JSON object, one line). Source: `Watcher.heartbeat` in "
-              "[`edge/ingest.py`](../../edge/ingest.py).\n\n"
+              "[`edge/app/watcher.py`](../../edge/app/watcher.py).\n\n"
             + _table(("key", "meaning"), ((f"`{k}`", HEARTBEAT_KEYS[k]) for k in keys)))
 
 
 def journal_doc() -> str:
-    from leukedge.edge import ingest
+    from leukedge.edge.app import identity, journal
 
-    return (HEADER + f"# Watch-mode journal (`RESULTS.journal`, or `--state FILE`; version {ingest.JOURNAL_VERSION})\n\n"
+    return (HEADER + f"# Watch-mode journal (`RESULTS.journal`, or `--state FILE`; version {journal.JOURNAL_VERSION})\n\n"
             "What lets a restarted watcher classify what arrived while it was down, and nothing twice. "
-            "Source: the module description of [`edge/ingest.py`](../../edge/ingest.py), quoted here.\n\n"
+            "Source: the module descriptions of [`edge/app/identity.py`](../../edge/app/identity.py) and [`edge/app/journal.py`](../../edge/app/journal.py), quoted here.\n\n"
             "## Content identity\n\n"
-            + _docstring_section(ingest.__doc__, "Content identity.", "Journal (JSON lines")
+            + _docstring_section(identity.__doc__, "Content identity.", None)
             + "\n## Lines\n\n"
-            + _docstring_section(ingest.__doc__, "Journal (JSON lines", "Heartbeat:"))
+            + _docstring_section(journal.__doc__, "Journal (JSON lines", None))
 
 
 GENERATORS = {"card.md": card_doc, "rows.md": rows_doc, "results.md": results_doc, "summary.md": summary_doc,

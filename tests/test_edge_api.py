@@ -34,11 +34,13 @@ def test_the_built_wheel_holds_and_imports_every_subpackage(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next(tmp_path.glob("leukedge-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for module in ("leukedge/edge/fields/locate.py", "leukedge/edge/frame_batch.py", "leukedge/edge/runtime_openvino.py",
+    for module in ("leukedge/edge/fields/locate.py", "leukedge/edge/app/frames.py", "leukedge/edge/runtime_openvino.py",
+                   "leukedge/edge/app/cli.py", "leukedge/edge/app/run.py", "leukedge/edge/app/watcher.py",
+                   "leukedge/edge/app/journal.py", "leukedge/edge/app/rows.py", "leukedge/edge/app/parser.py",
                    "leukedge/graph.py", "leukedge/tfcompat.py", "leukedge/train/preprocessing.py"):
         assert module in names, module
     # -S: no site-packages, so the editable install's finder cannot answer; only the wheel is on the path
     probe = ("import sys; sys.path.insert(0, sys.argv[1]); import leukedge.edge.fields, leukedge.edge.errors, "
-             "leukedge.edge.frame_batch; print(leukedge.edge.fields.__file__)")
+             "leukedge.edge.app.frames, leukedge.edge.app.run; print(leukedge.edge.fields.__file__)")
     out = subprocess.run([sys.executable, "-S", "-c", probe, str(wheel)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip().startswith(str(wheel)), out.stderr

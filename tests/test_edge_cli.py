@@ -225,7 +225,8 @@ def test_any_exception_from_the_decoder_is_an_internal_error_row(tiny_models, sy
 
 def test_full_disk_exits_2_naming_the_temp_file_with_every_finished_row(tiny_models, synth_arrays, tmp_path, monkeypatch,
                                                                         capsys):
-    from leukedge.edge import cli, outputs
+    from leukedge.edge import cli
+    from leukedge.edge.app import sinks as outputs
 
     _, _, paths = synth_arrays
     real_init = outputs.TempFileSink.__init__
@@ -264,7 +265,8 @@ def test_output_location_is_checked_before_any_work(tiny_models, synth_arrays, t
 
 
 def test_names_with_newlines_tabs_and_bad_utf8_round_trip(tiny_models, tmp_path):
-    from leukedge.edge.outputs import read_rows, unescape_text
+    from leukedge.edge.app.rows import read_rows
+    from leukedge.edge.text import unescape_text
 
     src = write_image(tmp_path / "src.png", fmt="PNG").read_bytes()
     folder = tmp_path / "odd"
@@ -507,7 +509,7 @@ def test_float_images_with_a_declared_value_range(tiny_models, tmp_path):
 
 
 def test_options_defaults_env_intermixed_inputs_and_double_dash(monkeypatch):
-    from leukedge.edge.cli import parse_args
+    from leukedge.edge.app.parser import parse_args
 
     monkeypatch.delenv("LEUKEDGE_MODEL", raising=False)
     o = parse_args(["a.png"])
@@ -609,7 +611,7 @@ def test_a_single_image_imports_no_click_no_watcher_and_no_hashing(tiny_models, 
         f"sys.argv = ['edge-classify', '-q', '--model', {str(tiny_models['int8'])!r}, '--format', 'json', {paths[0]!r}]\n"
         "try:\n    runpy.run_module('leukedge.edge.cli', run_name='__main__')\n"
         "except SystemExit as e:\n    code = e.code\n"
-        "mods = ('click', 'watchdog', 'leukedge.edge.ingest', 'hashlib', 'statistics', 'shutil', 'tempfile', 'csv')\n"
+        "mods = ('click', 'watchdog', 'leukedge.edge.app.watcher', 'hashlib', 'statistics', 'shutil', 'tempfile', 'csv')\n"
         "print('LOADED=' + ','.join(m for m in mods if m in sys.modules))\n"
         "print('EXIT=' + str(code))\n"
     )
@@ -625,9 +627,10 @@ def test_progress_bar_of_a_batch_still_draws(tiny_models, synth_arrays, capsys):
     import io
 
     from leukedge.edge.classifier import Classifier
-    from leukedge.edge.cli import run_batch
-    from leukedge.edge.handling import Counts, Emitter
-    from leukedge.edge.outputs import ModelInfo, RowWriter, StreamSink
+    from leukedge.edge.app.batch import run_batch
+    from leukedge.edge.app.handling import Counts, Emitter
+    from leukedge.edge.app.rows import ModelInfo, RowWriter
+    from leukedge.edge.app.sinks import StreamSink
 
     _, _, paths = synth_arrays
     clf = Classifier.load(tiny_models["float32"], threads=1)
@@ -724,7 +727,7 @@ def test_an_interrupted_batch_says_so_with_the_signal_s_exit_code(tiny_models, t
 
 
 def test_watch_restart_with_another_format_is_refused(tiny_models, tmp_path):
-    from leukedge.edge.outputs import check_append_target
+    from leukedge.edge.app.rows import check_append_target
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -47,7 +47,7 @@ def test_fields_batch_writes_one_row_per_white_cell_an_error_row_and_overlays(ce
     assert r.returncode == 1, r.stderr  # one frame failed; the batch went on
     with out.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    from leukedge.edge.frame_batch import FRAME_FIELDS
+    from leukedge.edge.app.frames import FRAME_FIELDS
 
     assert tuple(rows[0]) == FRAME_FIELDS
     a = [row for row in rows if row["frame"].endswith("a.png")]
@@ -158,7 +158,7 @@ def test_watch_takes_frames_journals_each_block_and_survives_a_kill_inside_one(c
 
 def test_watch_refuses_to_mix_frame_rows_and_per_cell_rows(cells_model, tmp_path):
     out = tmp_path / "cells.csv"
-    from leukedge.edge.outputs import FIELD_NAMES
+    from leukedge.edge.app.rows import FIELD_NAMES
 
     out.write_text(",".join(FIELD_NAMES) + "\n")
     (tmp_path / "w").mkdir()

@@ -17,10 +17,13 @@ import pytest
 
 from helpers import write_image
 from leukedge.edge.files import is_ignored_name
-from leukedge.edge.ingest import (Counts, Emitter, Journal, WatchOptions, Watcher, classify_file, content_hash,
-                                  default_journal_path)
-from leukedge.edge.outputs import (FIELD_NAMES, AppendFileSink, ModelInfo, OutputError, RowFormat, RowWriter,
-                                   StreamSink, TempFileSink, escape_text, make_row, read_rows, unescape_text)
+from leukedge.edge.app.handling import Counts, Emitter, classify_file
+from leukedge.edge.app.identity import content_hash
+from leukedge.edge.app.journal import Journal, default_journal_path
+from leukedge.edge.app.rows import FIELD_NAMES, ModelInfo, RowFormat, RowWriter, make_row, read_rows
+from leukedge.edge.app.sinks import AppendFileSink, OutputError, StreamSink, TempFileSink
+from leukedge.edge.app.watcher import WatchOptions, Watcher
+from leukedge.edge.text import escape_text, unescape_text
 from leukedge.edge.preprocess import load_rgb
 
 MODEL = ModelInfo("tiny.tflite", "0123456789ab", "int8", 0.5)
@@ -570,7 +573,7 @@ def test_inotify_failure_falls_back_to_polling(tmp_path, monkeypatch):
 
 
 def test_one_watcher_per_journal(tmp_path):
-    from leukedge.edge.ingest import JournalError
+    from leukedge.edge.app.journal import JournalError
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -22,9 +22,11 @@ import pytest
 
 from helpers import write_image
 from test_ingest import MODEL, FakeClassifier, Run, by_path, image_bytes, wait_for
-from leukedge.edge import ingest
-from leukedge.edge.ingest import Journal, JournalError, Record, default_journal_path
-from leukedge.edge.outputs import AppendFileSink, OutputError, RowWriter, make_row, read_rows
+from leukedge.edge.app import journal as journal_module
+from leukedge.edge.app import watcher as ingest
+from leukedge.edge.app.journal import Journal, JournalError, Record, default_journal_path
+from leukedge.edge.app.rows import RowWriter, make_row, read_rows
+from leukedge.edge.app.sinks import AppendFileSink, OutputError
 
 EDGE = [sys.executable, "-m", "leukedge.edge.cli"]
 
@@ -258,11 +260,12 @@ def test_sighup_stops_a_watcher_like_sigterm_and_exits_129(tiny_models, tmp_path
 
 def test_cells_written_while_the_model_loads_are_classified(tiny_models, tmp_path, monkeypatch, capsys):
     from leukedge.edge import cli
+    from leukedge.edge.app import loading
 
     folder = tmp_path / "w"
     write_image(folder / "old.bmp", size=(64, 64), fmt="BMP", seed=5)  # there before the start: not classified
     out = tmp_path / "rows.jsonl"
-    real_load = cli._load
+    real_load = loading.load
 
     def slow_load(*a, **k):  # the microscope writes while the model loads and tests itself
         for i in range(3):
@@ -282,7 +285,7 @@ def test_cells_written_while_the_model_loads_are_classified(tiny_models, tmp_pat
         wait_for(lambda: watchers, 60)
         watchers[0].stop.set()
 
-    monkeypatch.setattr(cli, "_load", slow_load)
+    monkeypatch.setattr(loading, "load", slow_load)
     monkeypatch.setattr(ingest, "Watcher", Recorded)
     stopper = threading.Thread(target=stop_when_done, daemon=True)
     stopper.start()
@@ -472,7 +475,8 @@ class _NumpyTwoInterpreter:
 
 
 def test_tflite_runtime_under_numpy_2_is_one_line_naming_the_fix(tmp_path, capfd):
-    from leukedge.edge.runtime import ModelError, Runtime, open_interpreter
+    from leukedge.edge.runtime import ModelError, Runtime
+    from leukedge.edge.runtime_tflite import open_interpreter
 
     with pytest.raises(ModelError) as err:
         open_interpreter(tmp_path / "m.tflite", 1, Runtime("tflite-runtime", "2.14.0", _NumpyTwoInterpreter))
@@ -510,7 +514,8 @@ class _Float16Interpreter:
 def test_float16_tensors_run_and_other_types_are_refused_in_one_line(tiny_models, tmp_path, synth_arrays):
     from leukedge.edge.card import load_card_for_model
     from leukedge.edge.classifier import Classifier
-    from leukedge.edge.runtime import ModelError, Runtime, TFLiteBackend
+    from leukedge.edge.runtime import ModelError, Runtime
+    from leukedge.edge.runtime_tflite import TFLiteBackend
 
     model = tiny_models["float32"]
     backend = TFLiteBackend(model, 1, Runtime("litert", "x", _Float16Interpreter))
@@ -947,7 +952,7 @@ def test_a_watcher_started_on_a_full_disk_appends_its_section_with_its_first_rec
     def full(path, text):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ingest, "write_text_atomic", full)  # the compacted rewrite cannot be written
+    monkeypatch.setattr(journal_module, "write_text_atomic", full)  # the compacted rewrite cannot be written
     again = Journal(jpath, folder, MODEL, None, "json").open()
     assert any("not compacted" in n for n in again.notes) and set(again.known) == {"a.bmp"}
     again.append(Record("b.bmp", 11, 1, 2, 3, "11", "ok"))

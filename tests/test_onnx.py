@@ -516,7 +516,7 @@ def test_optimize_builds_the_cpu_int8_variant_with_card_golden_set_gate_and_temp
     clf = Classifier.load(model, threads=1)
     assert clf.runtime.name == "onnxruntime" and self_test(clf).ok  # golden set measured on the default engine
     try:
-        from leukedge.edge.engines import load_classifier
+        from leukedge.edge.load_engine import load_classifier
 
         ov_clf = load_classifier(model, engine="openvino", threads=1)
     except ModelError as exc:

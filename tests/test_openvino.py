@@ -26,7 +26,8 @@ ort = pytest.importorskip("onnxruntime")
 ov = pytest.importorskip("openvino")
 
 from leukedge.edge.decision import decide  # noqa: E402
-from leukedge.edge.runtime import ModelError, open_backend  # noqa: E402
+from leukedge.edge.engines import open_backend  # noqa: E402
+from leukedge.edge.runtime import ModelError  # noqa: E402
 from leukedge.edge.runtime_openvino import open_openvino  # noqa: E402
 from leukedge.optimize.onnx_export import export_onnx, quantize_qdq_cpu  # noqa: E402
 from leukedge.optimize.run import OptimizeOptions  # noqa: E402
@@ -128,7 +129,7 @@ def test_openvino_decisions_equal_litert_int8_within_the_gate_budget(tiny_models
     that LiteRT does not put within 2 of its own output steps of the threshold (the self-test's integer rule:
     closer than that, two correct int8 implementations may round to either side)."""
     from leukedge.edge.preprocess import quantize
-    from leukedge.edge.runtime import TFLiteBackend
+    from leukedge.edge.runtime_tflite import TFLiteBackend
 
     x, y, _ = synth_arrays
     ovb = open_openvino(cpu_int8["path"], threads=1)
@@ -171,7 +172,7 @@ def test_backend_interface_and_header_facts(cpu_int8):
 
 
 def test_the_classifier_runs_the_card_with_the_openvino_engine_and_its_golden_decisions_hold(cpu_int8):
-    from leukedge.edge.engines import load_classifier
+    from leukedge.edge.load_engine import load_classifier
     from leukedge.edge.selftest import self_test
 
     clf = load_classifier(cpu_int8["path"], engine="openvino", threads=1)
@@ -280,7 +281,7 @@ def test_a_litert_run_never_imports_openvino(tiny_models, synth_arrays, cpu_int8
             code = e.code
         print('EXIT=' + str(code))
         print('OV_AFTER_LITERT=' + str('openvino' in sys.modules))
-        from leukedge.edge.engines import load_classifier
+        from leukedge.edge.load_engine import load_classifier
         load_classifier(onnx_model, engine='openvino', threads=1)
         print('OV_AFTER_OPENVINO=' + str('openvino' in sys.modules))
     """)
@@ -295,7 +296,7 @@ def test_a_litert_run_never_imports_openvino(tiny_models, synth_arrays, cpu_int8
 
 
 def test_throughput_workers_run_the_engine_the_first_one_runs(cpu_int8, synth_arrays):
-    from leukedge.edge.engines import load_classifier
+    from leukedge.edge.load_engine import load_classifier
     from leukedge.edge.throughput import ClassifierPool
 
     _, _, paths = synth_arrays

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from leukedge.edge.runtime import ModelError, _NativeStderr, open_interpreter
+from leukedge.edge.runtime import ModelError
+from leukedge.edge.runtime_tflite import _NativeStderr, open_interpreter
 
 
 def test_routine_native_lines_are_dropped_and_the_rest_is_replayed(capfd):

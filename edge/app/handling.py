@@ -1,11 +1,11 @@
 """Per-file handling shared by a batch and the watcher: one file -> one row, counted and written.
 
-- `classify_file`: classify one file into a result row (edge.outputs); never raises for the file's sake.
+- `classify_file`: classify one file into a result row (edge.app.rows); never raises for the file's sake.
 - `Counts`: classified / failed / internal / re-read counts of a run.
 - `Emitter`: writes a row, and with a journal its record, in the order that keeps both consistent.
 
-A batch needs only this module; the journal and the watcher (edge.ingest, which re-exports these
-names) are imported only in --watch mode, so a single-image start does not pay for them.
+A batch needs only this module; the journal and the watcher (edge.app.journal, edge.app.watcher) are
+imported only in --watch mode, so a single-image start does not pay for them.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .outputs import STATUS_INTERNAL, STATUS_OK, ModelInfo, OutputError, make_row, row_from_prediction
+from .rows import STATUS_INTERNAL, STATUS_OK, ModelInfo, make_row, row_from_prediction
+from .sinks import OutputError
 
 if TYPE_CHECKING:
-    from .ingest import Identity, Journal
+    from .identity import Identity
+    from .journal import Journal
 
 
 def one_line(text: str, limit: int = 500) -> str:
@@ -27,7 +29,7 @@ def one_line(text: str, limit: int = 500) -> str:
 
 
 def classify_file(clf, path: str, model: ModelInfo, reread: bool = False, strict_quality: bool = False) -> dict:
-    """Classify one file and return its result row (edge.outputs); never raises for the file's sake.
+    """Classify one file and return its result row (edge.app.rows); never raises for the file's sake.
 
     Decoding problems come back from `clf.predict_one` as the image error (status "error");
     anything else raised while handling the file becomes a row with status "internal" naming
@@ -104,10 +106,10 @@ class Counts:
 
 
 class Emitter:
-    """Writes one row and its journal record in the order that keeps both consistent (see edge.ingest's
+    """Writes one row and its journal record in the order that keeps both consistent (see edge.app.journal's
     module docstring: with a results file the record goes first, with stdout the row goes first).
 
-    writer: edge.outputs.RowWriter; journal: edge.ingest.Journal or None; counts: Counts.
+    writer: edge.app.rows.RowWriter; journal: edge.app.journal.Journal or None; counts: Counts.
     """
 
     def __init__(self, writer, journal: Journal | None, counts: Counts):
@@ -123,7 +125,7 @@ class Emitter:
         content was read, for the racy-clean rule). Raises OutputError / JournalError."""
         data = self.writer.render(row)
         if self.journal is not None and rel is not None and ident is not None:
-            from .ingest import Record  # a journal means --watch: edge.ingest is loaded already
+            from .journal import Record  # a journal means --watch: edge.app.journal is loaded already
 
             rec = Record(rel, ident.size, ident.mtime_ns, ident.ino, ident.ctime_ns, digest, row["status"],
                          read_ns=read_ns)

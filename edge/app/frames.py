@@ -106,7 +106,7 @@ def header_for(fmt: str) -> bytes | None:
 
 def rows_layout(first_line: bytes, fmt: str) -> str | None:
     """Which rows an existing results file holds, from its first line: 'frames', 'cells' (the per-cell rows
-    of edge.outputs) or None (empty). A frame run never appends to a per-cell file, nor the other way round."""
+    of edge.app.rows) or None (empty). A frame run never appends to a per-cell file, nor the other way round."""
     if not first_line.strip():
         return None
     if fmt == "csv":
@@ -121,7 +121,7 @@ def rows_layout(first_line: bytes, fmt: str) -> str | None:
 
 
 class FrameRowWriter:
-    """edge.outputs.RowWriter's interface for frame rows, so a batch and the watcher (its Emitter and
+    """edge.app.rows.RowWriter's interface for frame rows, so a batch and the watcher (its Emitter and
     journal) handle frames as they handle cells. One 'row' is a frame's block: {"path", "status", "rows"};
     it renders as all of the frame's cell rows together, so the journal records the whole block (offset,
     length, CRC) and a kill inside it leaves a torn block that the next start cuts off and reads again."""
@@ -160,7 +160,7 @@ def classify_frame_file(clf, path: str, model_fields: dict, opts: FrameOptions, 
     Never raises for the file's sake (an unusable frame is an error block, anything unexpected an
     'internal' block naming the exception), except CellsError: the card cannot say how its cells look,
     which the caller checks before the first frame."""
-    from .fields import CellsError, classify_frame
+    from ..fields import CellsError, classify_frame
 
     crops = Path(opts.crops) / Path(path).stem if opts.crops else None
     try:
@@ -230,11 +230,11 @@ def run_frames(clf, files: list[str], sink, opts: FrameOptions, summary=None,
     """Classify every white cell of every frame in `files`, writing rows to `sink` as they come.
 
     clf: a loaded Classifier whose card has `cells` (else CellsError before the first frame, one line);
-    sink: an edge.outputs sink (write(bytes), offset); summary: the run's per-sample summary adapter or
+    sink: an edge.app.sinks sink (write(bytes), offset); summary: the run's per-sample summary adapter or
     None; log: one-line messages. Returns the counts. Raises CellsError, and OutputError when a row cannot
     be written; never for one frame's content.
     """
-    from .fields import cells_spec
+    from ..fields import cells_spec
 
     cells_spec(clf.card, None)  # the card must say how its training cells look, before any frame is read
     counts = FrameCounts()
