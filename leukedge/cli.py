@@ -55,6 +55,26 @@ def main():
     from leukedge.edge import stderr as native_stderr  # native libraries' stderr lines: prefixed, whole
 
     native_stderr.install("leukedge")
+    quiet_known_native_lines()
+
+
+# TensorFlow's native lines that are known to be harmless on a CPU-only machine (issue 21). TensorFlow logs
+# some of them at ERROR level, so TF_CPP_MIN_LOG_LEVEL cannot hide them without hiding real errors; they are
+# dropped by the process-wide stderr reader instead, one pattern each, everything else is kept.
+HARMLESS_NATIVE_LINES = (
+    r"failed call to cuInit: .*(UNKNOWN ERROR \(303\)|CUDA_ERROR_NO_DEVICE)",  # no GPU here: TF uses the CPU
+    r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine",  # the same, said at INFO level
+    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR",  # absl's preamble
+    r"port\.cc:\d+\] oneDNN custom operations are on",  # a note on float summation order, not a problem
+)
+
+
+def quiet_known_native_lines() -> None:
+    """Register HARMLESS_NATIVE_LINES with the stderr reader (leukedge.edge.stderr.add_filter)."""
+    from leukedge.edge import stderr as native_stderr
+
+    for pattern in HARMLESS_NATIVE_LINES:
+        native_stderr.add_filter(pattern)
 
 
 # -- data ------------------------------------------------------------------------

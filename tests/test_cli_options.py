@@ -59,3 +59,24 @@ def test_the_workstation_cli_imports_no_tensorflow():
     probe = "import sys, leukedge.cli; print('tensorflow' in sys.modules, 'tf_keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False False", out.stderr
+
+
+def test_known_harmless_tensorflow_lines_are_dropped_and_real_ones_kept():
+    """Issue 21: TensorFlow's `failed call to cuInit ... (303)` (logged at ERROR level) and its other CPU-only
+    notes are dropped by the one stderr reader; any other native line still reaches the user, prefixed."""
+    probe = (
+        "import os\n"
+        "from leukedge.edge import stderr\n"
+        "from leukedge.cli import quiet_known_native_lines\n"
+        "stderr.install('leukedge'); quiet_known_native_lines()\n"
+        "os.write(2, b'E0000 00:00:1 12 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
+        "Failed call to cuInit: UNKNOWN ERROR (303)\\n')\n"
+        "os.write(2, b'I0000 00:00:1 12 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will "
+        "not be used.\\n')\n"
+        "os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
+        "os.write(2, b'E0000 something real went wrong\\n')\n"
+        "stderr.uninstall()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert lines == ["leukedge: native: E0000 something real went wrong"], out.stderr
