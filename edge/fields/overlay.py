@@ -37,6 +37,10 @@ def draw_overlay(rgb: np.ndarray, cells, path: str | os.PathLike, positive_label
         caption = f"{c.cell} {c.label or 'error'} P={p}" + (f" [{', '.join(flags)}]" if flags else "")
         x, y = c.box[0] + width, max(0, c.box[1] - font.size - 2 * width) if hasattr(font, "size") else c.box[1]
         tb = d.textbbox((x, y), caption, font=font)
+        if tb[2] > im.size[0]:  # a cell at the right edge: its caption ends at the edge instead of off it
+            x -= tb[2] - im.size[0]
+            tb = d.textbbox((max(0, x), y), caption, font=font)
+            x = max(0, x)
         d.rectangle(tb, fill=(255, 255, 255))
         d.text((x, y), caption, fill=colour, font=font)
     im.save(path, format="PNG", compress_level=1)  # level 1: ~5x faster than the default, ~10 % larger
