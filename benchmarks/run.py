@@ -203,7 +203,7 @@ def _screening_figures(ev: Evaluation, arrays, card) -> dict:
     AUROC; subjects resampled when the part has them), calibration (ECE 15 bins equal-width and
     equal-mass, Brier; before = T 1, after = the card's temperature) and, with subjects, subject-level
     figures (per-subject flagged fraction, AUROC across subjects)."""
-    from leukedge import stats
+    from leukedge.edge import stats
 
     pos = card.positive_index
     groups = arrays.subjects if arrays.subjects and all(arrays.subjects) else None
@@ -350,9 +350,9 @@ def benchmark(models, out, opts: BenchmarkOptions, data: str | None = None, base
         write_text_atomic(stage / "results.json", json.dumps(results, indent=2) + "\n")
         write_text_atomic(stage / "report.md", md)
         plot(results, stage / "f1_vs_latency.png")
-        from leukedge import stats
+        from leukedge.reports import plot_reliability
 
-        stats.plot_reliability(stage / "reliability.png", curves)
+        plot_reliability(stage / "reliability.png", curves)
     print(md)
     return results
 

@@ -34,7 +34,7 @@ def uncalibrated_threshold(card: ModelCard) -> float:
     A card without a temperature (or T = 1) returns its threshold. A temperature-scaled card returns the
     recorded `calibration.threshold_uncalibrated`, else the closed form for two classes:
     P_T = sigmoid(d / T) >= t  <=>  sigmoid(d) >= sigmoid(T * logit(t))  (d = the logit difference;
-    see leukedge.stats.threshold_on_calibrated_scale, which goes the other way).
+    see leukedge.edge.stats.threshold_on_calibrated_scale, which goes the other way).
     """
     t = float(card.threshold)
     temperature = float((card.calibration or {}).get("temperature", 1.0))
@@ -165,7 +165,7 @@ def _choose(plan: VariantPlan, m: Measured) -> None:
 def _gate_stage(plan: VariantPlan, m: Measured) -> None:
     """Stage 3: evaluate at the threshold, compare with the parent on the same cells, gate on the budgets
     (point estimates, or with --gate ci the worst end of the paired 95 % bootstrap interval)."""
-    from leukedge import stats
+    from leukedge.edge import stats
 
     opts, val, parent_ev, positive = plan.opts, plan.val, plan.parent_ev, m.card.positive_index
     m.ev = evaluate(m.p, val, m.threshold, m.card.labels, positive, name=plan.variant.name)
@@ -188,7 +188,7 @@ def _gate_stage(plan: VariantPlan, m: Measured) -> None:
 def _calibrate(plan: VariantPlan, m: Measured) -> None:
     """Stage 4: temperature scaling of a logit variant where the split can judge one (else T = 1, with the
     reason); the threshold re-expressed on the calibrated scale with the same decisions."""
-    from leukedge import stats
+    from leukedge.edge import stats
 
     m.p_cal = m.p
     if m.card.output != "logits" or not plan.opts.calibrate:
@@ -212,7 +212,7 @@ def _write_card(plan: VariantPlan, m: Measured) -> None:
     """Stage 5: the card's own fields (threshold, quantization, provenance, metrics, verdict), the golden set
     measured with the final card by a fresh classifier (so the device's self-test compares like with like),
     then the card itself."""
-    from leukedge import stats
+    from leukedge.edge import stats
 
     v, opts, card, parent_card = plan.variant, plan.opts, m.card, plan.parent_card
     card.threshold = m.threshold

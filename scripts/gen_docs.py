@@ -240,9 +240,9 @@ def results_doc() -> str:
 # -- per-sample summary ---------------------------------------------------------------------------------
 
 def summary_doc() -> str:
-    from leukedge.edge import calibration
+    from leukedge.edge import summary as summary_module
 
-    s = calibration.SampleSummary(by="subject", confidence=0.95, positive_label="all")
+    s = summary_module.SampleSummary(by="subject", confidence=0.95, positive_label="all")
     for i, (flag, p) in enumerate([(True, 0.91), (True, 0.77), (False, 0.12), (False, 0.30)]):
         s.add(f"UID_7_{i + 1}_1_all.bmp", flag, p, failed=False, warned=i == 3)
     s.add("UID_7_9_1_all.bmp", None, None, failed=True, warned=False)
@@ -252,12 +252,12 @@ def summary_doc() -> str:
         example = (Path(tmp) / "summary.json").read_text()
         s.write(Path(tmp) / "summary.csv", rows)
         csv_example = (Path(tmp) / "summary.csv").read_text()
-    _check_keys("summary fields", list(rows[0]), {k: 1 for k in calibration.SUMMARY_FIELDS})
-    doc = inspect.getdoc(calibration.SampleSummary.rows)
+    _check_keys("summary fields", list(rows[0]), {k: 1 for k in summary_module.SUMMARY_FIELDS})
+    doc = inspect.getdoc(summary_module.SampleSummary.rows)
     keys_part = doc[doc.index("Keys:"):]
     return (HEADER + "# Per-sample summary (`edge-classify --summary-by … --summary-out FILE`)\n\n"
-            + textwrap.dedent(inspect.getdoc(calibration.SampleSummary)) + "\n\n"
-            "Source: `SampleSummary` in [`edge/calibration.py`](../../edge/calibration.py). "
+            + textwrap.dedent(inspect.getdoc(summary_module.SampleSummary)) + "\n\n"
+            "Source: `SampleSummary` in [`edge/summary.py`](../../edge/summary.py). "
             "`.json` holds the settings and `groups`; `.csv` one line per group with the same keys. "
             "Written atomically; in watch mode rewritten at most every 5 s and at stop.\n\n"
             + keys_part + "\n\nExample (one subject, 4 cells classified, 1 failed; sensitivity 0.93, "

@@ -14,18 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from leukedge.edge.calibration import (
-    SUMMARY_FIELDS,
-    SampleSummary,
-    SummaryError,
-    check_summary_output,
-    group_key,
-    p_positive_from_logits,
-    rogan_gladen,
-    rogan_gladen_interval,
-    softmax,
-    wilson_interval,
-)
+from leukedge.edge.calibration import p_positive_from_logits, softmax
+from leukedge.edge.stats import rogan_gladen, rogan_gladen_interval, wilson_interval
+from leukedge.edge.summary import SUMMARY_FIELDS, SampleSummary, SummaryError, check_summary_output, group_key
 
 from helpers import CNMC
 
@@ -271,7 +262,8 @@ def test_format_text_lists_every_group_and_says_what_the_correction_is():
 
 
 def test_device_calibration_imports_neither_tensorflow_nor_scipy():
-    code = ("import sys, leukedge.edge.calibration as c; c.softmax([1.0, 2.0], 1.5); c.wilson_interval(3, 9); "
+    code = ("import sys, leukedge.edge.calibration as c, leukedge.edge.stats as s, leukedge.edge.summary; "
+            "c.softmax([1.0, 2.0], 1.5); s.wilson_interval(3, 9); "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'scipy')]; "
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -289,7 +281,7 @@ def test_groups_come_in_natural_order_with_unknown_last():
 def test_temperature_is_not_fitted_where_the_split_cannot_judge_it():
     """Issue 21: a separable split drove T to the search's lower bound (logits x 20, every P 0 or 1) and a
     4-image split to whichever bound it liked; neither is fitted now (T = 1, with the reason)."""
-    from leukedge.stats import FITTED, NOT_FITTED, fit_temperature, fit_temperature_if_judgeable
+    from leukedge.edge.stats import FITTED, NOT_FITTED, fit_temperature, fit_temperature_if_judgeable
 
     rng = np.random.default_rng(0)
     y = np.r_[np.zeros(60, int), np.ones(60, int)]

@@ -67,7 +67,7 @@ def test_f1_vs_latency_draws_many_families_and_a_perfect_set(tmp_path):
 def test_reliability_small_multiples_one_panel_per_model(tmp_path):
     from matplotlib import pyplot as plt
 
-    from leukedge import stats
+    from leukedge import reports
 
     rng = np.random.default_rng(0)
     y = (rng.random(200) < 0.6).astype(int)
@@ -85,7 +85,7 @@ def test_reliability_small_multiples_one_panel_per_model(tmp_path):
 
     plt.Figure.savefig = spy
     try:
-        stats.plot_reliability(tmp_path / "r.png", curves)
+        reports.plot_reliability(tmp_path / "r.png", curves)
     finally:
         plt.Figure.savefig = real_savefig
     assert seen == [["float32", "int8", "int8@160", "pruned-int8", "qat-int8"]]

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from leukedge import stats
-from leukedge.edge.calibration import wilson_interval
+from leukedge.edge import stats
+from leukedge.edge.stats import wilson_interval
 from leukedge.edge.decision import decide
 from leukedge.metrics import binary_report
 
@@ -67,7 +67,9 @@ def test_plot_reliability_writes_a_png(tmp_path):
     rng = np.random.default_rng(1)
     p = rng.random(300)
     y = (rng.random(300) < p).astype(int)
-    out = stats.plot_reliability(tmp_path / "plots" / "reliability.png",
+    from leukedge import reports
+
+    out = reports.plot_reliability(tmp_path / "plots" / "reliability.png",
                                  {"before": (y, p ** 3), "after": (y, p)})
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

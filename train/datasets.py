@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from leukedge.edge.errors import LeukedgeError
-from leukedge.edge.calibration import cnmc_subject
+from leukedge.edge.summary import cnmc_subject
 from leukedge.edge.files import is_ignored_name, sha256_file
 from leukedge.edge.preprocess import is_image_name
 
@@ -83,7 +83,7 @@ class Dataset:
 
 def subject_from_name(name: str) -> str | None:
     """C-NMC subject id from a file name: 'UID_h3_...' and 'UID_H3_...' are the same subject 'H3'
-    (edge.calibration.cnmc_subject: the device's per-subject summary uses the same rule)."""
+    (edge.summary.cnmc_subject: the device's per-subject summary uses the same rule)."""
     return cnmc_subject(name)
 
 

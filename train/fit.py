@@ -208,8 +208,8 @@ def _tf_keras_version() -> str:
 
 
 def _intervals(arrays: ImageArrays, p: np.ndarray, threshold: float, positive: int, seed: int) -> dict:
-    """95 % intervals of one part's figures (leukedge.stats.screening_intervals; subjects resampled when known)."""
-    from leukedge import stats
+    """95 % intervals of one part's figures (leukedge.edge.stats.screening_intervals; subjects resampled when known)."""
+    from leukedge.edge import stats
 
     groups = arrays.subjects if arrays.subjects and all(arrays.subjects) else None
     return stats.screening_intervals(arrays.labels, p, threshold, groups=groups, positive=positive, seed=seed)

@@ -1,4 +1,4 @@
-"""The per-sample summary of a run (edge.calibration.SampleSummary), fed by every row written; in watch mode
+"""The per-sample summary of a run (edge.summary.SampleSummary), fed by every row written; in watch mode
 rewritten every few seconds and rebuilt from the results file after a restart."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ class SummaryLocationError(OSError):
 
 
 class Summary:
-    """The per-sample summary of a run (edge.calibration.SampleSummary) fed by every written row."""
+    """The per-sample summary of a run (edge.summary.SampleSummary) fed by every written row."""
 
     def __init__(self, by: str, out: str | None):
-        from ..calibration import SampleSummary, check_summary_output
+        from ..summary import SampleSummary, check_summary_output
 
         self.out = out
         if out:

@@ -1,39 +1,112 @@
-"""Screening-grade statistics for the workstation: calibration, temperature fitting, intervals.
+"""Screening statistics, one TensorFlow-free home for the device and the workstation alike (issue 19).
 
-numpy only (matplotlib, lazily, for the reliability diagram). The device-side pieces (softmax with
-a temperature, Wilson, Rogan-Gladen) live in `leukedge.edge.calibration` and are re-exported here,
-so there is one implementation of each.
+numpy and the standard library only. The device uses the intervals (a sample's flagged fraction); the
+workstation the calibration measures, the temperature fit and the bootstrap intervals of its reports.
+
+- `wilson_interval`: Wilson score interval for a binomial proportion (Wilson 1927, JASA 22:209).
+- `rogan_gladen`, `rogan_gladen_interval`: apparent (test-positive) fraction corrected for an imperfect
+  test's sensitivity and specificity (Rogan & Gladen 1978, Am J Epidemiol 107:71).
+- `expected_calibration_error`, `brier_score`, `reliability_curve`, `negative_log_likelihood`.
+- `fit_temperature`, `fit_temperature_if_judgeable`, `calibration_report`, `threshold_on_calibrated_scale`
+  (temperature scaling, Guo et al. 2017).
+- `bootstrap_ci`, `paired_bootstrap_diff`, `screening_intervals`, `paired_differences`, `subject_level`.
 
 Conventions: `y_true` holds class indices (0/1 for the binary task) unless a function says it takes
 0/1 "is positive" flags; `p` is P(positive) in [0, 1]; `logits` are (N, K) pre-softmax outputs.
+The per-sample summary that uses the intervals on the device is `leukedge.edge.summary`; the plots are
+`leukedge.reports`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from leukedge.edge.calibration import (  # re-exported for workstation callers
-    p_positive_from_logits,
-    rogan_gladen,
-    rogan_gladen_interval,
-    softmax,
-    wilson_interval,
-)
-from leukedge.edge.decision import decide
+from .calibration import p_positive_from_logits  # noqa: F401 - re-exported: the temperature's one implementation
+from .decision import decide
 
-wilson = wilson_interval
+# -- intervals and prevalence (the device's summary uses these) ----------------------------------------------------------------------
 
-__all__ = [
-    "softmax", "p_positive_from_logits", "wilson", "wilson_interval", "rogan_gladen", "rogan_gladen_interval",
-    "expected_calibration_error", "brier_score", "reliability_curve", "plot_reliability",
-    "negative_log_likelihood", "fit_temperature", "calibration_report", "threshold_on_calibrated_scale",
-    "bootstrap_ci", "paired_bootstrap_diff", "screening_intervals", "paired_differences", "subject_level",
-]
+def _z(confidence: float) -> float:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+    from statistics import NormalDist  # here: statistics imports fractions, decimal and random
+
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)  # 1.959964 for 0.95
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n.
+
+    k: successes (e.g. cells flagged ALL, true positives), 0 <= k <= n; n: trials.
+    confidence: two-sided level, 0.95 gives z = 1.959964 (normal quantile, stdlib NormalDist).
+    Returns (low, high) within [0, 1]; n = 0 gives (0.0, 1.0) (nothing is known).
+    Formula (Wilson 1927; Brown, Cai & DasGupta 2001 recommend it over the Wald interval for
+    small n and proportions near 0 or 1):
+        centre = (p + z^2/2n) / (1 + z^2/n),  half = z/(1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2).
+    Example: k = 8, n = 10 gives (0.4902, 0.9433).
+    Raises ValueError for k or n negative, non-integer, or k > n.
+    """
+    if int(k) != k or int(n) != n:
+        raise ValueError(f"k and n must be whole counts, got k={k!r}, n={n!r}")
+    k, n = int(k), int(n)
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    z = _z(confidence)
+    p = k / n
+    z2n = z * z / n
+    denom = 1.0 + z2n
+    centre = (p + z2n / 2.0) / denom
+    half = z / denom * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
+
+
+def _check_rate(name: str, value: float) -> float:
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return v
+
+
+def rogan_gladen(apparent: float, sensitivity: float, specificity: float) -> float:
+    """True prevalence estimated from the apparent (test-positive) fraction of an imperfect test.
+
+    apparent: fraction of cells the model flagged positive, in [0, 1];
+    sensitivity, specificity: the model's validated rates (from its card), in [0, 1].
+    Returns (apparent + specificity - 1) / (sensitivity + specificity - 1), clipped to [0, 1]
+    (Rogan & Gladen 1978). Example: apparent 0.30, sensitivity 0.90, specificity 0.80 gives 1/7.
+    Raises ValueError when sensitivity + specificity <= 1: such a test is no better than chance
+    and the correction is undefined (or flips sign).
+    """
+    a = _check_rate("apparent fraction", apparent)
+    se = _check_rate("sensitivity", sensitivity)
+    sp = _check_rate("specificity", specificity)
+    youden = se + sp - 1.0
+    if youden <= 0.0:
+        raise ValueError(f"sensitivity + specificity must exceed 1 for the Rogan-Gladen correction, "
+                         f"got {se:g} + {sp:g}")
+    return min(1.0, max(0.0, (a + sp - 1.0) / youden))
+
+
+def rogan_gladen_interval(k: int, n: int, sensitivity: float, specificity: float,
+                          confidence: float = 0.95) -> tuple[float, float]:
+    """Interval of the Rogan-Gladen corrected fraction: the Wilson bounds of k/n, each corrected.
+
+    k cells flagged out of n classified. The correction is increasing in the apparent fraction,
+    so transforming the bounds gives an interval for the corrected fraction. It ignores the
+    uncertainty of sensitivity and specificity themselves (they are treated as known), so it is
+    too narrow when they were measured on few cells (Lang & Reiczigel 2014 widen it).
+    Returns (low, high) in [0, 1]; raises ValueError like `rogan_gladen` and `wilson_interval`.
+    """
+    low, high = wilson_interval(k, n, confidence)
+    return rogan_gladen(low, sensitivity, specificity), rogan_gladen(high, sensitivity, specificity)
+
 
 ECE_BINS = 15  # Guo et al. 2017 use 15 equal-width bins; kept so figures compare with the literature
 
@@ -119,86 +192,6 @@ def brier_score(y_true, p) -> float:
     """
     y, q = _binary_inputs(y_true, p)
     return float(np.mean((q - y) ** 2))
-
-
-def plot_reliability(path: str | os.PathLike, curves: Mapping[str, tuple], bins: int = ECE_BINS,
-                     strategy: str = "uniform", title: str | None = None) -> Path:
-    """Reliability diagram PNG: one small panel per model, each with its curves, the diagonal and a histogram.
-
-    curves: {name: (y_true 0/1, p)}. Names "<model> T=<t>" share one panel per <model> (the
-    optimize and benchmark steps pass "int8 T=1" and "int8 T=0.97": before and after temperature
-    scaling); any other name is a panel of its own. A nested {panel: {name: (y, p)}} sets the
-    panels explicitly. In a panel the first curve is drawn dashed (before), the last solid
-    (what the device reports); each curve's ECE and Brier score is in the panel's legend. Below
-    each panel, the number of cells per bin on a log scale whose floor is 0.5, so a bin with
-    one cell still shows a bar. Written atomically; matplotlib (Agg) is imported only here.
-    Returns the path written.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from leukedge.edge.files import atomic_path
-
-    panels: dict[str, dict[str, tuple]] = {}
-    for name, value in curves.items():
-        if isinstance(value, Mapping):
-            panels[name] = dict(value)
-        else:
-            panels.setdefault(name.split(" T=")[0], {})[name] = value
-    if not panels:
-        raise ValueError("no curves to plot")
-    # colour-blind-safe pair (Okabe-Ito): before = orange, dashed; after = blue, solid
-    styles = [{"color": "#D55E00", "linestyle": "--", "marker": "s"}, {"color": "#0072B2", "linestyle": "-", "marker": "o"}]
-    n = len(panels)
-    ncols = min(n, 4)
-    nrows = -(-n // ncols)
-    width, height = max(3.2 * ncols + 0.5, 5.0), 4.1 * nrows + 0.7
-    fig = plt.figure(figsize=(width, height))
-    outer = fig.add_gridspec(nrows, ncols, hspace=0.32, wspace=0.3, left=0.65 / width, right=1 - 0.15 / width,
-                             bottom=0.5 / height, top=1 - 0.75 / height)
-    edges = np.linspace(0, 1, (bins if strategy == "uniform" else ECE_BINS) + 1)
-    for k, (panel, series) in enumerate(panels.items()):
-        row, col = divmod(k, ncols)
-        inner = outer[row, col].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.06)
-        ax = fig.add_subplot(inner[0])
-        hist = fig.add_subplot(inner[1], sharex=ax)
-        ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
-        items = list(series.items())
-        for i, (name, (y, p)) in enumerate(items):
-            style = styles[1] if i == len(items) - 1 else styles[0]
-            c = reliability_curve(y, p, bins, strategy)
-            ece = expected_calibration_error(y, p, bins, strategy)
-            short = name[len(panel):].strip() or name
-            ax.plot(c["mean_p"], c["fraction_positive"], markersize=4, linewidth=1.5,
-                    label=f"{short}: ECE {ece:.3f}, Brier {brier_score(y, p):.3f}", **style)
-            counts, _ = np.histogram(np.asarray(p, dtype=np.float64), bins=edges)
-            last = i == len(items) - 1
-            hist.stairs(np.maximum(counts, 0.5), edges, baseline=0.5, fill=last, alpha=0.4 if last else 1.0,
-                        color=style["color"], linewidth=1.3, linestyle=style["linestyle"])
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_aspect("auto")
-        ax.set_title(panel, fontsize=10)
-        ax.legend(fontsize=7, loc="upper left", frameon=True, framealpha=0.85)
-        ax.tick_params(labelbottom=False, labelsize=8)
-        ax.grid(alpha=0.25)
-        if col == 0:
-            ax.set_ylabel("observed fraction positive", fontsize=8)
-            hist.set_ylabel("cells (log)", fontsize=8)
-        hist.set_yscale("log")
-        hist.set_ylim(0.5, None)
-        hist.set_xlabel("predicted P(positive)", fontsize=8)
-        hist.tick_params(labelsize=7)
-    kind = "equal-width" if strategy == "uniform" else "equal-mass"
-    fig.suptitle(title or f"Reliability per model ({bins} {kind} bins)\n"
-                          "dotted: perfect; dashed: before, solid: after temperature scaling",
-                 fontsize=9, y=1 - 0.08 / height)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
 
 
 # -- temperature scaling ------------------------------------------------------------------------------
