@@ -156,7 +156,7 @@ def _markdown(summary: dict) -> str:
         spread = row["f1_drop_spread"]
         lines.append(f"| **{v}** | | {'all pass' if row['all_pass'] else 'not all pass'} | spread "
                      f"{'-' if spread is None else f'{spread:.4f}'} | | | | | | "
-                     f"{'**meets**' if row['meets_criterion'] else 'does not meet (yet)'}"
+                     f"{'**meets**' if row['meets_criterion'] else 'does not meet' + (' (yet)' if row['seeds_missing'] else '')}"
                      f"{'; missing seeds ' + str(row['seeds_missing']) if row['seeds_missing'] else ''} |")
     return "\n".join(lines) + "\n"
 
