@@ -203,13 +203,13 @@ def _screening_figures(ev: Evaluation, arrays, card) -> dict:
     AUROC; subjects resampled when the part has them), calibration (ECE 15 bins equal-width and
     equal-mass, Brier; before = T 1, after = the card's temperature) and, with subjects, subject-level
     figures (per-subject flagged fraction, AUROC across subjects)."""
-    from leukedge.edge import stats
+    from leukedge.edge import bootstrap, stats
 
     pos = card.positive_index
     groups = arrays.subjects if arrays.subjects and all(arrays.subjects) else None
     is_pos = arrays.labels == pos
     before = ev.p if ev.p_uncalibrated is None else ev.p_uncalibrated
-    out = {"intervals": stats.screening_intervals(arrays.labels, ev.p, ev.threshold, groups=groups, positive=pos),
+    out = {"intervals": bootstrap.screening_intervals(arrays.labels, ev.p, ev.threshold, groups=groups, positive=pos),
            "calibration": {"temperature": float((card.calibration or {}).get("temperature", 1.0)),
                            **{f"{name}_{tag}": fn(is_pos, p) for tag, p in (("before", before), ("after", ev.p))
                               for name, fn in (("ece", stats.expected_calibration_error),
@@ -217,7 +217,7 @@ def _screening_figures(ev: Evaluation, arrays, card) -> dict:
                                                    y, q, strategy="quantile")),
                                                ("brier", stats.brier_score))}}}
     if groups is not None:
-        out["subject_level"] = stats.subject_level(arrays.labels, ev.p, ev.threshold, groups, positive=pos)
+        out["subject_level"] = bootstrap.subject_level(arrays.labels, ev.p, ev.threshold, groups, positive=pos)
     out["_reliability"] = (is_pos, before, ev.p)
     return out
 

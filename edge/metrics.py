@@ -1,7 +1,8 @@
 """Binary screening metrics in plain numpy: confusion matrix, F1, sensitivity, AUROC, thresholds.
 
-Workstation side (train, optimize, benchmark); the device needs none of this, so it lives
-outside `leukedge.edge`. Decisions go through `leukedge.edge.decision.decide`.
+numpy only, beside the other screening statistics (leukedge.edge.stats, which builds its bootstrap
+intervals on these): one home for the device and the workstation (train, optimize, benchmark) alike.
+Decisions go through `leukedge.edge.decision.decide`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from leukedge.edge.decision import decide
+from .decision import decide
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int = 2) -> np.ndarray:

@@ -28,7 +28,7 @@ from leukedge.edge.decision import decide
 from leukedge.edge.errors import LeukedgeError
 from leukedge.edge.preprocess import ImageError, Preprocessing, load_rgb, normalize
 
-from .metrics import report_at_threshold
+from leukedge.edge.metrics import report_at_threshold
 
 
 class EvaluationError(LeukedgeError, ValueError):
@@ -213,7 +213,7 @@ def scorer_for(model_path: str | os.PathLike, card, threads: int | None = None, 
 class Evaluation:
     """One model on one split part at one threshold.
 
-    p: (N,) P(positive); decisions: (N,) bool; report: leukedge.metrics.binary_report + threshold;
+    p: (N,) P(positive); decisions: (N,) bool; report: leukedge.edge.metrics.binary_report + threshold;
     against a reference (the float parent): agreement of decisions, max and mean |ΔP(positive)|.
     """
 

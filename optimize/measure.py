@@ -17,7 +17,7 @@ from leukedge import __version__
 from leukedge.edge.card import ModelCard, card_path_for, inherit_card
 from leukedge.edge.errors import LeukedgeError
 from leukedge.evaluation import Evaluation, ImageArrays, KerasScorer, evaluate, gzip_bytes, scorer_for
-from leukedge.metrics import choose_threshold
+from leukedge.edge.metrics import choose_threshold
 
 from .variants import Variant
 
@@ -165,7 +165,7 @@ def _choose(plan: VariantPlan, m: Measured) -> None:
 def _gate_stage(plan: VariantPlan, m: Measured) -> None:
     """Stage 3: evaluate at the threshold, compare with the parent on the same cells, gate on the budgets
     (point estimates, or with --gate ci the worst end of the paired 95 % bootstrap interval)."""
-    from leukedge.edge import stats
+    from leukedge.edge import bootstrap
 
     opts, val, parent_ev, positive = plan.opts, plan.val, plan.parent_ev, m.card.positive_index
     m.ev = evaluate(m.p, val, m.threshold, m.card.labels, positive, name=plan.variant.name)
@@ -174,7 +174,7 @@ def _gate_stage(plan: VariantPlan, m: Measured) -> None:
         m.ev.against(parent_ev)
     m.verdict, m.reasons, m.drops = _gate(parent_ev, m.ev, opts, m.card.positive_label)
     m.groups = val.subjects if val.subjects and all(val.subjects) else None
-    m.paired = stats.paired_differences(val.labels, m.p, m.threshold, parent_ev.p, parent_ev.threshold,
+    m.paired = bootstrap.paired_differences(val.labels, m.p, m.threshold, parent_ev.p, parent_ev.threshold,
                                         groups=m.groups, positive=positive, seed=opts.seed) if same_cells else None
     if opts.gate == "ci" and m.paired:
         for metric, budget, what in (("f1_positive", opts.max_f1_drop, "F1"),
@@ -212,7 +212,7 @@ def _write_card(plan: VariantPlan, m: Measured) -> None:
     """Stage 5: the card's own fields (threshold, quantization, provenance, metrics, verdict), the golden set
     measured with the final card by a fresh classifier (so the device's self-test compares like with like),
     then the card itself."""
-    from leukedge.edge import stats
+    from leukedge.edge import bootstrap
 
     v, opts, card, parent_card = plan.variant, plan.opts, m.card, plan.parent_card
     card.threshold = m.threshold
@@ -228,7 +228,7 @@ def _write_card(plan: VariantPlan, m: Measured) -> None:
                                    "conversion": v.conversion, "runtime": v.runtime},
                        **({"imported": parent_card.provenance["imported"]} if "imported" in parent_card.provenance else {})}
     card.metrics = {"validation": {**m.ev.report, "threshold": m.threshold},
-                    "validation_intervals": stats.screening_intervals(plan.val.labels, m.p_cal, m.threshold,
+                    "validation_intervals": bootstrap.screening_intervals(plan.val.labels, m.p_cal, m.threshold,
                                                                       groups=m.groups, positive=card.positive_index,
                                                                       seed=opts.seed),
                     "vs_parent": {**m.ev.vs_reference(), **m.drops, "paired_bootstrap": m.paired}}

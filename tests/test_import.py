@@ -128,7 +128,7 @@ def imported(reference, tmp_path_factory):
 
 
 def test_reference_head_spreads_so_agreement_is_not_vacuous(reference):
-    from leukedge.metrics import auroc
+    from leukedge.edge.metrics import auroc
 
     p = reference["p_all"]
     assert np.percentile(p, 90) - np.percentile(p, 10) > 0.5, p

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from leukedge.metrics import auroc, binary_report, choose_threshold, confusion_matrix, report_at_threshold
+from leukedge.edge.metrics import auroc, binary_report, choose_threshold, confusion_matrix, report_at_threshold
 
 
 def test_confusion_matrix_and_report_by_hand():

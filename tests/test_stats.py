@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from leukedge.edge import stats
+from leukedge.edge import bootstrap, stats
 from leukedge.edge.stats import wilson_interval
 from leukedge.edge.decision import decide
-from leukedge.metrics import binary_report
+from leukedge.edge.metrics import binary_report
 
 
 # -- ECE and Brier ------------------------------------------------------------------------------------
@@ -189,9 +189,9 @@ def _f1(y, p):
 def test_seeded_bootstrap_is_deterministic():
     y, p, subjects = _scored_split()
     for groups in (None, subjects):
-        a = stats.bootstrap_ci(_f1, y, p, groups=groups, n_resamples=200, seed=7)
-        b = stats.bootstrap_ci(_f1, y, p, groups=groups, n_resamples=200, seed=7)
-        c = stats.bootstrap_ci(_f1, y, p, groups=groups, n_resamples=200, seed=8)
+        a = bootstrap.bootstrap_ci(_f1, y, p, groups=groups, n_resamples=200, seed=7)
+        b = bootstrap.bootstrap_ci(_f1, y, p, groups=groups, n_resamples=200, seed=7)
+        c = bootstrap.bootstrap_ci(_f1, y, p, groups=groups, n_resamples=200, seed=8)
         assert a == b and a != c
         point = _f1(y, p)
         assert a[0] < point < a[1]
@@ -210,7 +210,7 @@ def test_subject_resampling_keeps_subjects_whole_and_classes_balanced():
         seen.append(len(counts))
         return float(yy.mean())
 
-    stats.bootstrap_ci(record, y, subjects, groups=subjects, n_resamples=50, seed=0)
+    bootstrap.bootstrap_ci(record, y, subjects, groups=subjects, n_resamples=50, seed=0)
     assert len(seen) == 50 and min(seen) < 19  # some subjects drawn twice, others left out
 
 
@@ -218,41 +218,41 @@ def test_image_resampling_is_stratified_by_class():
     y, p, _ = _scored_split()
     n_pos = int(y.sum())
     positives = []
-    stats.bootstrap_ci(lambda yy, pp: positives.append(int(yy.sum())) or 0.0, y, p, n_resamples=30, seed=0)
+    bootstrap.bootstrap_ci(lambda yy, pp: positives.append(int(yy.sum())) or 0.0, y, p, n_resamples=30, seed=0)
     assert positives == [n_pos] * 30
 
 
 def test_paired_bootstrap_difference():
     y, p, subjects = _scored_split()
-    point, low, high = stats.paired_bootstrap_diff(_f1, y, p, p, groups=subjects, n_resamples=100)
+    point, low, high = bootstrap.paired_bootstrap_diff(_f1, y, p, p, groups=subjects, n_resamples=100)
     assert (point, low, high) == (0.0, 0.0, 0.0)  # identical models: no difference on any resample
     rng = np.random.default_rng(5)
     worse = np.clip(p + rng.normal(0, 0.3, len(p)), 0, 1)
-    point, low, high = stats.paired_bootstrap_diff(_f1, y, worse, p, n_resamples=300, seed=1)
+    point, low, high = bootstrap.paired_bootstrap_diff(_f1, y, worse, p, n_resamples=300, seed=1)
     assert point == pytest.approx(_f1(y, worse) - _f1(y, p))
     assert low < point < high < 0  # clearly worse
 
 
 def test_screening_intervals_share_resamples_with_bootstrap_ci():
     y, p, subjects = _scored_split()
-    out = stats.screening_intervals(y, p, 0.5, groups=subjects, n_resamples=200, seed=3)
+    out = bootstrap.screening_intervals(y, p, 0.5, groups=subjects, n_resamples=200, seed=3)
     rep = binary_report(y, decide(p, 0.5).astype(int), scores=p)
     cm = np.asarray(rep["confusion_matrix"])
     assert out["sensitivity"]["value"] == rep["sensitivity"] and out["sensitivity"]["n"] == int(cm[1].sum())
     assert (out["sensitivity"]["low"], out["sensitivity"]["high"]) == wilson_interval(int(cm[1, 1]), int(cm[1].sum()))
     assert (out["precision"]["k"], out["precision"]["n"]) == (int(cm[1, 1]), int(cm[:, 1].sum()))
     assert out["f1_positive"]["value"] == rep["f1_positive"] and out["auroc"]["value"] == rep["auroc"]
-    low, high = stats.bootstrap_ci(_f1, y, p, groups=subjects, n_resamples=200, seed=3)
+    low, high = bootstrap.bootstrap_ci(_f1, y, p, groups=subjects, n_resamples=200, seed=3)
     assert (out["f1_positive"]["low"], out["f1_positive"]["high"]) == (low, high)
     assert out["bootstrap"]["unit"] == "subject" and out["auroc"]["low"] <= rep["auroc"] <= out["auroc"]["high"]
 
 
 def test_paired_differences_for_the_gate():
     y, p, _ = _scored_split()
-    out = stats.paired_differences(y, p, 0.5, p, 0.5, n_resamples=50)
+    out = bootstrap.paired_differences(y, p, 0.5, p, 0.5, n_resamples=50)
     assert all(out[m] == {"point": 0.0, "low": 0.0, "high": 0.0}
                for m in ("f1_positive", "sensitivity", "weighted_f1", "auroc"))
-    out = stats.paired_differences(y, p, 0.9, p, 0.5, n_resamples=200)  # a stricter threshold misses cells
+    out = bootstrap.paired_differences(y, p, 0.9, p, 0.5, n_resamples=200)  # a stricter threshold misses cells
     assert out["sensitivity"]["high"] < 0
 
 
@@ -260,7 +260,7 @@ def test_subject_level_hand_count():
     y = [1, 1, 1, 0, 0, 0, 0]
     p = [0.9, 0.6, 0.2, 0.7, 0.1, 0.2, 0.3]
     g = ["A", "A", "A", "B", "B", "C", "C"]
-    out = stats.subject_level(y, p, 0.5, g)
+    out = bootstrap.subject_level(y, p, 0.5, g)
     rows = {r["subject"]: r for r in out["subjects"]}
     assert (rows["A"]["cells"], rows["A"]["flagged"], rows["A"]["label"]) == (3, 2, 1)
     assert (rows["B"]["flagged_fraction"], rows["C"]["flagged_fraction"]) == (0.5, 0.0)
@@ -273,4 +273,4 @@ def test_bootstrap_refuses_partly_known_subjects():
     groups = subjects.astype(object)
     groups[3] = None
     with pytest.raises(ValueError, match="every sample has a subject"):
-        stats.bootstrap_ci(_f1, y, p, groups=groups, n_resamples=5)
+        bootstrap.bootstrap_ci(_f1, y, p, groups=groups, n_resamples=5)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leukedge.metrics import auroc
+from leukedge.edge.metrics import auroc
 from leukedge.train.datasets import read_dataset
 from leukedge.train.synth import synthesize
 

@@ -18,7 +18,7 @@ from leukedge.edge.card import ModelCard
 from leukedge.edge.files import staged_dir, write_text_atomic
 from leukedge.edge.card import card_path_for
 from leukedge.evaluation import EvaluationError, ImageArrays, KerasScorer, decode_samples, evaluate
-from leukedge.metrics import choose_threshold
+from leukedge.edge.metrics import choose_threshold
 
 from .cells import measure_training_cells
 from .config import TrainConfig, to_toml
@@ -208,11 +208,11 @@ def _tf_keras_version() -> str:
 
 
 def _intervals(arrays: ImageArrays, p: np.ndarray, threshold: float, positive: int, seed: int) -> dict:
-    """95 % intervals of one part's figures (leukedge.edge.stats.screening_intervals; subjects resampled when known)."""
-    from leukedge.edge import stats
+    """95 % intervals of one part's figures (leukedge.edge.bootstrap.screening_intervals; subjects resampled when known)."""
+    from leukedge.edge import bootstrap
 
     groups = arrays.subjects if arrays.subjects and all(arrays.subjects) else None
-    return stats.screening_intervals(arrays.labels, p, threshold, groups=groups, positive=positive, seed=seed)
+    return bootstrap.screening_intervals(arrays.labels, p, threshold, groups=groups, positive=positive, seed=seed)
 
 
 def split_for(data: str | Path, cfg: TrainConfig) -> tuple[Dataset, Split]:

@@ -373,7 +373,7 @@ class Candidate:
 
 def _score(cand: Candidate, probs: np.ndarray, y_pos: np.ndarray, positive: int, threshold: float) -> Candidate:
     from leukedge.edge.decision import decide
-    from leukedge.metrics import auroc
+    from leukedge.edge.metrics import auroc
 
     p = probs[:, 1 - positive] if cand.reversed_labels else probs[:, positive]
     pred = np.asarray(decide(p, threshold), bool)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from leukedge.edge.files import staged_dir, write_text_atomic
-from leukedge.metrics import report_at_threshold
+from leukedge.edge.metrics import report_at_threshold
 
 from .config import ConfigError, TrainConfig, to_toml
 from .datasets import read_dataset
