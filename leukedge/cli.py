@@ -66,6 +66,7 @@ HARMLESS_NATIVE_LINES = (
     r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine",  # the same, said at INFO level
     r"All log messages before absl::InitializeLog\(\) is called are written to STDERR",  # absl's preamble
     r"port\.cc:\d+\] oneDNN custom operations are on",  # a note on float summation order, not a problem
+    r"^fully_quantize: \d+, inference_type: \d+, input_inference_type:",  # the TFLite converter's echo of its settings
 )
 
 

@@ -74,6 +74,7 @@ def test_known_harmless_tensorflow_lines_are_dropped_and_real_ones_kept():
         "os.write(2, b'I0000 00:00:1 12 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will "
         "not be used.\\n')\n"
         "os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
+        "os.write(2, b'fully_quantize: 0, inference_type: 6, input_inference_type: INT8, output_inference_type: INT8\\n')\n"
         "os.write(2, b'E0000 something real went wrong\\n')\n"
         "stderr.uninstall()\n"
     )
