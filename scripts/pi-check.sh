@@ -257,7 +257,7 @@ say "images: $(ls "$WORK/images" | wc -l) ($SOURCE)"
 PROBE='
 import json, platform, sys, time
 from pathlib import Path
-from leukedge.edge.engines import load_classifier
+from leukedge.edge.load_engine import load_classifier
 from leukedge.edge.selftest import output_quantization, self_test
 model, images, engine = sys.argv[1], sorted(Path(sys.argv[2]).iterdir()), sys.argv[3]
 clf = load_classifier(model, engine=engine, threads=1)
