@@ -164,25 +164,15 @@ def quantize_qdq(float_onnx_path: str | os.PathLike, out_path: str | os.PathLike
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src = Path(float_onnx_path)
-    model = onnx.load(str(src), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    inp = [i for i in model.graph.input if i.name not in inits][0]
-    shape = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
-    x = np.asarray(calibration_inputs)
-    if x.dtype != np.float32:
-        raise OnnxExportError(f"calibration inputs must be float32 model inputs, got {x.dtype}")
-    if x.ndim != 4 or len(x) < 1 or list(x.shape[1:]) != shape[1:]:
-        raise OnnxExportError(f"calibration inputs must be (N>=1, {', '.join(map(str, shape[1:]))}) for {src.name}, "
-                              f"got {x.shape}")
-    if not np.isfinite(x).all():
-        raise OnnxExportError("calibration inputs hold NaN or infinite values")
+    x = _checked_calibration(onnx, src, calibration_inputs)
+    inp_name = _input_name(onnx, src)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="leukedge-qdq-") as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         quantize_static(
-            str(pre), str(out), _Calibration(inp.name, np.ascontiguousarray(x)),
+            str(pre), str(out), _Calibration(inp_name, np.ascontiguousarray(x)),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,

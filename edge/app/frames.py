@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .rows import RowWriter
+
 FRAME_FIELDS = ("rows_version", "frame", "cell", "cells", "x", "y", "x0", "y0", "x1", "y1", "diameter_px",
                 "diameter_um", "p_all", "label", "edge_cut", "touching", "blurred", "flagged", "overlay", "crop",
                 "error", "warning", "variant", "model_sha256")
@@ -120,37 +122,19 @@ def rows_layout(first_line: bytes, fmt: str) -> str | None:
     return "frames" if first_line == TEXT_HEADER else "cells"
 
 
-class FrameRowWriter:
-    """edge.app.rows.RowWriter's interface for frame rows, so a batch and the watcher (its Emitter and
-    journal) handle frames as they handle cells. One 'row' is a frame's block: {"path", "status", "rows"};
-    it renders as all of the frame's cell rows together, so the journal records the whole block (offset,
-    length, CRC) and a kill inside it leaves a torn block that the next start cuts off and reads again."""
+class FrameRowWriter(RowWriter):
+    """edge.app.rows.RowWriter for frame rows, so a batch and the watcher (its Emitter and journal) handle
+    frames as they handle cells. One 'row' is a frame's block: {"path", "status", "rows"}; it renders as all
+    of the frame's cell rows together, so the journal records the whole block (offset, length, CRC) and a
+    kill inside it leaves a torn block that the next start cuts off and reads again. The header, writes and
+    close are RowWriter's; only the header line and the rendering differ."""
 
-    def __init__(self, fmt: str, sink):
+    def __init__(self, fmt: str, sink):  # noqa: D107 - RowWriter's per-cell header does not apply
         self.format, self.sink, self.rows = fmt, sink, 0
         self._header = header_for(fmt) if sink.offset == 0 else None
 
     def render(self, block: dict) -> bytes:
         return b"".join(render(row, self.format, False) for row in block["rows"])
-
-    def ensure_header(self) -> None:
-        if self._header is not None:
-            self.sink.write(self._header)
-            self._header = None
-
-    def write_bytes(self, data: bytes) -> None:
-        self.ensure_header()
-        self.sink.write(data)
-        self.rows += 1
-
-    def write(self, block: dict) -> None:
-        self.write_bytes(self.render(block))
-
-    def close(self) -> None:
-        try:
-            self.ensure_header()
-        finally:
-            self.sink.close()
 
 
 def classify_frame_file(clf, path: str, model_fields: dict, opts: FrameOptions, reread: bool = False,
