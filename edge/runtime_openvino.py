@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runtime import ModelError, default_threads
+from .runtime import HeldStderr, ModelError, default_threads
 
 INSTALL_HINT = "install it: pip install 'leukedge[openvino]'"
 CACHE_ENV = "LEUKEDGE_OPENVINO_CACHE"
@@ -84,47 +84,16 @@ def _meaningful_line(exc: BaseException) -> str:
     return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
-class _QuietNative:
+class _QuietNative(HeldStderr):
     """Hold what native code writes to file descriptor 2 while OpenVINO reads and compiles a model.
 
     On failure OpenVINO tries every frontend it has (TensorFlow's prints parse errors), which is noise
     next to leukedge's one-line message: `replay()` writes the held text back only on success (it may
-    hold OpenVINO's own warnings). Where memfd is unavailable nothing is held.
+    hold OpenVINO's own warnings).
     """
 
     def __init__(self):
-        self.text = ""
-        self._fd = self._saved = None
-
-    def __enter__(self):
-        if hasattr(os, "memfd_create"):
-            try:
-                import sys
-
-                sys.stderr.flush()
-                self._fd = os.memfd_create("leukedge-openvino-stderr")
-                self._saved = os.dup(2)
-                os.dup2(self._fd, 2)
-            except OSError:
-                self._close()
-        return self
-
-    def _close(self):
-        for fd in (self._fd, self._saved):
-            if fd is not None:
-                os.close(fd)
-        self._fd = self._saved = None
-
-    def __exit__(self, *exc):
-        if self._saved is None:
-            return
-        os.dup2(self._saved, 2)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        data = b""
-        while chunk := os.read(self._fd, 1 << 16):
-            data += chunk
-        self._close()
-        self.text = data.decode("utf-8", "replace")
+        super().__init__("leukedge-openvino-stderr")
 
     def replay(self):
         if self.text.strip():

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from .runtime import ModelError, Runtime, default_threads
+from .runtime import HeldStderr, ModelError, Runtime, default_threads
 
 
 # Order matters: ai-edge-litert is the maintained runtime; tflite-runtime is the
@@ -86,49 +86,21 @@ def find_runtime(prefer: str | None = None) -> Runtime:
 _ROUTINE_NATIVE_LINES = ("INFO: Created TensorFlow Lite XNNPACK delegate", "INFO: Initialized TensorFlow Lite runtime")
 
 
-class _NativeStderr:
-    """Capture what native code writes to file descriptor 2 while loading a model (Linux memfd).
+class _NativeStderr(HeldStderr):
+    """Capture what native code writes to file descriptor 2 while loading a model (edge.runtime.HeldStderr).
 
     The runtime's routine INFO lines are dropped, so leukedge's own line is the first on stderr;
     anything else (warnings, errors) is written back to stderr unchanged when the block ends, and
-    `lines` keeps it for error messages. Where memfd is unavailable nothing is captured.
+    `lines` keeps it for error messages.
     """
 
     def __init__(self):
+        super().__init__("leukedge-native-stderr")
         self.lines: list[str] = []
-        self._saved = self._fd = None
-
-    def __enter__(self):
-        if not hasattr(os, "memfd_create"):
-            return self
-        try:
-            import sys
-
-            sys.stderr.flush()
-            self._fd = os.memfd_create("leukedge-native-stderr")
-            self._saved = os.dup(2)
-            os.dup2(self._fd, 2)
-        except OSError:
-            self._close()
-        return self
-
-    def _close(self) -> None:
-        for fd in (self._fd, self._saved):
-            if fd is not None:
-                os.close(fd)
-        self._fd = self._saved = None
 
     def __exit__(self, *exc) -> None:
-        if self._saved is None:
-            return
-        os.dup2(self._saved, 2)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        data = b""
-        while chunk := os.read(self._fd, 1 << 16):
-            data += chunk
-        self._close()
-        text = data.decode("utf-8", "replace")
-        self.lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(_ROUTINE_NATIVE_LINES)]
+        super().__exit__(*exc)
+        self.lines = [ln for ln in self.text.splitlines() if ln.strip() and not ln.startswith(_ROUTINE_NATIVE_LINES)]
         if self.lines:
             os.write(2, ("\n".join(self.lines) + "\n").encode("utf-8", "replace"))
 
