@@ -148,22 +148,24 @@ def _build_qat(ctx: BuildContext, v: Variant, path: Path) -> dict:
 
 
 def _build_onnx(ctx: BuildContext, v: Variant, path: Path) -> dict:
-    from .onnx_export import export_onnx, quantize_qdq
+    """ONNX rows: float32 as exported, or QDQ int8 from a temporary float export, quantized for TensorRT
+    (builder 'onnx': onnx_export.quantize_qdq) or for CPU engines (builder 'onnx-cpu': quantize_qdq_cpu)."""
+    from .onnx_export import export_onnx, quantize_qdq, quantize_qdq_cpu
 
     model, output = ctx.logits(ctx.model)
     if v.conversion == "onnx-float32":
         return {"onnx": export_onnx(model, path), "output": output}
+    quantize = quantize_qdq_cpu if v.builder == "onnx-cpu" else quantize_qdq
     float_path = path.with_name(path.stem + ".float-tmp.onnx")
     try:
         desc = export_onnx(model, float_path)
-        recipe = quantize_qdq(float_path, path, ctx.calibration_inputs())
+        recipe = quantize(float_path, path, ctx.calibration_inputs())
     finally:
         float_path.unlink(missing_ok=True)
     return {"onnx": {**desc, "quantization": recipe}, "output": output}
 
 
 BUILDERS.update({"convert": _build_convert, "prune": _build_prune, "qat": _build_qat, "prune+qat": _build_qat,
-                 "onnx": _build_onnx, "onnx-cpu": lambda ctx, v, path: __import__(
-                     "leukedge.optimize.onnx_export", fromlist=["build_onnx_cpu"]).build_onnx_cpu(ctx, v, path),
+                 "onnx": _build_onnx, "onnx-cpu": _build_onnx,
                  "slim": lambda ctx, v, path: __import__(
                      "leukedge.optimize.channels", fromlist=["build_slim"]).build_slim(ctx, v, path)})

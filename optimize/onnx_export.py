@@ -339,20 +339,3 @@ def _checked_calibration(onnx, src: Path, calibration_inputs: np.ndarray) -> np.
     if not np.isfinite(x).all():
         raise OnnxExportError("calibration inputs hold NaN or infinite values")
     return x
-
-
-def build_onnx_cpu(ctx, v, path: Path) -> dict:
-    """optimize's builder for the CPU int8 variant: the float parent (logits) -> ONNX -> QDQ int8 for CPU engines.
-
-    ctx: optimize.builders.BuildContext (its parent with the softmax removed, and its calibration inputs, the same
-    images as the TFLite `int8`). v: the registry row. path: the .onnx to write.
-    Returns {"onnx": export description + {"quantization": recipe}, "output": "logits" | "probabilities"}.
-    """
-    model, output = ctx.logits(ctx.model)
-    float_path = path.with_name(path.stem + ".float-tmp.onnx")
-    try:
-        desc = export_onnx(model, float_path)
-        recipe = quantize_qdq_cpu(float_path, path, ctx.calibration_inputs())
-    finally:
-        float_path.unlink(missing_ok=True)
-    return {"onnx": {**desc, "quantization": recipe}, "output": output}
