@@ -1,4 +1,4 @@
-"""The steps' reports in one place: what `leukedge optimize` writes for people (summary.md, reliability.png).
+"""What `leukedge optimize` writes for people (summary.md, reliability.png).
 
 Each function takes the plain dicts a step already wrote as JSON, so a report can be redrawn from a run folder
 without re-running the step. (The benchmark's report and plots are in leukedge.benchmarks.run and

@@ -1,0 +1,12 @@
+"""Every step's reports in one place: the Markdown, CSV and plots that `train`, `optimize` and the benchmarks
+write for people.
+
+Each writer takes the plain dicts a step already wrote as JSON (or its history rows), so a report can be redrawn
+from a run folder without re-running the step. One module per step:
+
+- `leukedge.reports.optimize`: optimize's summary.md and reliability.png.
+"""
+
+from leukedge.reports.optimize import optimize_reliability_plot, optimize_summary_markdown, plot_reliability
+
+__all__ = ["optimize_reliability_plot", "optimize_summary_markdown", "plot_reliability"]
