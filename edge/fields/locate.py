@@ -1,6 +1,7 @@
 """Find the white cells in one frame of a stained blood smear (bright-field, Romanowsky/Wright/Giemsa-type stain).
 
-The rules, in the order they run (every number is a module constant below, with where it comes from):
+The rules, in the order they run (every number is a module constant below, with where it comes from;
+those of steps 1 and 2 are in edge.fields.smear, step 5's in edge.fields.split, re-exported here):
 
 1. Is it a smear? (`check_smear`) A bright-field stained smear has a bright background (the glass) and
    stained matter that absorbs green: eosin-stained red cells (green most) and azure-stained nuclei (green and red)
@@ -34,6 +35,7 @@ Shapes and units: frames are uint8 RGB arrays (H, W, 3); coordinates are (x, y) 
 boxes are (x0, y0, x1, y1) with x1, y1 exclusive.
 """
 
+
 from __future__ import annotations
 
 import math
@@ -42,26 +44,18 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ..errors import LeukedgeError
+from .smear import (  # noqa: F401 - steps 1-2; re-exported: edge.fields.locate is where callers find them
+    MIN_BACKGROUND_GREEN, MIN_GREEN_ABSORBING, MIN_STAINED_FRACTION, PREVIEW_PIXELS, RED_CELL_UM, RULER_HOLE_RATIO,
+    RULER_PERCENTILE, STAINED_DROP, NotASmearError, background_of, check_smear, red_cell_diameter,
+)
+from .split import SPLIT_MIN_DISTANCE_UM, SPLIT_PEAK_UM, SPLIT_SADDLE, split_markers, watershed_parts  # noqa: F401
 
-# -- the numbers, and where each comes from ---------------------------------------------------------------
+# -- the numbers, and where each comes from (steps 3-7; 1-2: edge.fields.smear; 5: .split) ----------------------
 
-# Mean diameter of a normal red cell on a dried, stained smear: 7.5 um is the textbook figure (normal range
-# about 6.7-7.7 um; Bain, "Blood Cells: A Practical Guide"). When both the training cells and the frame
-# are scaled by this ruler the constant cancels out; it matters only where a camera's um/px is mixed with it.
-RED_CELL_UM = 7.5
 # The working copy: a red cell this many pixels across (0.23 um/px). Chosen so that the thinnest structure
 # used (the gap between nuclear lobes, ~1 um) still spans >= 4 pixels, and a 640x480 BCCD frame
 # (red cell ~100 px) is located on a ~205x154 copy.
 WORK_RED_CELL_PX = 32.0
-# Smear check (measured on every 4th BCCD frame: background green 192-215, stained fraction 0.31-0.7). The
-# limits leave wide margins for paler or darker stains.
-MIN_BACKGROUND_GREEN = 110  # the glass seen in bright field; fluorescence/dark field is far darker
-STAINED_DROP = 25  # a pixel is stained when its green is this much below the background's
-MIN_STAINED_FRACTION = 0.02  # below: a blank slide or an empty area, not a smear
-# Share of stained pixels where green is not the least absorbed channel (absorbance log(glass / pixel) per
-# channel): eosin (red cells) absorbs green most, azure/methylene blue (nuclei) green and red; BCCD: >= 0.98.
-MIN_GREEN_ABSORBING = 0.80
 # Nuclei: B - R over the background's value. A half-maximum threshold between background (~0) and the most
 # stained 0.5 % of pixels (BCCD: 65-80), floored so that pale cytoplasm (B - R ~ 10-25) stays out and capped
 # so that a very dark stain does not lose the paler nuclei.
@@ -84,12 +78,6 @@ LOBE_GAP_UM = 2.0
 # Smallest white-cell nucleus: a small lymphocyte's (~6-7 um across, ~0.7 red-cell areas); a platelet is
 # 2-3 um (~0.1 red-cell areas). 0.25 sits between them with room for a nucleus partly cut by the frame edge.
 MIN_NUCLEUS_AREA_RBC = 0.25
-# Splitting touching nuclei: a round nucleus is >= ~5 um across (inscribed radius >= 2.5 um); a lobe is
-# ~2-3 um thick (radius <= 1.5 um). Peaks of the distance transform deeper than SPLIT_PEAK_UM, further
-# apart than SPLIT_MIN_DISTANCE_UM, whose connecting ridge falls below SPLIT_SADDLE of the lower peak.
-SPLIT_PEAK_UM = 3.0
-SPLIT_MIN_DISTANCE_UM = 4.0
-SPLIT_SADDLE = 0.5
 # Cytoplasm: within this reach of the nucleus (a neutrophil's rim is ~2-4 um), B - R above the
 # background's by CYTOPLASM_BLUE and green CYTOPLASM_DROP below the glass.
 CYTOPLASM_REACH_UM = 4.0
@@ -112,17 +100,6 @@ CYTOPLASM_OPEN_UM = 0.75
 # that looks out of focus by eye (00327) measures 0.51. A generated field blurred by sigma = 1 um measures
 # 0.59, by 0.5 um 0.45. Cells above 0.5 um are flagged.
 BLUR_EDGE_UM = 0.5
-# The red-cell ruler (see red_cell_diameter): the distance-transform percentile read, and the largest hole
-# (as a share of its part's area) taken for central pallor; both chosen on every 3rd BCCD frame against
-# the frames' own red-cell boxes.
-RULER_PERCENTILE = 90.0
-RULER_HOLE_RATIO = 0.3
-# The copy the red-cell ruler is measured on: at most this many pixels (a 640x480 frame at half size).
-PREVIEW_PIXELS = 80_000
-
-
-class NotASmearError(LeukedgeError, ValueError):
-    """The frame is not a bright-field stained blood smear; the message says why, in one line."""
 
 
 @dataclass
@@ -171,136 +148,56 @@ class FieldLocation:
     background: tuple[int, int, int]
 
 
-# -- smear check and ruler -----------------------------------------------------------------------------------
-
-def _background(rgb: np.ndarray) -> tuple[np.ndarray, float]:
-    """Median RGB and green level of the glass: the brightest 10 % of green (every 2nd pixel of every 2nd row)."""
-    g = rgb[::2, ::2, 1]
-    top = np.percentile(g, 90)
-    bright = rgb[::2, ::2][g >= top]
-    return np.median(bright, axis=0), float(np.median(bright[:, 1]))
-
-
-def check_smear(rgb: np.ndarray) -> tuple[int, int, int]:
-    """Raise NotASmearError unless `rgb` (uint8 (H, W, 3)) looks like a bright-field stained smear.
-
-    Returns the background (glass) colour as (R, G, B). The three rules are in the module docstring.
-    """
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"a frame must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
-    small = rgb[::2, ::2]
-    bg, bg_g = _background(rgb)
-    if bg_g < MIN_BACKGROUND_GREEN:
-        raise NotASmearError(f"not a bright-field smear: the background is dark (green {bg_g:.0f} of 255; "
-                             "fluorescence or dark field?)")
-    g = small[..., 1].astype(np.int16)
-    stained = g < bg_g - STAINED_DROP
-    frac = float(stained.mean())
-    if frac < MIN_STAINED_FRACTION:
-        raise NotASmearError(f"not a stained smear: only {frac:.1%} of the frame is stained "
-                             "(a blank slide, an empty area or far out of focus)")
-    absorb = np.log((bg.astype(np.float32) + 1.0) / (small[stained].astype(np.float32) + 1.0))
-    green_absorbs = float((absorb[:, 1] >= np.minimum(absorb[:, 0], absorb[:, 2])).mean())
-    if green_absorbs < MIN_GREEN_ABSORBING:
-        raise NotASmearError(f"not a stained smear: the colours are not those of a Romanowsky-type stain (green "
-                             f"is absorbed more than red or blue in {green_absorbs:.0%} of stained pixels, expected "
-                             f">= {MIN_GREEN_ABSORBING:.0%}; a photograph or another kind of image?)")
-    return tuple(int(round(v)) for v in bg)
-
-
-def red_cell_diameter(rgb: np.ndarray, background: tuple[int, int, int] | None = None) -> float | None:
-    """Red-cell diameter in pixels of `rgb` (uint8 (H, W, 3)), or None when the frame shows too few red cells.
-
-    Red cells: stained (green STAINED_DROP below the glass) and not blue (B - R less than 10 above the
-    glass'). Holes smaller than RULER_HOLE_RATIO of their part are filled (central pallor; larger holes are
-    glass enclosed by a ring of cells). For discs of radius R the distance transform's values over their
-    area reach q R with q = 1 - sqrt(1 - p) at percentile p; R is read from the RULER_PERCENTILE-th
-    percentile, which small fragments (little area) and clumps (ridges about one radius deep) barely move.
-    Checked against the median BCCD red-cell box of each of 118 frames: ratio 0.95 median, 0.72..1.44 for
-    5..95 % of frames (a per-frame ruler is noisy: give the camera's um/px, or the median over its frames,
-    where it matters). Measured on a copy of at most PREVIEW_PIXELS; again on 4x the pixels while the cells
-    there are under 16 px across. None when red cells cover under 2 % of the frame.
-    """
-    h, w = rgb.shape[:2]
-    budget = PREVIEW_PIXELS
-    while True:
-        f = min(1.0, math.sqrt(budget / float(h * w)))
-        prev = rgb if f >= 1.0 else cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))),
-                                               interpolation=cv2.INTER_AREA)
-        d = _red_cell_diameter_at(prev, background)
-        if d is None or d >= 16 or f >= 1.0:
-            return None if d is None else d / f
-        budget *= 4
-
-
-def _red_cell_diameter_at(prev: np.ndarray, background) -> float | None:
-    bg = _background(prev)[0] if background is None else np.asarray(background, np.float32)
-    r = prev[..., 0].astype(np.int16)
-    g = prev[..., 1].astype(np.int16)
-    b = prev[..., 2].astype(np.int16)
-    red = ((g < bg[1] - STAINED_DROP) & (b - r < bg[2] - bg[0] + 10)).astype(np.uint8)
-    red = cv2.morphologyEx(red, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    if red.mean() < 0.02:
-        return None
-    contours, hierarchy = cv2.findContours(red, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    if hierarchy is not None:
-        for i, (_, _, _, parent) in enumerate(hierarchy[0]):
-            if parent >= 0 and cv2.contourArea(contours[i]) <= RULER_HOLE_RATIO * cv2.contourArea(contours[parent]):
-                cv2.drawContours(red, contours, i, 1, thickness=-1)
-    dist = cv2.distanceTransform(red, cv2.DIST_L2, 3)
-    q = 1.0 - math.sqrt(1.0 - RULER_PERCENTILE / 100.0)
-    return 2.0 * float(np.percentile(dist[red > 0], RULER_PERCENTILE)) / q
-
-
 # -- locating ------------------------------------------------------------------------------------------------
 
 def _disc(radius_px: float) -> np.ndarray:
+    """An elliptical (disc) structuring element of radius round(radius_px), at least 1, in pixels."""
     k = max(1, int(round(radius_px)))
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
 
 
-def _split_markers(nuc: np.ndarray, px_per_um: float) -> np.ndarray | None:
-    """Markers (int32 labels) of the nuclei in one group's mask `nuc` (uint8 0/1), or None for one nucleus."""
-    dist = cv2.distanceTransform(nuc, cv2.DIST_L2, 5)
-    peak_min = SPLIT_PEAK_UM * px_per_um
-    if dist.max() < peak_min:
-        return None
-    local = (dist >= cv2.dilate(dist, np.ones((5, 5), np.uint8))) & (dist >= peak_min)
-    ys, xs = np.nonzero(local)
-    if len(xs) < 2:
-        return None
-    order = np.argsort(-dist[ys, xs])
-    min_d = SPLIT_MIN_DISTANCE_UM * px_per_um
-    peaks: list[tuple[int, int, float]] = []
-    for i in order:  # non-maximum suppression: strongest first
-        x, y, v = int(xs[i]), int(ys[i]), float(dist[ys[i], xs[i]])
-        if all((x - px) ** 2 + (y - py) ** 2 >= min_d ** 2 for px, py, _ in peaks):
-            peaks.append((x, y, v))
-    if len(peaks) < 2:
-        return None
-    # union of peaks whose connecting ridge stays high (one elongated nucleus, not two)
-    parent = list(range(len(peaks)))
+@dataclass
+class _Scale:
+    """Steps 2-3 for one frame: the scale in force and the working copy located on.
 
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    um_per_px / source: the frame's scale and where it came from ('camera' or 'red cells').
+    work: uint8 (wh, ww, 3), the working copy; sx, sy: frame pixels per working pixel (exact per axis);
+    px_um: working pixels per micrometre.
+    """
 
-    for i in range(len(peaks)):
-        for j in range(i + 1, len(peaks)):
-            (x0, y0, v0), (x1, y1, v1) = peaks[i], peaks[j]
-            steps = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
-            line = dist[np.linspace(y0, y1, steps).round().astype(int), np.linspace(x0, x1, steps).round().astype(int)]
-            if line.min() >= SPLIT_SADDLE * min(v0, v1):
-                parent[find(i)] = find(j)
-    roots = sorted({find(i) for i in range(len(peaks))})
-    if len(roots) < 2:
-        return None
-    markers = np.zeros(nuc.shape, np.int32)
-    for i, (x, y, v) in enumerate(peaks):
-        cv2.circle(markers, (x, y), max(1, int(v * 0.5)), roots.index(find(i)) + 1, -1)
-    return markers
+    background: tuple[int, int, int]
+    red_cell_px: float | None
+    um_per_px: float
+    source: str
+    work: np.ndarray
+    sx: float
+    sy: float
+    px_um: float
+
+    @property
+    def rbc_area_work(self) -> float:
+        """A red cell's area in working pixels."""
+        return math.pi * (RED_CELL_UM * self.px_um / 2) ** 2
+
+
+@dataclass
+class _Stain:
+    """Step 4's masks on the working copy: green (int16), nucleus (uint8 0/1, specks dropped), cytoplasm (uint8 0/1)."""
+
+    green: np.ndarray
+    nuc: np.ndarray
+    cyto: np.ndarray
+
+
+@dataclass
+class _Nucleus:
+    """One white cell before its flags: its extent (uint8 0/1) in the ROI at `origin` (x0, y0, working pixels),
+    whether it was split from a group, and its nuclear area (working pixels)."""
+
+    extent: np.ndarray
+    origin: tuple[int, int]
+    split: bool
+    area: float
 
 
 def locate_cells(rgb: np.ndarray, um_per_px: float | None = None, *, check: bool = True) -> FieldLocation:
@@ -309,10 +206,24 @@ def locate_cells(rgb: np.ndarray, um_per_px: float | None = None, *, check: bool
     rgb: uint8 (H, W, 3), the frame as decoded. um_per_px: the camera's micrometres per pixel, when known
     (else the red-cell ruler sets the scale). check: run `check_smear` first (False: the caller did).
     Returns a FieldLocation (0 cells is a valid result). Raises NotASmearError for a frame that is not a
-    stained smear, or whose scale cannot be set (no um_per_px and fewer than 3 red cells to measure).
+    stained smear, or whose scale cannot be set (no um_per_px and fewer than 3 red cells to measure);
+    ValueError for a um_per_px that is not a number > 0.
     """
     h, w = rgb.shape[:2]
-    background = check_smear(rgb) if check else tuple(int(v) for v in _background(rgb)[0])
+    sc = _scale(rgb, um_per_px, check)
+    stain = _stain(sc)
+    found = _nuclei(sc, stain)
+    cells = _located_cells(sc, stain, found, (w, h))
+    band = max(1.0, RED_CELL_UM / sc.um_per_px)
+    cells.sort(key=lambda c: (int(c.centroid[1] // band), c.centroid[0]))
+    return FieldLocation(cells=cells, size=(w, h), red_cell_px=sc.red_cell_px, um_per_px=sc.um_per_px,
+                         scale_source=sc.source, work_scale=1.0 / ((sc.sx + sc.sy) / 2), background=sc.background)
+
+
+def _scale(rgb: np.ndarray, um_per_px: float | None, check: bool) -> _Scale:
+    """Steps 1-3: the smear check (when `check`), the red-cell ruler, the scale in force, the working copy."""
+    h, w = rgb.shape[:2]
+    background = check_smear(rgb) if check else tuple(int(v) for v in background_of(rgb)[0])
     rbc_px = red_cell_diameter(rgb, background)
     if um_per_px is not None:
         if not (isinstance(um_per_px, (int, float)) and math.isfinite(um_per_px) and um_per_px > 0):
@@ -330,8 +241,12 @@ def locate_cells(rgb: np.ndarray, um_per_px: float | None = None, *, check: bool
     wh, ww = work.shape[:2]
     sx, sy = w / ww, h / wh  # frame pixels per working pixel (exact per axis)
     px_um = 1.0 / (scale_um * (sx + sy) / 2)  # working pixels per micrometre
-    rbc_area_work = math.pi * (RED_CELL_UM * px_um / 2) ** 2
+    return _Scale(background, rbc_px, scale_um, source, work, sx, sy, px_um)
 
+
+def _stain(sc: _Scale) -> _Stain:
+    """Step 4's colour rules on the working copy: the nucleus and cytoplasm masks, nuclear specks dropped."""
+    work, background = sc.work, sc.background
     r = work[..., 0].astype(np.int16)
     g = work[..., 1].astype(np.int16)
     b = work[..., 2].astype(np.int16)
@@ -342,48 +257,67 @@ def locate_cells(rgb: np.ndarray, um_per_px: float | None = None, *, check: bool
     contrast = min(NUCLEUS_CONTRAST_MAX, max(NUCLEUS_CONTRAST_MIN, 0.5 * (top - bg_blue)))
     nuc = ((blue > bg_blue + contrast) | ((g < DARK_NUCLEUS_GREEN * bg_g) & (blue >= bg_blue))).astype(np.uint8)
     cyto = ((blue > bg_blue + CYTOPLASM_BLUE) & (g < bg_g - CYTOPLASM_DROP)).astype(np.uint8)
-
-    # drop specks, then group fragments (lobes) that lie within LOBE_GAP_UM
+    # drop specks
     n, labels, stats, _ = cv2.connectedComponentsWithStats(nuc, connectivity=8)
     keep = np.zeros(n, bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= MIN_FRAGMENT_AREA_RBC * rbc_area_work
-    nuc = keep[labels].astype(np.uint8)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= MIN_FRAGMENT_AREA_RBC * sc.rbc_area_work
+    return _Stain(green=g, nuc=keep[labels].astype(np.uint8), cyto=cyto)
+
+
+def _nuclei(sc: _Scale, stain: _Stain) -> list[_Nucleus]:
+    """Steps 4-6: group fragments (lobes) within LOBE_GAP_UM, drop groups too small for a nucleus, split
+    touching nuclei, and grow each nucleus into its extent."""
+    work, nuc, px_um = sc.work, stain.nuc, sc.px_um
+    wh, ww = work.shape[:2]
     grouped = cv2.dilate(nuc, _disc(LOBE_GAP_UM * px_um / 2))
     ng, glabels, gstats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
-
     reach = CYTOPLASM_REACH_UM * px_um
     pad = int(math.ceil(reach)) + 2
-    grad = None
-    found: list[tuple[np.ndarray, tuple[int, int], bool, float]] = []  # (extent mask, roi origin, split, nucleus area)
+    found: list[_Nucleus] = []
     for gi in range(1, ng):
         x, y, bw, bh, _ = gstats[gi]
         x0, y0 = max(0, x - pad), max(0, y - pad)
         x1, y1 = min(ww, x + bw + pad), min(wh, y + bh + pad)
         group = (glabels[y0:y1, x0:x1] == gi) & (nuc[y0:y1, x0:x1] > 0)
         area = float(group.sum())
-        if area < MIN_NUCLEUS_AREA_RBC * rbc_area_work:
+        if area < MIN_NUCLEUS_AREA_RBC * sc.rbc_area_work:
             continue
         group8 = group.astype(np.uint8)
         closed = cv2.morphologyEx(group8, cv2.MORPH_CLOSE, _disc(LOBE_GAP_UM * px_um / 2))
-        markers = _split_markers(closed, px_um)
-        parts = [group8] if markers is None else _watershed_parts(work[y0:y1, x0:x1], closed, markers, group8)
+        markers = split_markers(closed, px_um)
+        parts = [group8] if markers is None else watershed_parts(work[y0:y1, x0:x1], closed, markers, group8)
         for part in parts:
-            extent = _extent(part, cyto[y0:y1, x0:x1], reach, px_um)
-            found.append((extent, (x0, y0), markers is not None, float(part.sum())))
+            extent = _extent(part, stain.cyto[y0:y1, x0:x1], reach, px_um)
+            found.append(_Nucleus(extent, (x0, y0), markers is not None, float(part.sum())))
+    return found
 
-    # flags that need every cell: touching (extents meet, one working pixel apart)
-    full = [np.zeros((wh, ww), np.uint8) for _ in found]
-    for m, (ext, (x0, y0), _, _) in zip(full, found):
-        m[y0:y0 + ext.shape[0], x0:x0 + ext.shape[1]] = ext
-    touching = [split for (_, _, split, _) in found]
+
+def _touching(found: list[_Nucleus], shape: tuple[int, int]) -> tuple[list[np.ndarray], list[bool]]:
+    """Each extent on the whole working copy (uint8 (wh, ww)), and step 7's `touching` flag of each: its
+    extent meets another's (one working pixel apart), or it was split from another."""
+    full = [np.zeros(shape, np.uint8) for _ in found]
+    for m, f in zip(full, found):
+        x0, y0 = f.origin
+        m[y0:y0 + f.extent.shape[0], x0:x0 + f.extent.shape[1]] = f.extent
+    touching = [f.split for f in found]
     for i in range(len(found)):
         di = cv2.dilate(full[i], np.ones((3, 3), np.uint8))
         for j in range(i + 1, len(found)):
             if (di & full[j]).any():
                 touching[i] = touching[j] = True
+    return full, touching
 
+
+def _located_cells(sc: _Scale, stain: _Stain, found: list[_Nucleus], size: tuple[int, int]) -> list[LocatedCell]:
+    """Step 7 and the way back to the frame: each extent's box, centroid, diameter and mask in frame pixels,
+    with its flags (edge_cut, touching, blurred). size: (W, H) of the frame. Unordered."""
+    w, h = size
+    sx, sy, work = sc.sx, sc.sy, sc.work
+    wh, ww = work.shape[:2]
+    full, touching = _touching(found, (wh, ww))
+    grad = None
     cells = []
-    for k, (m, (ext, (x0, y0), _, nuc_area)) in enumerate(zip(full, found)):
+    for k, (m, f) in enumerate(zip(full, found)):
         ys, xs = np.nonzero(m)
         if len(xs) == 0:
             continue
@@ -398,17 +332,14 @@ def locate_cells(rgb: np.ndarray, um_per_px: float | None = None, *, check: bool
             gx = cv2.Sobel(work[..., 1], cv2.CV_32F, 1, 0, ksize=3)
             gy = cv2.Sobel(work[..., 1], cv2.CV_32F, 0, 1, ksize=3)
             grad = cv2.magnitude(gx, gy) / 8.0  # Sobel 3x3 sums 8x the unit gradient
-        spread_px = _edge_spread(g, grad, nuc, m)
-        spread_um = None if spread_px is None else spread_px / px_um
+        spread_px = _edge_spread(stain.green, grad, stain.nuc, m)
+        spread_um = None if spread_px is None else spread_px / sc.px_um
         cells.append(LocatedCell(
             centroid=((float(xs.mean()) + 0.5) * sx, (float(ys.mean()) + 0.5) * sy),
-            box=box, diameter_px=2.0 * math.sqrt(area_frame / math.pi), nucleus_area_px=nuc_area * sx * sy,
+            box=box, diameter_px=2.0 * math.sqrt(area_frame / math.pi), nucleus_area_px=f.area * sx * sy,
             mask=fmask, edge_cut=bool(edge_cut), touching=bool(touching[k]),
             blurred=spread_um is not None and spread_um > BLUR_EDGE_UM, edge_spread_um=spread_um))
-    band = max(1.0, RED_CELL_UM / scale_um)
-    cells.sort(key=lambda c: (int(c.centroid[1] // band), c.centroid[0]))
-    return FieldLocation(cells=cells, size=(w, h), red_cell_px=rbc_px, um_per_px=scale_um, scale_source=source,
-                         work_scale=1.0 / ((sx + sy) / 2), background=background)
+    return cells
 
 
 def _extent(part: np.ndarray, cyto: np.ndarray, reach: float, px_um: float) -> np.ndarray:
@@ -424,20 +355,6 @@ def _extent(part: np.ndarray, cyto: np.ndarray, reach: float, px_um: float) -> n
     region = (part > 0) | (c > 0)
     region = cv2.morphologyEx(region.astype(np.uint8), cv2.MORPH_CLOSE, _disc(px_um))
     return _hull_of_component_touching(region, part)
-
-
-def _watershed_parts(roi_rgb: np.ndarray, closed: np.ndarray, markers: np.ndarray, group: np.ndarray) -> list[np.ndarray]:
-    """Split one group's nucleus by marker-controlled watershed (OpenCV's, on the colour ROI).
-
-    closed: uint8 0/1, the group's nucleus with its lobe gaps closed; markers: int32, 1..k inside it;
-    group: uint8 0/1, the nucleus pixels. Returns one uint8 0/1 mask per nucleus (the ROI's shape).
-    """
-    k = int(markers.max())
-    m = markers.copy()
-    m[closed == 0] = k + 1  # outside the nucleus: its own basin, so no nucleus floods past its border
-    cv2.watershed(np.ascontiguousarray(roi_rgb), m)
-    parts = [((m == i) & (group > 0)).astype(np.uint8) for i in range(1, k + 1)]
-    return [p for p in parts if p.any()]
 
 
 def _hull_of_component_touching(region: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
