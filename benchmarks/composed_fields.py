@@ -509,36 +509,6 @@ def run(args) -> dict:
         "summary": summary, "targets_camera_scale": targets, "frames": frames_meta, "cells": results}
 
 
-def write_markdown(res: dict, path: Path) -> None:
-    """The headline figures as a short Markdown table beside the JSON."""
-    m, c, s = res["machine"], res["composition"], res["summary"]
-    lines = [f"# Composed fields (issue 25 item 3)", "",
-             f"{c['cnmc_cells']} C-NMC cells x {c['placements_per_cell']} placements in {c['frames']} frames on "
-             f"{c['backgrounds']} painted-out BCCD backgrounds; scale 0.6-1.5x; C-NMC um/px {c['cnmc_um_per_px']} "
-             f"({c['cnmc_um_per_px_from']}); BCCD um/px {c['bccd_um_per_px']}.",
-             f"Model: {res['model']['name']} ({res['model']['input_px']} px, threshold {res['model']['threshold']:.3f}), "
-             f"{m['engine']} {m['engine_version']}, 1 thread. Machine: {m['cpu']}, {m['isa_summary']}.", "",
-             "| frame scale from | placed | found | split | false cells | mask IoU median (p10) | vs | |dP| median | |dP| p95 | agreement (per-cell P >= 0.1 from threshold) |",
-             "|---|---:|---:|---:|---:|---|---|---:|---:|---|"]
-    for arm in ("camera", "ruler"):
-        a = s[arm]
-        iou = "-" if a["mask_iou_median"] is None else f"{a['mask_iou_median']:.3f} ({a['mask_iou_p10']:.3f})"
-        for key, vs in (("frame_vs_per_cell", "original file"), ("frame_vs_rotated_cell", "rotated cell")):
-            d = a[key]
-            agr = ("-" if not d.get("cells_away_from_threshold") else
-                   f"{d['agreement_away']:.3f} of {d['cells_away_from_threshold']}")
-            head = (f"| {arm} | {a['placed']} | {a['found']} | {a['split']} | {a['false_cells']} | {iou} |"
-                    if key == "frame_vs_per_cell" else "| | | | | | |")
-            lines.append(f"{head} {vs} | {d.get('dp_median', '-')} | {d.get('dp_p95', '-')} | {agr} |")
-    lines += ["", "References without the locator (|dP| median / p95, agreement away from the threshold):", ""]
-    for key in ("oracle_crop_vs_per_cell", "rotated_cell_vs_per_cell", "oracle_crop_vs_rotated_cell"):
-        d = s[key]
-        lines.append(f"- {key.replace('_', ' ')}: {d['dp_median']} / {d['dp_p95']}, "
-                     f"{d['agreement_away']} of {d['cells_away_from_threshold']}")
-    lines.append("")
-    path.write_text("\n".join(lines) + "\n")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="model file with its card (.keras converted to float32 TFLite)")
@@ -559,7 +529,9 @@ def main(argv=None) -> int:
     res = run(a)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=1, default=str) + "\n")
-    write_markdown(res, a.out.with_suffix(".md"))
+    from leukedge.reports import composed_fields_markdown
+
+    a.out.with_suffix(".md").write_text(composed_fields_markdown(res))
     print(a.out.with_suffix(".md").read_text())
     print(f"wrote {a.out}")
     return 0

@@ -1,43 +1,38 @@
 """`leukedge benchmark`: score and time every variant on the same images.
 
-A runner (this module) is kept apart from what it measures (`measure_*`), and each
-measurement returns a plain dict, so results.json is just those dicts plus the machine.
-Latency: warm-up invokes, then `repeats` timed invokes over real preprocessed images,
-reported as p50/p90/p99 at 1 thread and at all cores. Cold start: a fresh
-`edge-classify` process, spawn to exit. Peak memory: that process's max RSS.
+A runner (this module: plan -> measure each variant -> compare -> write) is kept apart from
+what it measures (`measure_*`, in leukedge.benchmarks.measure), and each measurement returns a
+plain dict, so results.json is just those dicts plus the machine. Latency: warm-up invokes, then
+`repeats` timed invokes over real preprocessed images, reported as p50/p90/p99 at 1 thread and at
+all cores. Cold start: a fresh `edge-classify` process, spawn to exit. Peak memory: that process's
+max RSS. The people-facing report (report.md, f1_vs_latency.png) is drawn by leukedge.reports.benchmark.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from leukedge import __version__
 from leukedge.options import option
 from leukedge.edge.card import CardError, ModelCard, load_card_for_model
 from leukedge.train.splits import SPLIT_FILE
-from leukedge.edge.classifier import Classifier
 from leukedge.edge.errors import LeukedgeError
 from leukedge.edge.files import staged_dir, write_text_atomic
 from leukedge.edge.preprocess import normalize
 from leukedge.edge.runtime import default_threads
-from leukedge.evaluation import Evaluation, KerasScorer, evaluate, gzip_bytes, load_part, scorer_for
+from leukedge.evaluation import Evaluation, evaluate, gzip_bytes, load_part, scorer_for
 
 from .machine import machine_info
+from .measure import (BenchmarkError, measure_cold_start, measure_device_latency, measure_keras_latency,
+                      measure_keras_memory)
 
 SCHEMA = "leukedge.benchmark"
 SCHEMA_VERSION = 2  # 2: schema of issue-8 round (input_size, runtime, reference, threshold_chosen_on)
-
-
-class BenchmarkError(LeukedgeError, ValueError):
-    pass
 
 
 @dataclass
@@ -103,97 +98,6 @@ def collect_models(paths) -> list[tuple[Path, ModelCard]]:
     return models
 
 
-def _percentiles(ms: list[float]) -> dict:
-    a = np.asarray(ms)
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()),
-            "images_per_second": float(1000.0 / a.mean())}
-
-
-def measure_device_latency(model: Path, inputs: np.ndarray, threads: int, repeats: int, warmup: int) -> dict:
-    """Single-image inference latency through the device's runtime (LiteRT or ONNX Runtime) at `threads`.
-
-    inputs: float32 model inputs (N, S, S, 3). Returns {"threads", "p50", "p90", "p99", "mean" (ms),
-    "images_per_second"} after `warmup` untimed runs."""
-    clf = Classifier.load(model, threads=threads, verify=False)
-    tensors = [clf.input_tensor_from_float(x) for x in inputs[: max(1, min(len(inputs), repeats))]]
-    for i in range(warmup):
-        clf.probabilities(tensors[i % len(tensors)])
-    ms = []
-    for i in range(repeats):
-        t = time.perf_counter()
-        clf.probabilities(tensors[i % len(tensors)])
-        ms.append((time.perf_counter() - t) * 1e3)
-    return {"threads": threads, **_percentiles(ms)}
-
-
-def measure_keras_latency(model, inputs: np.ndarray, repeats: int, warmup: int) -> dict:
-    from leukedge.tfcompat import tensorflow
-
-    tf = tensorflow()
-    call = tf.function(lambda x: model(x, training=False))  # graph mode: what a Keras deployment would run
-    for i in range(max(1, warmup)):
-        call(inputs[i % len(inputs)][None])
-    ms = []
-    for i in range(repeats):
-        t = time.perf_counter()
-        call(inputs[i % len(inputs)][None]).numpy()
-        ms.append((time.perf_counter() - t) * 1e3)
-    return {"threads": "tensorflow default", **_percentiles(ms)}
-
-
-# Peak RSS is read from the child's own /proc/self/status (VmHWM) just before it exits.
-# ru_maxrss is no use here: on Linux it keeps the high-water mark of the forked parent,
-# which in a benchmark process holding TensorFlow is gigabytes.
-_HWM_PROBE = (
-    "import atexit, runpy, sys\n"
-    "def _hwm():\n"
-    "    try:\n"
-    "        for line in open('/proc/self/status'):\n"
-    "            if line.startswith('VmHWM'):\n"
-    "                sys.stderr.write('LEUKEDGE_VMHWM_KB=' + line.split()[1] + '\\n')\n"
-    "    except OSError:\n"
-    "        pass\n"
-    "atexit.register(_hwm)\n"
-)
-
-
-def _peak_rss_mib(stderr: str) -> float | None:
-    for line in stderr.splitlines():
-        if line.startswith("LEUKEDGE_VMHWM_KB="):
-            return int(line.split("=", 1)[1]) / 1024.0
-    return None
-
-
-def measure_cold_start(model: Path, image: str, runs: int) -> dict:
-    """A fresh `edge-classify` process on one image: wall time spawn->exit (median), and its peak RSS."""
-    args = ["--model", str(model), "--quiet", "--format", "json", image]
-    walls = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "leukedge.edge.cli", *args], capture_output=True, text=True)
-        walls.append(time.perf_counter() - t)
-        if r.returncode != 0:
-            raise BenchmarkError(f"edge-classify failed on {model}: {r.stderr.strip()[-300:]}")
-        json.loads(r.stdout.splitlines()[0])
-    probe = _HWM_PROBE + f"sys.argv = ['edge-classify', *{args!r}]\nrunpy.run_module('leukedge.edge.cli', run_name='__main__')\n"
-    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    return {"cold_start_s": float(np.median(walls)), "cold_start_runs": runs, "peak_rss_mib": _peak_rss_mib(r.stderr)}
-
-
-def measure_keras_memory(model: Path, image: str) -> float | None:
-    """Peak RSS of a fresh process that loads the Keras model and classifies one image."""
-    code = _HWM_PROBE + (
-        "import os; os.environ.setdefault('TF_USE_LEGACY_KERAS','1'); os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','3')\n"
-        "from leukedge.tfcompat import tensorflow; tf = tensorflow()\n"
-        "from leukedge.edge.card import load_card_for_model; from leukedge.edge.preprocess import preprocess_file\n"
-        f"card = load_card_for_model({str(model)!r}); m = tf.keras.models.load_model({str(model)!r}, compile=False)\n"
-        f"print(float(m.predict(preprocess_file({image!r}, card.preprocessing)[None], verbose=0)[0, 1]))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    return _peak_rss_mib(r.stderr) if r.returncode == 0 else None
-
-
 def _file_sizes(path: Path) -> dict:
     return {"size_bytes": path.stat().st_size, "gzip_bytes": gzip_bytes(path)}
 
@@ -231,20 +135,40 @@ def _find_split_file(found, opts: BenchmarkOptions) -> Path:
     raise BenchmarkError(f"no {SPLIT_FILE} beside the models given (train and optimize write it); pass --split-file")
 
 
-def benchmark(models, out, opts: BenchmarkOptions, data: str | None = None, baseline: str | None = None) -> dict:
-    """Score and time every model on the same split part: the `leukedge benchmark` step.
+METRIC_KEYS = ("f1_positive", "f1_negative", "macro_f1", "weighted_f1", "sensitivity", "specificity", "accuracy",
+               "auroc", "false_negatives", "false_positives")
 
-    models: model files and/or folders (their .keras, .tflite, .onnx). out: folder for results.json,
-    report.md, f1_vs_latency.png (all or nothing). data: the dataset folder if it moved. baseline: an
-    earlier results.json to compare with (same schema version, else refused).
-    Each model is scored on the part decoded at its own input size; agreement and |ΔP| are against the
-    Keras parent when given, else float32. Returns the results dict (see README for the schema).
-    Raises BenchmarkError, DatasetError/DataDriftError.
-    """
+
+@dataclass
+class _Plan:
+    """What one benchmark measures: the models with their cards, the card whose labels and preprocessing lead
+    (the Keras parent's, else the first), the split part's samples (decoded once per input size), the thread
+    count of "all cores" and the baseline results to compare with (None: no comparison)."""
+
+    found: list[tuple[Path, ModelCard]]
+    ref_card: ModelCard
+    ds: object
+    split: object
+    data_root: str
+    part: str
+    samples: list
+    base: dict | None
+    all_threads: int
+    decoded: dict = field(default_factory=dict)
+
+    def part_at(self, prep):
+        """The part's images decoded at `prep`'s input size (decoded once per size)."""
+        if prep.size not in self.decoded:
+            self.decoded[prep.size] = load_part(self.samples, prep, self.part)
+        return self.decoded[prep.size]
+
+
+def _plan(models, opts: BenchmarkOptions, data: str | None, baseline: str | None) -> _Plan:
+    """The models and their cards, the baseline, and the split part to measure on (opts.part; auto: test when
+    the split has one, else validation; at most opts.max_images of it, seeded). Raises BenchmarkError."""
     from leukedge.train.datasets import DatasetError
     from leukedge.train.splits import read_split, subsample
 
-    t0 = time.perf_counter()
     found = collect_models(models)
     base = _load_baseline(baseline) if baseline else None
     ref_card = next((c for _, c in found if c.model_format == "keras"), found[0][1])
@@ -259,85 +183,118 @@ def benchmark(models, out, opts: BenchmarkOptions, data: str | None = None, base
     samples = split.parts[part]
     if opts.max_images and len(samples) > opts.max_images:
         samples = subsample(samples, opts.max_images, 0)
-    decoded: dict[int, object] = {}
+    return _Plan(found, ref_card, ds, split, data_root, part, samples, base, default_threads())
 
-    def part_at(prep):
-        if prep.size not in decoded:
-            decoded[prep.size] = load_part(samples, prep, part)
-        return decoded[prep.size]
 
-    first = part_at(ref_card.preprocessing)
-    all_threads = default_threads()
-    print(f"leukedge benchmark: {len(found)} model(s) on {len(first.labels)} {part} images of {data_root}",
+@dataclass
+class _Speed:
+    """One model's speed: its scorer (for evaluate), the device runtime that ran it (None for Keras), the
+    runtime's name and version, its latency figures ({"1_thread"?, "all_cores"}: measure_*_latency's dicts)
+    and its memory and cold-start fields (peak_rss_mib in MiB, cold_start_s in s, cold_start_runs)."""
+
+    scorer: object
+    runtime: object
+    runtime_name: str
+    latency: dict
+    memory: dict
+
+
+def _measure_speed(path: Path, card: ModelCard, arrays, opts: BenchmarkOptions, threads: int) -> _Speed:
+    """Time one model on the first opts.repeats images of `arrays` (the part at its input size): a Keras model
+    in TensorFlow (its default threads; peak memory of a fresh TensorFlow process, no cold start), a device
+    model through its runtime at 1 thread and at `threads`, and its cold start unless opts.cold_start is off.
+    Raises BenchmarkError when edge-classify fails."""
+    x = normalize(arrays.images[: max(1, min(len(arrays.images), opts.repeats))], card.preprocessing)
+    if card.model_format == "keras":
+        scorer = scorer_for(path, card)
+        latency = {"all_cores": measure_keras_latency(scorer.model, x, opts.repeats, opts.warmup)}
+        memory = {"peak_rss_mib": measure_keras_memory(path, arrays.paths[0]), "cold_start_s": None}
+        return _Speed(scorer, None, "tensorflow", latency, memory)
+    scorer = scorer_for(path, card, threads=threads)
+    runtime = scorer.classifier.runtime
+    latency = {"1_thread": measure_device_latency(path, x, 1, opts.repeats, opts.warmup),
+               "all_cores": measure_device_latency(path, x, threads, opts.repeats, opts.warmup)}
+    memory = measure_cold_start(path, arrays.paths[0], opts.cold_start_runs) if opts.cold_start else {}
+    return _Speed(scorer, runtime, " ".join(filter(None, (runtime.name, runtime.version, runtime.detail))),
+                  latency, memory)
+
+
+def benchmark(models, out, opts: BenchmarkOptions, data: str | None = None, baseline: str | None = None) -> dict:
+    """Score and time every model on the same split part: the `leukedge benchmark` step.
+
+    models: model files and/or folders (their .keras, .tflite, .onnx). out: folder for results.json,
+    report.md, f1_vs_latency.png (all or nothing). data: the dataset folder if it moved. baseline: an
+    earlier results.json to compare with (same schema version, else refused).
+    Each model is scored on the part decoded at its own input size; agreement and |ΔP| are against the
+    Keras parent when given, else float32. Returns the results dict (see README for the schema).
+    Raises BenchmarkError, DatasetError/DataDriftError.
+    """
+    t0 = time.perf_counter()
+    plan = _plan(models, opts, data, baseline)
+    y = plan.part_at(plan.ref_card.preprocessing).labels
+    print(f"leukedge benchmark: {len(plan.found)} model(s) on {len(y)} {plan.part} images of {plan.data_root}",
           file=sys.stderr)
-
-    rows, evals = [], []
-    runtime = None
-    for path, card in found:
+    rows, evals, runtime = [], [], None
+    for path, card in plan.found:
         print(f"leukedge benchmark: [{card.variant}] {path.name}", file=sys.stderr, flush=True)
-        arrays = part_at(card.preprocessing).in_label_order(ds.labels, card.labels)
-        x = normalize(arrays.images[: max(1, min(len(arrays.images), opts.repeats))], card.preprocessing)
+        arrays = plan.part_at(card.preprocessing).in_label_order(plan.ds.labels, card.labels)
         name = f"keras-{card.variant}" if card.model_format == "keras" else card.variant
         row = {"variant": name, "file": path.name, "format": card.model_format, "input_size": card.preprocessing.size,
                "quantization": (card.quantization or {}).get("mode", "none"), **_file_sizes(path)}
-        if card.model_format == "keras":
-            scorer = scorer_for(path, card)
-            row["latency"] = {"all_cores": measure_keras_latency(scorer.model, x, opts.repeats, opts.warmup)}
-            row["peak_rss_mib"] = measure_keras_memory(path, arrays.paths[0])
-            row["cold_start_s"] = None
-            row["runtime"] = "tensorflow"
-        else:
-            scorer = scorer_for(path, card, threads=all_threads)
-            runtime = scorer.classifier.runtime
-            row["runtime"] = " ".join(filter(None, (runtime.name, runtime.version, runtime.detail)))
-            row["latency"] = {
-                "1_thread": measure_device_latency(path, x, 1, opts.repeats, opts.warmup),
-                "all_cores": measure_device_latency(path, x, all_threads, opts.repeats, opts.warmup),
-            }
-            if opts.cold_start:
-                row.update(measure_cold_start(path, arrays.paths[0], opts.cold_start_runs))
-        ev = evaluate(scorer, arrays, card.threshold, card.labels, card.positive_index, name=name)
-        row["metrics"] = {k: ev.report[k] for k in ("f1_positive", "f1_negative", "macro_f1", "weighted_f1", "sensitivity",
-                                                  "specificity", "accuracy", "auroc", "false_negatives", "false_positives")}
+        speed = _measure_speed(path, card, arrays, opts, plan.all_threads)
+        runtime = speed.runtime if speed.runtime is not None else runtime
+        row["runtime"] = speed.runtime_name
+        row["latency"] = speed.latency
+        row.update(speed.memory)
+        ev = evaluate(speed.scorer, arrays, card.threshold, card.labels, card.positive_index, name=name)
+        row["metrics"] = {k: ev.report[k] for k in METRIC_KEYS}
         row["threshold"] = card.threshold
         row["verdict"] = (card.verdict or {}).get("status", "-")
         row.update(_screening_figures(ev, arrays, card))
         rows.append(row)
         evals.append(ev)
-    ref_i = next((i for i, r in enumerate(rows) if r["format"] == "keras"), None)
-    if ref_i is None:  # no Keras parent given: compare with the float32 model instead
-        ref_i = next((i for i, r in enumerate(rows) if r["variant"] == "float32"), 0)
-    reference: Evaluation = evals[ref_i]
+    ref_i = _reference_index(rows)
+    f32_ms = next((r["latency"]["all_cores"]["p50"] for r in rows if r["variant"] == "float32"), None)
     for row, ev in zip(rows, evals):
-        same_cells = len(ev.p) == len(reference.p)
-        ev.against(reference) if same_cells else None
+        if len(ev.p) == len(evals[ref_i].p):  # the same cells: compare with the reference
+            ev.against(evals[ref_i])
         row["agreement_with_float"] = ev.agreement
         row["max_abs_delta_p_vs_float"] = ev.max_abs_delta_p
-    f32_ms = next((r["latency"]["all_cores"]["p50"] for r in rows if r["variant"] == "float32"), None)
-    for row in rows:
         row["latency_ratio_to_float32"] = (row["latency"]["all_cores"]["p50"] / f32_ms) if f32_ms else None
-
-    y = first.labels
+    ds, split = plan.ds, plan.split
     results = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "leukedge_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(runtime),
-        "data": {"root": data_root, "part": part, "images": int(len(y)), "split": split.rule,
+        "data": {"root": plan.data_root, "part": plan.part, "images": int(len(y)), "split": split.rule,
                  "file_list_sha256": split.file_list_sha256(ds),
                  "threshold_chosen_on": "validation",
                  "per_class": {ds.labels[k]: int((y == k).sum()) for k in range(2)}},
-        "positive_label": ref_card.positive_label,
+        "positive_label": plan.ref_card.positive_label,
         "reference": rows[ref_i]["variant"],
-        "settings": {"repeats": opts.repeats, "warmup": opts.warmup, "all_cores_threads": all_threads},
+        "settings": {"repeats": opts.repeats, "warmup": opts.warmup, "all_cores_threads": plan.all_threads},
         "variants": rows,
         "seconds": None,
     }
-    if base is not None:
-        results["baseline"] = {"created": base.get("created"), "machine": base.get("machine", {}).get("cpu")}
-        results["regressions"] = compare(results, base, opts)
-    else:
-        results["regressions"] = []
+    if plan.base is not None:
+        results["baseline"] = {"created": plan.base.get("created"), "machine": plan.base.get("machine", {}).get("cpu")}
+    results["regressions"] = compare(results, plan.base, opts) if plan.base is not None else []
     results["seconds"] = round(time.perf_counter() - t0, 1)
+    print(_write_outputs(out, results))
+    return results
+
+
+def _reference_index(rows: list[dict]) -> int:
+    """The row agreement and |ΔP| are measured against: the Keras parent; without one, float32; else the first."""
+    ref_i = next((i for i, r in enumerate(rows) if r["format"] == "keras"), None)
+    if ref_i is None:  # no Keras parent given: compare with the float32 model instead
+        ref_i = next((i for i, r in enumerate(rows) if r["variant"] == "float32"), 0)
+    return ref_i
+
+
+def _reliability_curves(rows: list[dict]) -> dict:
+    """reliability.png's curves, taking each row's "_reliability" (is_pos, P at T=1, P at the card's T) out of
+    it: "<variant> T=1" and "<variant> T=<t>" where the card has a temperature, else "<variant>"."""
     curves = {}
     for row in rows:
         is_pos, before, after = row.pop("_reliability")
@@ -345,16 +302,22 @@ def benchmark(models, out, opts: BenchmarkOptions, data: str | None = None, base
             curves[f"{row['variant']} T=1"] = (is_pos, before)
         curves[f"{row['variant']}" + (f" T={row['calibration']['temperature']:.2f}"
                                       if row["calibration"]["temperature"] != 1.0 else "")] = (is_pos, after)
-    md = report_markdown(results)
+    return curves
+
+
+def _write_outputs(out, results: dict) -> str:
+    """results.json, report.md, f1_vs_latency.png and reliability.png into `out`, all or nothing (the reports
+    from leukedge.reports). Returns report.md's text."""
+    from leukedge.reports import benchmark_markdown, f1_vs_latency, plot_reliability
+
+    curves = _reliability_curves(results["variants"])
+    md = benchmark_markdown(results)
     with staged_dir(out) as stage:
         write_text_atomic(stage / "results.json", json.dumps(results, indent=2) + "\n")
         write_text_atomic(stage / "report.md", md)
-        plot(results, stage / "f1_vs_latency.png")
-        from leukedge.reports import plot_reliability
-
+        f1_vs_latency(results, stage / "f1_vs_latency.png")
         plot_reliability(stage / "reliability.png", curves)
-    print(md)
-    return results
+    return md
 
 
 def _load_baseline(path: str) -> dict:
@@ -398,65 +361,3 @@ def compare(results: dict, base: dict, opts: BenchmarkOptions) -> list[dict]:
                 out.append({"variant": r["variant"], "what": "latency ratio to float32", "baseline": old_ratio,
                             "now": new_ratio, "change": new_ratio / old_ratio})
     return out
-
-
-def report_markdown(results: dict) -> str:
-    pos = results["positive_label"]
-    m = results["machine"]
-    d = results["data"]
-    lines = [
-        "# leukedge benchmark",
-        "",
-        f"{d['images']} **{d['part']}** images ({', '.join(f'{k} {v}' for k, v in d['per_class'].items())}) of "
-        f"`{Path(d['root']).name}`, split '{d['split']}'; thresholds were chosen on {d.get('threshold_chosen_on', 'validation')}"
-        + (" (the same images: optimistic)" if d["part"] == d.get("threshold_chosen_on", "validation") else "")
-        + f". Machine: {m['cpu']}, {m['usable_cores']} cores, {m.get('tflite_runtime', '-')}, Python {m['python']}.",
-        "",
-        f"| variant | F1({pos}) [95 % CI] | {pos} sensitivity [95 % CI] | specificity | weighted F1 | AUROC | ECE (T=1 -> T) | agree | ms p50 (1 thr) | "
-        f"ms p50 (all) | ms p99 (all) | img/s | x float32 | cold start s | peak MiB | MB | gzip MB | verdict |",
-        "|---|" + "---:|" * 16 + "---|",
-    ]
-    for r in results["variants"]:
-        mt, lat = r["metrics"], r["latency"]
-        one = lat.get("1_thread", {}).get("p50")
-        allc = lat["all_cores"]
-        f = lambda v, fmt: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)  # noqa: E731
-        iv, cal = r.get("intervals", {}), r.get("calibration", {})
-        band = lambda k: "" if not iv.get(k) or iv[k]["low"] is None else f" [{iv[k]['low']:.3f}, {iv[k]['high']:.3f}]"  # noqa: E731
-        ece = "-" if "ece_after" not in cal else (f"{cal['ece_before']:.3f} -> {cal['ece_after']:.3f}"
-                                                   if cal.get("temperature", 1.0) != 1.0 else f"{cal['ece_after']:.3f}")
-        lines.append(
-            f"| {r['variant']} | {mt['f1_positive']:.4f}{band('f1_positive')} | {mt['sensitivity']:.4f}{band('sensitivity')} | "
-            f"{mt['specificity']:.4f} | "
-            f"{mt['weighted_f1']:.4f} | {f(mt['auroc'], '.4f')} | {ece} | {f(r['agreement_with_float'], '.3f')} | {f(one, '.2f')} | "
-            f"{allc['p50']:.2f} | {allc['p99']:.2f} | {allc['images_per_second']:.1f} | "
-            f"{f(r['latency_ratio_to_float32'], '.2f')} | {f(r.get('cold_start_s'), '.2f')} | "
-            f"{f(r.get('peak_rss_mib'), '.0f')} | {r['size_bytes'] / 1e6:.2f} | {r['gzip_bytes'] / 1e6:.2f} | {r['verdict']} |")
-    if "baseline" in results:
-        lines += ["", f"Compared with baseline of {results['baseline']['created']} ({results['baseline']['machine']}):"]
-        if results["regressions"]:
-            for g in results["regressions"]:
-                lines.append(f"- REGRESSION {g['variant']}: {g['what']} {g['baseline']:.4f} -> {g['now']:.4f}")
-        else:
-            lines.append("- no regressions")
-    subj = [r for r in results["variants"] if r.get("subject_level")]
-    if subj:
-        lines += ["", "Subject level (per-subject flagged fraction; AUROC across subjects):", ""]
-        for r in subj:
-            sl = r["subject_level"]
-            lines.append(f"- {r['variant']}: {sl.get('n_subjects', '-')} subjects, AUROC of the flagged fraction "
-                         f"{f(sl.get('auroc_flagged_fraction'), '.3f')}, of mean P {f(sl.get('auroc_mean_p'), '.3f')}")
-    lines += ["", "95 % CI: Wilson for sensitivity; seeded percentile bootstrap (1,000 resamples, subjects when the "
-              "split has them) for F1. ECE: 15 equal-width bins on P(positive), uncalibrated (T=1) and with the card's "
-              "temperature (reliability.png).",
-              "Latency: single-image `invoke()` after warm-up; cold start: fresh `edge-classify` process on one "
-              "image, spawn to exit (median); peak MiB: that process's max RSS (Keras: a fresh TensorFlow process).",
-              "Verdict: the optimize step's budget gate against the float parent."]
-    return "\n".join(lines) + "\n"
-
-
-def plot(results: dict, path: Path) -> None:
-    """f1_vs_latency.png (see leukedge.benchmarks.plots)."""
-    from leukedge.benchmarks.plots import f1_vs_latency
-
-    f1_vs_latency(results, path)
