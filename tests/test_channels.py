@@ -143,7 +143,7 @@ def test_plan_meets_the_budget_and_its_count_matches_the_model(model):
 
 
 def test_align_rounds_kept_counts_of_wide_convolutions():
-    from leukedge.optimize.channels import _kept_count
+    from leukedge.optimize.channel_importance import _kept_count
 
     assert _kept_count(0.7, 192, 8) == 136 and _kept_count(0.7, 192, 8) % 8 == 0
     assert _kept_count(0.7, 16, 8) == 11  # narrower than 4 tiles: any count
