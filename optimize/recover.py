@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -250,84 +250,127 @@ def recover(student, teacher, train: Views, validation: Views, options: Recovery
     options = (options or RecoveryOptions()).validate()
     t0 = time.perf_counter()
     tf.keras.utils.set_random_seed(options.seed)
-    student_fn = logit_function(student, output)
-    teacher_fn = logit_function(teacher, output)
-    z_parent = _batched_logits(teacher_fn, validation.teacher_images, validation.teacher_prep)
-    parent_top = z_parent.argmax(axis=1)
+    run = _Recovery(student, teacher, logit_function(student, output), logit_function(teacher, output),
+                    validation, options)
+    bn_report = _reestimate_batchnorm(run, train)
+    kl, agree = run.measure()
+    run.history.append({"step": 0, "kl": round(kl, 6), "agreement": round(agree, 4)})
+    run.best = (kl, 0, student.get_weights())
+    if options.steps > 0:
+        _distil(run, train, progress)
+        student.set_weights(run.best[2])
+    report = {"method": "BatchNorm re-estimation + distillation from the float parent (same augmented view), "
+                        "cosine schedule, early stopping on validation KL to the parent",
+              "options": asdict(options), "batchnorm": bn_report, "history": run.history, "best_step": run.best[1],
+              "best_kl": round(run.best[0], 6), "steps_run": run.steps_run, "stopped_early": run.stopped,
+              "train_images": int(len(train.student)), "validation_images": int(len(validation.student)),
+              "seconds": round(time.perf_counter() - t0, 1)}
+    return student, report
 
-    def measure() -> tuple[float, float]:
-        z = _batched_logits(student_fn, validation.student, validation.student_prep)
-        return mean_kl(z_parent, z), float(np.mean(z.argmax(axis=1) == parent_top))
 
-    kl_before, _ = measure()
+@dataclass
+class _Recovery:
+    """One recovery in progress (recover's state): the two models' logit functions, the parent's validation
+    logits (computed once), and what the stages found: history, best (kl, step, weights), steps run."""
+
+    student: object
+    teacher: object
+    student_fn: object
+    teacher_fn: object
+    validation: Views
+    options: RecoveryOptions
+    history: list = field(default_factory=list)
+    best: tuple = (float("inf"), 0, None)
+    steps_run: int = 0
+    stopped: bool = False
+
+    def __post_init__(self):
+        v = self.validation
+        self.z_parent = _batched_logits(self.teacher_fn, v.teacher_images, v.teacher_prep)
+        self.parent_top = self.z_parent.argmax(axis=1)
+
+    def measure(self) -> tuple[float, float]:
+        """(mean KL(parent || student) in nats at T = 1, agreement of top classes) on the validation views."""
+        z = _batched_logits(self.student_fn, self.validation.student, self.validation.student_prep)
+        return mean_kl(self.z_parent, z), float(np.mean(z.argmax(axis=1) == self.parent_top))
+
+
+def _reestimate_batchnorm(run: _Recovery, train: Views) -> dict:
+    """Step 1: re-estimate BatchNorm on training images; kept only if the validation KL falls. Returns its report."""
+    options, student = run.options, run.student
+    kl_before, _ = run.measure()
     bn_report = {"layers": 0, "images": 0, "kept": False, "kl_before": round(kl_before, 6), "kl_after": None}
     if options.recalibrate_images:
         saved = student.get_weights()
         pick = np.random.default_rng(options.seed).permutation(len(train.student))[:options.recalibrate_images]
         bn_report["layers"] = recalibrate_batchnorm(student, train.student[np.sort(pick)], train.student_prep)
         bn_report["images"] = int(len(pick))
-        kl_after, _ = measure()
+        kl_after, _ = run.measure()
         bn_report["kl_after"] = round(kl_after, 6)
         if kl_after < kl_before:
             bn_report["kept"] = True
         else:
             student.set_weights(saved)
-    kl, agree = measure()
-    history = [{"step": 0, "kl": round(kl, 6), "agreement": round(agree, 4)}]
-    best = (kl, 0, student.get_weights())
-    steps_run, stopped = 0, False
-    if options.steps > 0:
-        for layer in student.layers:  # BatchNorm statistics stay as re-estimated (inference mode)
-            layer.trainable = not isinstance(layer, tf.keras.layers.BatchNormalization)
-        warm = int(options.steps * options.warmup)
-        schedule = tf.keras.optimizers.schedules.CosineDecay(
-            0.0 if warm else options.lr, max(1, options.steps - warm), alpha=0.0,
-            warmup_target=options.lr if warm else None, warmup_steps=warm)
-        optimizer = tf.keras.optimizers.Adam(schedule)
-        variables = student.trainable_variables
-        w, temp = float(options.distill_weight), float(options.temperature)
+    return bn_report
 
-        @tf.function
-        def step(xs, xt, y):
-            zt = tf.stop_gradient(teacher_fn(xt, training=False))
-            with tf.GradientTape() as tape:
-                zs = student_fn(xs, training=True)
-                pt = tf.nn.softmax(zt / temp)
-                kl_t = tf.reduce_sum(pt * (tf.nn.log_softmax(zt / temp) - tf.nn.log_softmax(zs / temp)), axis=1)
-                ce = tf.keras.losses.sparse_categorical_crossentropy(y, zs, from_logits=True)
-                loss = tf.reduce_mean(w * temp * temp * kl_t + (1.0 - w) * ce)
-                if student.losses:
-                    loss += tf.add_n(student.losses)
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-            return loss
 
-        since_best = 0
-        data = iter(_paired_dataset(train, options))
-        for i in range(1, options.steps + 1):
-            xs, xt, y = next(data)
-            loss = step(xs, xt, y)
-            steps_run = i
-            if progress and i % 10 == 0:
-                print(f"leukedge optimize: recovery step {i}/{options.steps}, loss {float(loss):.4f}",
-                      file=sys.stderr, flush=True)
-            if i % options.eval_every == 0 or i == options.steps:
-                kl, agree = measure()
-                history.append({"step": i, "kl": round(kl, 6), "agreement": round(agree, 4)})
-                if kl < best[0]:
-                    best, since_best = (kl, i, student.get_weights()), 0
-                else:
-                    since_best += 1
-                    if since_best >= options.patience:
-                        stopped = i < options.steps
-                        break
-        student.set_weights(best[2])
-    report = {"method": "BatchNorm re-estimation + distillation from the float parent (same augmented view), "
-                        "cosine schedule, early stopping on validation KL to the parent",
-              "options": asdict(options), "batchnorm": bn_report, "history": history, "best_step": best[1],
-              "best_kl": round(best[0], 6), "steps_run": steps_run, "stopped_early": stopped,
-              "train_images": int(len(train.student)), "validation_images": int(len(validation.student)),
-              "seconds": round(time.perf_counter() - t0, 1)}
-    return student, report
+def _train_step(run: _Recovery):
+    """Step 2's optimizer step, a tf.function (xs, xt, y) -> loss: distillation + label loss (module docstring),
+    Adam on step 3's schedule. Sets the student's BatchNorm layers non-trainable (statistics stay as they are)."""
+    tf = tensorflow()
+    options, student = run.options, run.student
+    for layer in student.layers:  # BatchNorm statistics stay as re-estimated (inference mode)
+        layer.trainable = not isinstance(layer, tf.keras.layers.BatchNormalization)
+    warm = int(options.steps * options.warmup)
+    schedule = tf.keras.optimizers.schedules.CosineDecay(
+        0.0 if warm else options.lr, max(1, options.steps - warm), alpha=0.0,
+        warmup_target=options.lr if warm else None, warmup_steps=warm)
+    optimizer = tf.keras.optimizers.Adam(schedule)
+    variables = student.trainable_variables
+    w, temp = float(options.distill_weight), float(options.temperature)
+    student_fn, teacher_fn = run.student_fn, run.teacher_fn
+
+    @tf.function
+    def step(xs, xt, y):
+        zt = tf.stop_gradient(teacher_fn(xt, training=False))
+        with tf.GradientTape() as tape:
+            zs = student_fn(xs, training=True)
+            pt = tf.nn.softmax(zt / temp)
+            kl_t = tf.reduce_sum(pt * (tf.nn.log_softmax(zt / temp) - tf.nn.log_softmax(zs / temp)), axis=1)
+            ce = tf.keras.losses.sparse_categorical_crossentropy(y, zs, from_logits=True)
+            loss = tf.reduce_mean(w * temp * temp * kl_t + (1.0 - w) * ce)
+            if student.losses:
+                loss += tf.add_n(student.losses)
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    return step
+
+
+def _distil(run: _Recovery, train: Views, progress: bool) -> None:
+    """Steps 2-4: distil with the schedule, measuring every eval_every steps; records history, best and
+    steps run in `run` and stops after `patience` measurements without improvement."""
+    options = run.options
+    step = _train_step(run)
+    since_best = 0
+    data = iter(_paired_dataset(train, options))
+    for i in range(1, options.steps + 1):
+        xs, xt, y = next(data)
+        loss = step(xs, xt, y)
+        run.steps_run = i
+        if progress and i % 10 == 0:
+            print(f"leukedge optimize: recovery step {i}/{options.steps}, loss {float(loss):.4f}",
+                  file=sys.stderr, flush=True)
+        if i % options.eval_every == 0 or i == options.steps:
+            kl, agree = run.measure()
+            run.history.append({"step": i, "kl": round(kl, 6), "agreement": round(agree, 4)})
+            if kl < run.best[0]:
+                run.best, since_best = (kl, i, run.student.get_weights()), 0
+            else:
+                since_best += 1
+                if since_best >= options.patience:
+                    run.stopped = i < options.steps
+                    break
 
 
 # -- the optimize step's side ---------------------------------------------------------------------------
