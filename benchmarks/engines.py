@@ -30,7 +30,7 @@ engine's version; the ratios are LiteRT int8 over each configuration, from the s
 `path` measures, per engine (LiteRT on the .tflite, ONNX Runtime and OpenVINO on onnx-cpu-int8.onnx),
 edge-classify's cost over a folder against the decode floor beside it (benchmarks.throughput's measurements,
 in the throughput layout) and the cold start of a fresh process (import, load, first image), OpenVINO with
-an empty and with a warm model cache.
+an empty and with a warm model cache (leukedge.benchmarks.engines_path).
 
 Run `time` again under ONEDNN_MAX_CPU_ISA=AVX2 OV_CPU_MAX_ISA=AVX2 to cap OpenVINO's oneDNN kernels at
 AVX2 (what an AVX2-only machine would run); `--ov-exec` records which kernel types OpenVINO picked, which
@@ -50,6 +50,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from .engines_path import versions
 
 SEED = 0
 DEFAULT_CALIB_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "pbc-granulocytes"
@@ -234,128 +236,8 @@ def time_configs(configs: list[tuple[str, object]], x: np.ndarray, rounds: int, 
     return out
 
 
-# -- the whole path and cold start (no TensorFlow) ------------------------------------------------------
-
-PATH_CONFIGS = (("litert", "litert-int8.tflite"), ("onnxruntime", "onnx-cpu-int8.onnx"),
-                ("openvino", "onnx-cpu-int8.onnx"))
-
-
-def whole_path(work: Path, images: Path, n_images: int, seconds: float, repeats: int) -> list[dict]:
-    """edge-classify's folder cost against the decode floor, per engine, in the throughput layout (one
-    single-threaded engine instance per usable core, edge.throughput.ClassifierPool: what edge-classify
-    runs for a folder and what edge-choose's folder figure times).
-
-    Uses benchmarks.throughput's own measurements (bare_invoke_rate, decode_invoke_rate, end_to_end_rate),
-    the floor and the full path alternating `repeats` times. Returns one dict per engine: images_per_s,
-    decode_invoke_per_s, bare_invoke_per_s, cost_vs_floor = decode_invoke_per_s / images_per_s (issue 22's
-    target: <= 1.1).
-    """
-    from leukedge.edge.engines import installed
-    from leukedge.edge.load_engine import load_classifier
-    from leukedge.edge.throughput import default_workers
-
-    from .throughput import _images, bare_invoke_rate, decode_invoke_rate, end_to_end_rate
-
-    files = _images(images, n_images)
-    workers = default_workers()
-    out = []
-    for engine, name in PATH_CONFIGS:
-        if not installed(engine):
-            continue
-        clfs = [load_classifier(work / name, engine=engine, threads=1) for _ in range(workers)]
-        bare = bare_invoke_rate(clfs, seconds)
-        first = clfs[0]
-        del clfs[1:]
-        e2e, floor = [], []
-        for _ in range(repeats):
-            floor.append(decode_invoke_rate(first, workers, 1, files))
-            e2e.append(end_to_end_rate(first, workers, 1, files))
-        e, f = statistics.median(e2e), statistics.median(floor)
-        out.append({"engine": engine, "model": name, "workers": workers, "threads_per_worker": 1,
-                    "images": len(files), "bare_invoke_per_s": round(bare, 1), "decode_invoke_per_s": round(f, 1),
-                    "images_per_s": round(e, 1), "ms_per_image": round(1000 / e, 2),
-                    "cost_vs_floor": round(f / e, 3), "cost_vs_bare": round(bare / e, 3)})
-        print(f"{engine:12s} {name:22s} bare {bare:6.1f}/s  decode floor {f:6.1f}/s  edge-classify path {e:6.1f}/s  "
-              f"cost vs floor {f / e:.3f}", flush=True)
-    return out
-
-
-COLD = """
-import sys, time
-t0 = time.perf_counter()
-from leukedge.edge.load_engine import load_classifier
-clf = load_classifier(sys.argv[1], engine=sys.argv[2])
-t1 = time.perf_counter()
-p = clf.predict_one(sys.argv[3])
-assert p.ok, p.error
-print(f"{t1 - t0:.4f} {time.perf_counter() - t0:.4f} {int('openvino' in sys.modules)} {int('onnxruntime' in sys.modules)}")
-"""
-
-
-def cold_start(work: Path, image: Path, runs: int) -> list[dict]:
-    """Fresh-process cold start per engine, alternating, `runs` each: import + load (+ compile) and one image.
-
-    OpenVINO twice: with an empty model cache every run ("openvino, no cache": a first start) and with a warm
-    cache (every later start). Returns one dict per configuration: load_s and first_image_s medians, and
-    which engines the process imported (a LiteRT run must import neither openvino nor onnxruntime).
-    """
-    import shutil
-    import subprocess
-    import tempfile
-
-    from leukedge.edge.engines import installed
-
-    cache = Path(tempfile.mkdtemp(prefix="leukedge-ov-cache-"))
-    configs = [(e, n, "warm") for e, n in PATH_CONFIGS if installed(e)]
-    if installed("openvino"):
-        configs.append(("openvino", "onnx-cpu-int8.onnx", "cold"))
-    samples: dict = {c: [] for c in configs}
-    try:
-        for _ in range(runs):
-            for c in configs:
-                engine, name, state = c
-                env = dict(os.environ, LEUKEDGE_OPENVINO_CACHE=str(cache))
-                if state == "cold":
-                    env["LEUKEDGE_OPENVINO_CACHE"] = tempfile.mkdtemp(prefix="leukedge-ov-cold-")
-                out = subprocess.run([sys.executable, "-c", COLD, str(work / name), engine, str(image)], env=env,
-                                     capture_output=True, text=True, timeout=300)
-                if out.returncode != 0:
-                    raise SystemExit(f"cold start of {engine} failed: {out.stderr.strip().splitlines()[-1:]}")
-                if state == "cold":
-                    shutil.rmtree(env["LEUKEDGE_OPENVINO_CACHE"], ignore_errors=True)
-                load, first, ov_imported, ort_imported = out.stdout.split()
-                samples[c].append((float(load), float(first), ov_imported == "1", ort_imported == "1"))
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-    result = []
-    for (engine, name, state), s in samples.items():
-        label = engine + (", model cache empty (first start)" if state == "cold" else
-                          ", model cache warm" if engine == "openvino" else "")
-        result.append({"engine": label, "model": name, "runs": len(s),
-                       "load_s": round(statistics.median(v[0] for v in s[1:] or s), 3),
-                       "first_image_s": round(statistics.median(v[1] for v in s[1:] or s), 3),
-                       "imported_openvino": any(v[2] for v in s), "imported_onnxruntime": any(v[3] for v in s)})
-        r = result[-1]
-        print(f"{label:45s} load {r['load_s']:.3f} s  first image {r['first_image_s']:.3f} s  "
-              f"(openvino imported: {r['imported_openvino']}, onnxruntime imported: {r['imported_onnxruntime']})",
-              flush=True)
-    return result
-
-
-def versions() -> dict[str, str]:
-    """Installed engine versions (package metadata; nothing imported)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for dist in ("ai-edge-litert", "onnxruntime", "openvino"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line of the module docstring: build, time and path, each with its options."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
@@ -380,65 +262,39 @@ def main(argv=None) -> int:
     w.add_argument("--repeats", type=int, default=3)
     w.add_argument("--cold-runs", type=int, default=7)
     w.add_argument("--out", type=Path)
-    args = ap.parse_args(argv)
+    return ap
 
-    if args.cmd == "path":
-        from leukedge.edge.machine import machine_line, machine_record
 
-        print(machine_line())
-        first_image = next(p for p in sorted(args.images.rglob("*")) if p.is_file())
-        report = {"benchmark": "engines-path", "machine": machine_record(), "versions": versions(),
-                  "load_average_before": [round(v, 2) for v in os.getloadavg()],
-                  "whole_path": whole_path(args.work, args.images, args.images_n, args.seconds, args.repeats),
-                  "cold_start": cold_start(args.work, first_image, args.cold_runs),
-                  "load_average_after": [round(v, 2) for v in os.getloadavg()]}
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=1) + "\n")
-        return 0
+class _Fed:
+    """A configuration that always runs on its own input (whatever run() is given): the timing loop passes one
+    float32 x to every configuration, while LiteRT with int8 I/O takes the quantized tensor."""
 
-    if args.cmd == "build":
-        secs = build(args.work, args.calib_dir, args.calib, args.size, args.types)
-        print(json.dumps({k: round(v, 1) for k, v in secs.items()}))
-        return 0
+    def __init__(self, c, xx):
+        self.c, self.xx = c, xx
 
-    from leukedge.edge.machine import machine_line, machine_record
+    def run(self, _x):
+        return self.c.run(self.xx)
 
-    if args.rounds < 30:
-        print(f"note: {args.rounds} rounds; issue 22's figures need at least 30", file=sys.stderr)
-    size = json.loads((args.work / "calibration.json").read_text())["size"]
-    x = np.random.default_rng(SEED).uniform(-1, 1, (1, size, size, 3)).astype(np.float32)
-    configs = _configs(args.work, args.threads, args.float_ov)
-    if args.only:
-        configs = [(label, c) for label, c in configs if any(o in label for o in args.only)]
-    # int8 I/O for LiteRT: its backend takes the quantized tensor; give each config the input it takes
-    inputs = {}
+
+def _fed(configs: list[tuple[str, object]], x: np.ndarray) -> list[tuple[str, _Fed]]:
+    """Each configuration with the input it takes: x (float32 (1, S, S, 3)) itself, or x quantized with the
+    configuration's input_quantization (scale, zero point) to its input_dtype."""
+    out = []
     for label, c in configs:
         dt = np.dtype(getattr(c, "input_dtype", np.float32))
         if dt != np.float32:
             scale, zero = c.input_quantization
-            inputs[label] = np.clip(np.round(x / scale + zero), np.iinfo(dt).min, np.iinfo(dt).max).astype(dt)
+            out.append((label, _Fed(c, np.clip(np.round(x / scale + zero), np.iinfo(dt).min,
+                                               np.iinfo(dt).max).astype(dt))))
         else:
-            inputs[label] = x
+            out.append((label, _Fed(c, x)))
+    return out
 
-    class _Fed:
-        def __init__(self, c, xx):
-            self.c, self.xx = c, xx
 
-        def run(self, _x):
-            return self.c.run(self.xx)
-
-    configs = [(label, _Fed(c, inputs[label])) for label, c in configs]
-    t0 = time.perf_counter()
-    load0 = os.getloadavg()
-    results = time_configs(configs, x, args.rounds)
-    record = machine_record()
-    report = {"benchmark": "engines", "machine": record, "machine_line": machine_line(record),
-              "versions": versions(), "size": size, "rounds": args.rounds, "threads": args.threads,
-              "load_average_before": [round(v, 2) for v in load0],
-              "load_average_after": [round(v, 2) for v in os.getloadavg()],
-              "seconds": round(time.perf_counter() - t0, 1), "results": results}
-    for th in args.threads:
+def _add_ratios(report: dict, results: dict, threads: list[int]) -> None:
+    """Per thread count: each configuration's speed-up over LiteRT int8 (into its results entry) and leukedge's
+    backend over the same engine called by hand (report["leukedge_vs_by_hand"]), both as ratios of medians."""
+    for th in threads:
         base = results.get(f"litert int8 | litert-int8.tflite | t{th}")
         if base:
             for label, r in results.items():
@@ -450,6 +306,37 @@ def main(argv=None) -> int:
             h = results.get(f"{hand} | onnx-cpu-int8.onnx | t{th}")
             if a and h:
                 report.setdefault("leukedge_vs_by_hand", {})[f"{hand} t{th}"] = round(a["median_ms"] / h["median_ms"], 3)
+
+
+def _write_report(report: dict, out: Path | None) -> None:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def _time_command(args) -> dict:
+    """`time`: every configuration timed in alternating rounds (module docstring); prints each median and
+    returns the report (machine, versions, load averages, results per label, ratios)."""
+    from leukedge.edge.machine import machine_line, machine_record
+
+    if args.rounds < 30:
+        print(f"note: {args.rounds} rounds; issue 22's figures need at least 30", file=sys.stderr)
+    size = json.loads((args.work / "calibration.json").read_text())["size"]
+    x = np.random.default_rng(SEED).uniform(-1, 1, (1, size, size, 3)).astype(np.float32)
+    configs = _configs(args.work, args.threads, args.float_ov)
+    if args.only:
+        configs = [(label, c) for label, c in configs if any(o in label for o in args.only)]
+    configs = _fed(configs, x)  # int8 I/O for LiteRT: its backend takes the quantized tensor
+    t0 = time.perf_counter()
+    load0 = os.getloadavg()
+    results = time_configs(configs, x, args.rounds)
+    record = machine_record()
+    report = {"benchmark": "engines", "machine": record, "machine_line": machine_line(record),
+              "versions": versions(), "size": size, "rounds": args.rounds, "threads": args.threads,
+              "load_average_before": [round(v, 2) for v in load0],
+              "load_average_after": [round(v, 2) for v in os.getloadavg()],
+              "seconds": round(time.perf_counter() - t0, 1), "results": results}
+    _add_ratios(report, results, args.threads)
     if args.ov_exec:
         report["openvino_kernels"] = {p.name: ov_exec_types(p) for p in
                                       (args.work / f"{s}.onnx" for s in TYPE_VARIANTS) if p.is_file()}
@@ -457,9 +344,23 @@ def main(argv=None) -> int:
     for label, r in sorted(results.items(), key=lambda kv: (kv[0].split("|")[-1], kv[1]["median_ms"])):
         print(f"{label:70s} {r['median_ms']:8.2f} ms  [{r['q1_ms']:.2f}, {r['q3_ms']:.2f}]  "
               f"x{r.get('speedup_vs_litert_int8', float('nan')):.2f} vs LiteRT int8")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def main(argv=None) -> int:
+    """The command line (module docstring); returns the exit status 0 (SystemExit on a bad argument or a
+    failed measurement)."""
+    args = _parser().parse_args(argv)
+    if args.cmd == "path":
+        from .engines_path import path_report
+
+        _write_report(path_report(args.work, args.images, args.images_n, args.seconds, args.repeats,
+                                  args.cold_runs), args.out)
+    elif args.cmd == "build":
+        secs = build(args.work, args.calib_dir, args.calib, args.size, args.types)
+        print(json.dumps({k: round(v, 1) for k, v in secs.items()}))
+    else:
+        _write_report(_time_command(args), args.out)
     return 0
 
 
