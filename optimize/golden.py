@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +143,57 @@ def make_golden(clf, out_path: str | os.PathLike | None = None, n: int = 16, see
     """
     if n < 2:
         raise GoldenError(f"golden set needs n >= 2 inputs, got {n}")
+    g = _plan(clf, out_path, n, seed, threshold, margin)
+    _score_candidates(g)
+    _push_towards_each_side(g, search_budget)
+    return _write(g, _choose(g))
+
+
+@dataclass
+class _Golden:
+    """One golden set in the making (make_golden's state): what it is measured against, and the inputs scored.
+
+    thr: decision threshold; pos: positive output index; kind, scale, tol: the output quantization
+    and the self-test tolerance (edge.selftest); margin: least |P - thr| of a chosen input;
+    want: inputs wanted per side (True: positive); scored: (source, uint8 image, P(positive)).
+    """
+
+    clf: Any
+    model_path: Path
+    out: Path
+    n: int
+    seed: int
+    thr: float
+    pos: int
+    kind: str
+    scale: Any
+    tol: dict
+    margin: float
+    temperature: float
+    size: int
+    rng: np.random.Generator
+    want: dict[bool, int]
+    scored: list[tuple[str, np.ndarray, float]] = field(default_factory=list)
+
+    def p_of(self, x: np.ndarray) -> float:
+        """P(positive) of one model input tensor."""
+        return float(self.clf.probabilities(x)[self.pos])
+
+    def past(self, p: float, side: bool) -> bool:
+        """Whether P lies on `side` of the threshold by at least the margin."""
+        return p >= self.thr + self.margin if side else p < self.thr - self.margin
+
+    def eligible(self, side: bool) -> list[tuple[str, np.ndarray, float]]:
+        """The scored inputs past the margin on `side`, sorted by P."""
+        return sorted((c for c in self.scored if self.past(c[2], side)), key=lambda c: c[2])
+
+
+def _plan(clf, out_path, n: int, seed: int, threshold: float | None, margin: float | None) -> _Golden:
+    """make_golden's arguments resolved against the card and the output quantization (its docstring)."""
     card = clf.card
     model_path = Path(getattr(clf, "model_path", card.model_file))
     out = Path(out_path) if out_path is not None else golden_path_for(model_path)
     thr = float(card.threshold if threshold is None else threshold)
-    pos = card.positive_index
     kind, scale = output_quantization(clf)
     tol = tolerance_for(kind, scale)
     if margin is None:
@@ -155,61 +202,65 @@ def make_golden(clf, out_path: str | os.PathLike | None = None, n: int = 16, see
     # |dP| an output difference within tolerance can cause: the same for probability outputs;
     # for logits softmax's slope is at most 1/4 per unit of (z_pos - z_neg)/T, so <= tol/(2T) (bounded by tol/T)
     tol_p = tol["max_abs_delta"] / (temperature if card.output == "logits" else 1.0)
-    margin = max(float(margin), 3 * tol_p)
-    size = int(card.preprocessing.size)
-    rng = np.random.default_rng(seed)
-
-    def p_of(x: np.ndarray) -> float:
-        return float(clf.probabilities(x)[pos])
-
-    pool = _candidates(rng, size, n)
-    try:
-        scored = [(src, img, p_of(clf.input_tensor(img))) for src, img in pool]
-    except (ValueError, IndexError) as exc:
-        raise GoldenError(f"{model_path}: cannot run golden candidates through the model: {exc}") from None
     want_pos = n // 2
-    want = {True: want_pos, False: n - want_pos}
+    return _Golden(clf, model_path, out, n, seed, thr, card.positive_index, kind, scale, tol,
+                   max(float(margin), 3 * tol_p), temperature, int(card.preprocessing.size),
+                   np.random.default_rng(seed), {True: want_pos, False: n - want_pos})
 
-    def eligible(side: bool) -> list[tuple[str, np.ndarray, float]]:
-        ok = [c for c in scored if (c[2] >= thr + margin if side else c[2] < thr - margin)]
-        return sorted(ok, key=lambda c: c[2])
 
-    budget = search_budget
+def _score_candidates(g: _Golden) -> None:
+    """Draw the candidate pool (_candidates) and score each through the model into g.scored."""
+    pool = _candidates(g.rng, g.size, g.n)
+    try:
+        g.scored = [(src, img, g.p_of(g.clf.input_tensor(img))) for src, img in pool]
+    except (ValueError, IndexError) as exc:
+        raise GoldenError(f"{g.model_path}: cannot run golden candidates through the model: {exc}") from None
+
+
+def _push_towards_each_side(g: _Golden, budget: int) -> None:
+    """Where a side has too few inputs past the margin, search (_search) for more, within `budget` invocations."""
     for side in (True, False):
-        past = (lambda p: p >= thr + margin) if side else (lambda p: p < thr - margin)
-        while len(eligible(side)) < want[side] and budget > 1:
-            ok = eligible(side)
+        while len(g.eligible(side)) < g.want[side] and budget > 1:
+            ok = g.eligible(side)
             if ok:  # a small variation of an input already there is most likely there too
-                base = ok[int(rng.integers(len(ok)))][1]
-                img, p, used = _search(clf, p_of, rng, _jitter(rng, base), side, thr, margin, budget)
+                base = ok[int(g.rng.integers(len(ok)))][1]
+                start = _jitter(g.rng, base)
             else:  # start from the candidate closest to the wanted side, then push it across
-                start = max(scored, key=lambda c: c[2] if side else -c[2])[1]
-                img, p, used = _search(clf, p_of, rng, start, side, thr, margin, budget)
+                start = max(g.scored, key=lambda c: c[2] if side else -c[2])[1]
+            img, p, used = _search(g.clf, g.p_of, g.rng, start, side, g.thr, g.margin, budget)
             budget -= used
-            scored.append(("optimised-noise", img, p))
-            if not past(p):
+            g.scored.append(("optimised-noise", img, p))
+            if not g.past(p, side):
                 break  # this model does not go there within the budget; fill from the other side
 
+
+def _choose(g: _Golden) -> list[tuple[str, np.ndarray, float]]:
+    """n inputs: each side's wanted count spread over its P range, topped up with the widest-margin leftovers."""
     chosen: list[tuple[str, np.ndarray, float]] = []
     for side in (True, False):
-        chosen += _spread(eligible(side), want[side])
-    if len(chosen) < n:  # one side short: top up with the widest-margin leftovers of any side
+        chosen += _spread(g.eligible(side), g.want[side])
+    if len(chosen) < g.n:  # one side short: top up with the widest-margin leftovers of any side
         taken = {id(c[1]) for c in chosen}
-        rest = sorted((c for c in scored if id(c[1]) not in taken), key=lambda c: -abs(c[2] - thr))
-        chosen += rest[: n - len(chosen)]
+        rest = sorted((c for c in g.scored if id(c[1]) not in taken), key=lambda c: -abs(c[2] - g.thr))
+        chosen += rest[: g.n - len(chosen)]
+    return chosen
 
+
+def _write(g: _Golden, chosen: list[tuple[str, np.ndarray, float]]) -> dict[str, Any]:
+    """Run the chosen inputs, write the .npz (make_golden's docstring) and return the card's `golden` dict."""
+    clf, card = g.clf, g.clf.card
     inputs = np.concatenate([clf.input_tensor(img) for _, img, _ in chosen])
     outputs = np.stack([raw_outputs(clf, x[None]) for x in inputs])
     probs = np.stack([np.asarray(clf.probabilities(x[None]), dtype=np.float32) for x in inputs])
-    p_pos = probs[:, pos].astype(np.float32)
-    decisions = np.asarray(decide(p_pos, thr), dtype=bool)
+    p_pos = probs[:, g.pos].astype(np.float32)
+    decisions = np.asarray(decide(p_pos, g.thr), dtype=bool)
     positives = int(decisions.sum())
     meta = {
         "schema": GOLDEN_SCHEMA, "schema_version": GOLDEN_SCHEMA_VERSION,
         "model_file": card.model_file, "model_sha256": card.model_sha256,
-        "threshold": thr, "positive_index": pos, "labels": list(card.labels),
-        "output_kind": kind, "output_scale": scale, "tolerance": tol, "margin": margin, "seed": seed,
-        "output": card.output, "temperature": temperature,
+        "threshold": g.thr, "positive_index": g.pos, "labels": list(card.labels),
+        "output_kind": g.kind, "output_scale": g.scale, "tolerance": g.tol, "margin": g.margin, "seed": g.seed,
+        "output": card.output, "temperature": g.temperature,
         "sources": [src for src, _, _ in chosen],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "note": "synthetic cells, blends and optimised noise; no patient images",
@@ -218,14 +269,14 @@ def make_golden(clf, out_path: str | os.PathLike | None = None, n: int = 16, see
     np.savez_compressed(buf, inputs=inputs, outputs=outputs, probabilities=probs, p_positive=p_pos,
                         meta=np.array(json.dumps(meta)))
     data = buf.getvalue()
-    write_bytes_atomic(out, data)
+    write_bytes_atomic(g.out, data)
     try:
-        rel = out.resolve().relative_to(model_path.resolve().parent).as_posix()
+        rel = g.out.resolve().relative_to(g.model_path.resolve().parent).as_posix()
     except ValueError:
-        rel = out.name
+        rel = g.out.name
     return {
         "file": rel, "sha256": hashlib.sha256(data).hexdigest(), "n": int(len(inputs)),
-        "output_kind": kind, "output_scale": scale, "tolerance": tol, "threshold": thr, "margin": round(margin, 6),
-        "positives": positives, "negatives": int(len(inputs) - positives),
+        "output_kind": g.kind, "output_scale": g.scale, "tolerance": g.tol, "threshold": g.thr,
+        "margin": round(g.margin, 6), "positives": positives, "negatives": int(len(inputs) - positives),
         "inputs": "synthetic cells, blends and optimised noise (no patient images)",
     }
