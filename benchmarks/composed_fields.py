@@ -4,23 +4,8 @@ as it was, and give it the per-cell path's P(ALL)? (issue 25 item 3)
     nice -n 10 python -m leukedge.benchmarks.composed_fields --model runs/composed-fields/model/model.keras
     nice -n 10 python -m leukedge.benchmarks.composed_fields --train          # trains that model first (~1 min)
 
-Composition (seeded; every number is an option with its default below):
-- cells: every C-NMC image of the shared sample (../shared/data/C-NMC_Leukemia, 78 cells masked on black at
-  450x450), each placed PLACEMENTS times. Its mask is its non-black pixels (any channel > 16, the rule of
-  edge.fields.locate.masked_single_cell), largest part, holes filled.
-- backgrounds: BCCD frames (../shared/data/bccd) with exactly one white-cell box, the white cell painted out:
-  the located cell's extent and the VOC box's inscribed ellipse, grown by 1.5 um, are filled with a patch of
-  the same frame that holds no white cell (feathered edge), and a background on which the locator still finds
-  a cell is not used (counted). BCCD's scale: 7.5 um over the median red-cell ruler of those frames.
-- scale: C-NMC's release gives no micrometres per pixel; CNMC_CELL_UM (the assumed median diameter of its
-  cells) over their median measured diameter sets one (`--cnmc-um-per-px` overrides). A frame draws one factor
-  s in 0.6..1.5 and applies it to its cells and its background alike: the background is resized by
-  s * bccd_um_per_px / cnmc_um_per_px, so the frame's red cells change size with the cells, and the frame's
-  true scale is cnmc_um_per_px / s.
-- each frame holds 1..3 cells at random positions and rotations, whole inside the frame, their masks at least
-  GAP_UM apart (white cells on a smear rarely touch; touching cells are the locator's `touching` flag, tested
-  elsewhere), pasted with their anti-aliased mask as alpha. Frames are written as PNG (lossless: no JPEG
-  artefacts in the comparison).
+Composition (seeded; every number is an option with its default below): leukedge.benchmarks.composed_frames
+says how cells and backgrounds are made and placed.
 
 Measured, with the frame's scale from the camera (the composed scale, as a lab that calibrated its camera
 gives it) and from the frame's red-cell ruler (the default without a calibration):
@@ -53,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .composed_frames import Cell, Placed, backgrounds, cnmc_cells, compose, turned
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 DEFAULT_WORK = ROOT / "runs" / "composed-fields"
@@ -65,202 +52,9 @@ PLACEMENTS = 2  # times each C-NMC cell is placed (different frame, angle, scale
 GAP_UM = 3.0  # least distance between two placed cells' masks
 MARGIN_UM = 6.0  # least distance between a placed cell's mask and the frame's edge: past the locator's
 # cytoplasm reach (4 um) and its working copy's pixel (~0.23 um), so no whole cell is flagged edge_cut
-PAINT_GROW_UM = 1.5  # how far around a BCCD white cell is painted out
 THRESHOLD_MARGIN = 0.1  # agreement counted on cells whose per-cell P is at least this far from the threshold
 TRAIN_ARGS = ["--image-size", "128", "--epochs-head", "8", "--epochs", "4", "--batch-size", "16",
               "--set", "split=subject", "--set", "val_fraction=0.25"]
-
-
-# -- inputs --------------------------------------------------------------------------------------------------
-
-@dataclass
-class Cell:
-    """A C-NMC cell: its file, uint8 RGB (450, 450, 3) and bool mask (450, 450)."""
-
-    path: str
-    rgb: np.ndarray
-    mask: np.ndarray
-
-
-def cnmc_cells(root: Path) -> list[Cell]:
-    """Every C-NMC image under root (sorted), with its mask (module docstring)."""
-    import cv2
-
-    from leukedge.edge.preprocess import load_rgb
-
-    cells = []
-    for p in sorted(root.rglob("*.bmp")):
-        rgb = load_rgb(p)
-        fg = (rgb.max(axis=2) > 16).astype(np.uint8)
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-        if n < 2:
-            continue
-        main = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
-        contours, _ = cv2.findContours(main, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        filled = np.zeros_like(main)
-        cv2.drawContours(filled, contours, -1, 1, thickness=-1)
-        cells.append(Cell(str(p), rgb, filled.astype(bool)))
-    return cells
-
-
-def bccd_wbc_boxes(bccd: Path) -> dict[str, list[list[int]]]:
-    """{frame stem: WBC boxes [x0, y0, x1, y1]} from the VOC XML files."""
-    import xml.etree.ElementTree as ET
-
-    out = {}
-    for xml in sorted((bccd / "Annotations").glob("*.xml")):
-        boxes = []
-        for obj in ET.parse(xml).getroot().iter("object"):
-            if (obj.findtext("name") or "").strip() == "WBC":
-                b = obj.find("bndbox")
-                boxes.append([int(float(b.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")])
-        out[xml.stem] = boxes
-    return out
-
-
-def paint_out(rgb: np.ndarray, region: np.ndarray, rng: np.random.Generator, tries: int = 400) -> np.ndarray | None:
-    """`rgb` with `region` (bool (H, W)) filled by a shifted copy of the same frame that avoids it, feathered.
-
-    Returns None when no shift within `tries` random ones keeps the copied pixels inside the frame and off
-    the region."""
-    import cv2
-
-    h, w = region.shape
-    ys, xs = np.nonzero(region)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    guard = cv2.dilate(region.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
-    for _ in range(tries):
-        dx, dy = int(rng.integers(-x0, w - x1 + 1)), int(rng.integers(-y0, h - y1 + 1))
-        if abs(dx) < (x1 - x0) and abs(dy) < (y1 - y0):
-            continue  # the source would overlap the hole
-        src = np.zeros_like(region)
-        src[y0 + dy:y1 + dy, x0 + dx:x1 + dx] = region[y0:y1, x0:x1]
-        if (src & guard).any():
-            continue
-        shifted = np.roll(np.roll(rgb, -dy, axis=0), -dx, axis=1)  # shifted[y, x] = rgb[y + dy, x + dx]
-        alpha = cv2.GaussianBlur(region.astype(np.float32), (0, 0), 4.0)
-        alpha = np.maximum(alpha, region.astype(np.float32))[..., None]
-        return (alpha * shifted + (1 - alpha) * rgb).round().clip(0, 255).astype(np.uint8)
-    return None
-
-
-def backgrounds(bccd: Path, rng: np.random.Generator, limit: int) -> tuple[list[np.ndarray], dict]:
-    """BCCD frames with their one white cell painted out, on which the locator then finds nothing.
-
-    Returns (backgrounds: uint8 (480, 640, 3) each, facts: bccd_um_per_px and counts)."""
-    import cv2
-
-    from leukedge.edge.fields.frames import load_frame
-    from leukedge.edge.fields.locate import NotASmearError, RED_CELL_UM, locate_cells
-
-    boxes = bccd_wbc_boxes(bccd)
-    names = [n for n, b in boxes.items() if len(b) == 1]
-    rng.shuffle(names)
-    out, rulers, tried, refused = [], [], 0, {"no patch": 0, "a cell left": 0, "not a smear": 0}
-    for name in names:
-        if len(out) >= limit:
-            break
-        tried += 1
-        rgb, _ = load_frame(bccd / "JPEGImages" / f"{name}.jpg")
-        try:
-            loc = locate_cells(rgb)
-        except NotASmearError:
-            refused["not a smear"] += 1
-            continue
-        region = np.zeros(rgb.shape[:2], np.uint8)
-        for c in loc.cells:
-            x0, y0, x1, y1 = c.box
-            region[y0:y1, x0:x1] |= c.mask.astype(np.uint8)
-        x0, y0, x1, y1 = boxes[name][0]
-        cv2.ellipse(region, ((x0 + x1) // 2, (y0 + y1) // 2), ((x1 - x0) // 2, (y1 - y0) // 2), 0, 0, 360, 1, -1)
-        grow = max(1, round(PAINT_GROW_UM / loc.um_per_px))
-        region = cv2.dilate(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2)).astype(bool)
-        painted = paint_out(rgb, region, rng)
-        if painted is None:
-            refused["no patch"] += 1
-            continue
-        try:
-            left = locate_cells(painted).cells
-        except NotASmearError:
-            refused["not a smear"] += 1
-            continue
-        if left:
-            refused["a cell left"] += 1
-            continue
-        out.append(painted)
-        if loc.red_cell_px is not None:
-            rulers.append(loc.red_cell_px)
-    um = RED_CELL_UM / float(statistics.median(rulers))
-    return out, {"bccd_frames_tried": tried, "backgrounds": len(out), "refused": refused,
-                 "bccd_um_per_px": round(um, 5), "bccd_red_cell_px_median": round(float(statistics.median(rulers)), 1)}
-
-
-# -- composing -----------------------------------------------------------------------------------------------
-
-@dataclass
-class Placed:
-    """One placed cell: which C-NMC cell, its angle (degrees), and its mask in the frame (bool (H, W))."""
-
-    cell: int
-    angle: float
-    mask: np.ndarray
-
-
-def turned(cell: Cell, angle: float, scale: float) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-    """The cell turned by `angle` degrees about its centroid and scaled by `scale`, on a square canvas just
-    large enough: (uint8 RGB, float alpha in 0..1, the centroid's (x, y) on that canvas)."""
-    import cv2
-
-    ys, xs = np.nonzero(cell.mask)
-    cx, cy = float(xs.mean()), float(ys.mean())
-    radius = float(np.sqrt((xs - cx) ** 2 + (ys - cy) ** 2).max()) + 2
-    side = int(math.ceil(2 * radius * scale)) + 2
-    m = cv2.getRotationMatrix2D((cx, cy), angle, scale)
-    m[0, 2] += side / 2 - cx
-    m[1, 2] += side / 2 - cy
-    rgb = cv2.warpAffine(np.where(cell.mask[..., None], cell.rgb, 0).astype(np.uint8), m, (side, side),
-                         flags=cv2.INTER_LINEAR, borderValue=0)
-    alpha = cv2.warpAffine(cell.mask.astype(np.float32), m, (side, side), flags=cv2.INTER_LINEAR, borderValue=0)
-    return rgb, alpha, (side / 2, side / 2)
-
-
-def compose(bg: np.ndarray, cells: list[Cell], picks: list[int], s: float, um_ratio: float,
-            rng: np.random.Generator, gap_px: float, margin_px: int) -> tuple[np.ndarray, list[Placed]] | None:
-    """One frame: `bg` resized by s * um_ratio (bccd um/px over C-NMC um/px), the picked cells turned, scaled by
-    s and pasted at random places (module docstring). None when they do not fit in 200 tries."""
-    import cv2
-
-    f = s * um_ratio
-    h, w = bg.shape[:2]
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    frame = cv2.resize(bg, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR).astype(np.float32)
-    H, W = frame.shape[:2]
-    taken = np.zeros((H, W), np.uint8)
-    placed = []
-    for ci in picks:
-        angle = float(rng.uniform(0, 360))
-        rgb, alpha, _ = turned(cells[ci], angle, s)
-        on = alpha >= 0.5
-        ys, xs = np.nonzero(on)
-        side = alpha.shape[0]
-        if W - 2 * margin_px <= xs.max() - xs.min() or H - 2 * margin_px <= ys.max() - ys.min():
-            return None
-        for _ in range(200):
-            ox = int(rng.integers(margin_px - xs.min(), W - margin_px - xs.max()))
-            oy = int(rng.integers(margin_px - ys.min(), H - margin_px - ys.max()))
-            mask = np.zeros((H, W), bool)
-            x0, y0, x1, y1 = max(0, ox), max(0, oy), min(W, ox + side), min(H, oy + side)
-            mask[y0:y1, x0:x1] = on[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
-            if not (mask & taken.astype(bool)).any():
-                break
-        else:
-            return None
-        a = alpha[y0 - oy:y1 - oy, x0 - ox:x1 - ox, None]
-        frame[y0:y1, x0:x1] = a * rgb[y0 - oy:y1 - oy, x0 - ox:x1 - ox] + (1 - a) * frame[y0:y1, x0:x1]
-        grow = int(math.ceil(gap_px))
-        taken |= cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2))
-        placed.append(Placed(ci, angle, mask))
-    return frame.round().clip(0, 255).astype(np.uint8), placed
 
 
 # -- the model -----------------------------------------------------------------------------------------------
@@ -398,31 +192,51 @@ def _dp_stats(pairs: list[tuple[float, float]], threshold: float) -> dict:
             "agreement_all": round(sum((a >= threshold) == (b >= threshold) for a, b in pairs) / len(pairs), 4)}
 
 
-def run(args) -> dict:
-    import cv2
-    from PIL import Image
+def _trained_facts(model: Path) -> dict | None:
+    """How a .keras model was trained (data root, the training config, validation figures), from its card;
+    None for another format."""
+    if Path(model).suffix != ".keras":
+        return None
+    from leukedge.edge.card import load_card_for_model
 
+    parent = load_card_for_model(model)
+    cfg = (parent.provenance or {}).get("config", {})
+    return {"data": (parent.provenance or {}).get("data", {}).get("root"),
+            "config": {k: cfg.get(k) for k in ("image_size", "epochs_head", "epochs", "batch_size", "split",
+                                               "val_fraction", "weights", "fine_tune_from")},
+            "validation": {k: (parent.metrics or {}).get("validation", {}).get(k)
+                           for k in ("f1_positive", "sensitivity", "specificity", "auroc", "images")}}
+
+
+@dataclass
+class _Setup:
+    """What every frame is made from and measured with: the model (its file, how it was trained, the device
+    classifier), the C-NMC cells with their median diameter (px), the scale C-NMC is given (um/px), the crop
+    spec, the painted-out backgrounds with their facts, bccd um/px over C-NMC um/px, and each cell's P on its
+    original file."""
+
+    model: Path
+    trained: dict | None
+    clf: object
+    cells: list[Cell]
+    diam: float
+    cnmc_um: float
+    spec: dict
+    bgs: list[np.ndarray]
+    bg_facts: dict
+    um_ratio: float
+    per_cell_p: dict[int, float]
+
+
+def _setup(args, rng: np.random.Generator) -> _Setup:
+    """The model (trained first with --train), the cells and their scale, the backgrounds (drawn with rng) and
+    the per-cell P. Raises SystemExit when args.cnmc holds no C-NMC image."""
     from leukedge.edge.classifier import Classifier
     from leukedge.edge.fields.crops import cells_spec
-    from leukedge.edge.machine import machine_record
 
-    t_start = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
-    work = args.work
-    (work / "frames").mkdir(parents=True, exist_ok=True)
-    model = args.model or train_model(args.cnmc, work)
-    trained = None
-    if Path(model).suffix == ".keras":
-        from leukedge.edge.card import load_card_for_model
-
-        parent = load_card_for_model(model)
-        cfg = (parent.provenance or {}).get("config", {})
-        trained = {"data": (parent.provenance or {}).get("data", {}).get("root"),
-                   "config": {k: cfg.get(k) for k in ("image_size", "epochs_head", "epochs", "batch_size", "split",
-                                                      "val_fraction", "weights", "fine_tune_from")},
-                   "validation": {k: (parent.metrics or {}).get("validation", {}).get(k)
-                                  for k in ("f1_positive", "sensitivity", "specificity", "auroc", "images")}}
-    clf = Classifier.load(device_model(Path(model), work), threads=1)
+    model = args.model or train_model(args.cnmc, args.work)
+    trained = _trained_facts(model)
+    clf = Classifier.load(device_model(Path(model), args.work), threads=1)
     cells = cnmc_cells(args.cnmc)
     if not cells:
         raise SystemExit(f"{args.cnmc}: no C-NMC images")
@@ -431,12 +245,19 @@ def run(args) -> dict:
     spec = cells_spec(clf.card, {"um_per_px": cnmc_um} if clf.card.cells else
                       {"style": "masked", "canvas_px": 450, "um_per_px": cnmc_um})
     bgs, bg_facts = backgrounds(args.bccd, rng, args.backgrounds)
-    um_ratio = bg_facts["bccd_um_per_px"] / cnmc_um
-
-    # the plan: each cell PLACEMENTS times, in frames of 1..3 cells
-    order = [i for _ in range(args.placements) for i in rng.permutation(len(cells))]
     per_cell_p = {i: clf.predict_one(c.path).p_all for i, c in enumerate(cells)}
-    thr = clf.threshold
+    return _Setup(model, trained, clf, cells, diam, cnmc_um, spec, bgs, bg_facts,
+                  bg_facts["bccd_um_per_px"] / cnmc_um, per_cell_p)
+
+
+def _compose_and_measure(args, setup: _Setup, rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
+    """The plan (each cell args.placements times, in frames of 1..3 cells), each frame composed, written as PNG
+    under args.work/frames and measured. Returns (one row per placed cell, one dict per frame). Raises
+    SystemExit when the cells cannot be placed (the frames too small for them)."""
+    from PIL import Image
+
+    clf, cells, spec = setup.clf, setup.cells, setup.spec
+    order = [i for _ in range(args.placements) for i in rng.permutation(len(cells))]
     results, frames_meta, k, draws = [], [], 0, 0
     while k < len(order):
         draws += 1
@@ -445,19 +266,20 @@ def run(args) -> dict:
         n = int(rng.integers(CELLS_PER_FRAME[0], CELLS_PER_FRAME[1] + 1))
         picks = order[k:k + n]
         s = float(rng.uniform(*SCALE_RANGE))
-        bi = int(rng.integers(len(bgs)))
-        true_um = cnmc_um / s
-        made = compose(bgs[bi], cells, picks, s, um_ratio, rng, GAP_UM / true_um, math.ceil(MARGIN_UM / true_um))
+        bi = int(rng.integers(len(setup.bgs)))
+        true_um = setup.cnmc_um / s
+        made = compose(setup.bgs[bi], cells, picks, s, setup.um_ratio, rng, GAP_UM / true_um,
+                       math.ceil(MARGIN_UM / true_um))
         if made is None:
             continue  # draw again (fewer cells or another scale)
         k += len(picks)
         frame, placed = made
-        path = work / "frames" / f"composed-{len(frames_meta):03d}.png"
+        path = args.work / "frames" / f"composed-{len(frames_meta):03d}.png"
         Image.fromarray(frame).save(path, compress_level=1)
         m = measure_frame(clf, path, frame, placed, true_um, spec)
         for j, p in enumerate(placed):
             row = {"frame": path.name, "cnmc": Path(cells[p.cell].path).name, "scale": round(s, 3),
-                   "angle": round(p.angle, 1), "p_file": per_cell_p[p.cell], "p_oracle": m["oracle"][j],
+                   "angle": round(p.angle, 1), "p_file": setup.per_cell_p[p.cell], "p_oracle": m["oracle"][j],
                    "p_rotated": rotated_p(clf, cells[p.cell], p.angle, spec["canvas_px"])}
             for arm, a in m["arms"].items():
                 row[arm] = a["cells"][j]
@@ -466,7 +288,12 @@ def run(args) -> dict:
                             "cells": len(placed), "true_um_per_px": round(true_um, 5),
                             **{f"{arm}_false_cells": a["false"] for arm, a in m["arms"].items()},
                             "ruler_um_per_px": m["arms"]["ruler"].get("um_per_px")})
+    return results, frames_meta
 
+
+def _summary(results: list[dict], frames_meta: list[dict], thr: float) -> dict:
+    """Per arm (camera, ruler): found, split, flagged, false cells, mask IoU, |dP| against the per-cell path and
+    the rotated cell; the references without the locator; the ruler's scale over the true one."""
     summary = {}
     for arm in ("camera", "ruler"):
         found = [r for r in results if r[arm]["found"]]
@@ -486,7 +313,26 @@ def run(args) -> dict:
     summary["ruler_over_true_scale"] = {"median": round(float(np.median(ruler)), 3),
                                         "p5": round(float(np.percentile(ruler, 5)), 3),
                                         "p95": round(float(np.percentile(ruler, 95)), 3)} if ruler else None
-    p_files = np.array(list(per_cell_p.values()))
+    return summary
+
+
+def run(args) -> dict:
+    """The benchmark (module docstring) with the options of main: set up (model, cells, backgrounds), compose
+    and measure every frame, summarise. Returns the results dict written as composed-fields.json (machine,
+    model, composition, summary, targets at the camera scale, frames, cells). Raises SystemExit on missing
+    C-NMC images or cells that do not fit."""
+    import cv2
+
+    from leukedge.edge.machine import machine_record
+
+    t_start = time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    (args.work / "frames").mkdir(parents=True, exist_ok=True)
+    setup = _setup(args, rng)
+    clf, thr = setup.clf, setup.clf.threshold
+    results, frames_meta = _compose_and_measure(args, setup, rng)
+    summary = _summary(results, frames_meta, thr)
+    p_files = np.array(list(setup.per_cell_p.values()))
     cam = summary["camera"]
     targets = {"every_placed_cell_found": cam["found"] == cam["placed"],
                "mask_iou_median_ge_0.9": cam["mask_iou_median"] is not None and cam["mask_iou_median"] >= 0.9,
@@ -495,16 +341,17 @@ def run(args) -> dict:
         "benchmark": "composed fields (issue 25 item 3)", "machine": machine_record(
             engine=clf.runtime.name, engine_version=clf.runtime.version, threads=1),
         "opencv": cv2.__version__, "seconds": round(time.perf_counter() - t_start, 1),
-        "model": {"file": str(clf.model_path) if hasattr(clf, "model_path") else str(model), "name": clf.card.name,
-                  "threshold": thr, "input_px": clf.card.preprocessing.size, "cells": spec, "trained": trained,
+        "model": {"file": str(clf.model_path) if hasattr(clf, "model_path") else str(setup.model),
+                  "name": clf.card.name, "threshold": thr, "input_px": clf.card.preprocessing.size,
+                  "cells": setup.spec, "trained": setup.trained,
                   "p_per_cell_spread": {"p10": round(float(np.percentile(p_files, 10)), 4),
                                         "p50": round(float(np.median(p_files)), 4),
                                         "p90": round(float(np.percentile(p_files, 90)), 4)}},
-        "composition": {"cnmc": str(args.cnmc), "cnmc_cells": len(cells), "cnmc_diameter_px_median": round(diam, 1),
-                        "cnmc_um_per_px": round(cnmc_um, 5),
+        "composition": {"cnmc": str(args.cnmc), "cnmc_cells": len(setup.cells),
+                        "cnmc_diameter_px_median": round(setup.diam, 1), "cnmc_um_per_px": round(setup.cnmc_um, 5),
                         "cnmc_um_per_px_from": ("option" if args.cnmc_um_per_px else
                                                 f"assumed median cell diameter {CNMC_CELL_UM} um"),
-                        **bg_facts, "placements_per_cell": args.placements, "frames": len(frames_meta),
+                        **setup.bg_facts, "placements_per_cell": args.placements, "frames": len(frames_meta),
                         "scale_range": SCALE_RANGE, "gap_um": GAP_UM, "margin_um": MARGIN_UM, "seed": args.seed},
         "summary": summary, "targets_camera_scale": targets, "frames": frames_meta, "cells": results}
 

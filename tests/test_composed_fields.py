@@ -1,4 +1,4 @@
-"""The composed-field benchmark's building blocks (benchmarks/composed_fields.py) on generated fields."""
+"""The composed-field benchmark's building blocks (benchmarks/composed_frames.py) on generated fields."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ cv2 = pytest.importorskip("cv2")
 
 from test_fields import NUCLEUS, RBC_PX, make_field  # noqa: E402
 
-from leukedge.benchmarks.composed_fields import Cell, compose, paint_out, turned  # noqa: E402
+from leukedge.benchmarks.composed_frames import Cell, compose, paint_out, turned  # noqa: E402
 from leukedge.edge.fields.locate import locate_cells  # noqa: E402
 
 
