@@ -103,6 +103,8 @@ class _OracleCell:
 
 
 def oracle(mask: np.ndarray) -> _OracleCell:
+    """The placed mask (bool (H, W), frame resolution) as the located cell a perfect locator would give: its
+    centroid (x, y in px, pixel centres), box (x0, y0, x1, y1) and the mask cut to that box."""
     ys, xs = np.nonzero(mask)
     x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
     return _OracleCell((float(xs.mean()) + 0.5, float(ys.mean()) + 0.5), (x0, y0, x1, y1), mask[y0:y1, x0:x1])
@@ -357,6 +359,8 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
+    """The command line (module docstring): runs the benchmark, writes --out (JSON) and the Markdown beside it
+    (leukedge.reports.composed_fields_markdown), prints the Markdown. Returns 0; argparse exits on bad options."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="model file with its card (.keras converted to float32 TFLite)")
     ap.add_argument("--train", action="store_true", help="train the C-NMC model into WORK/model first if absent")

@@ -92,7 +92,9 @@ def _peak_rss_mib(stderr: str) -> float | None:
 
 
 def measure_cold_start(model: Path, image: str, runs: int) -> dict:
-    """A fresh `edge-classify` process on one image: wall time spawn->exit (median), and its peak RSS."""
+    """A fresh `edge-classify` process on one image, `runs` times: wall time spawn->exit (median), and the peak
+    RSS of one more such process. Returns {"cold_start_s" (s), "cold_start_runs", "peak_rss_mib" (MiB, None
+    when the probe gave none)}. Raises BenchmarkError when edge-classify fails."""
     args = ["--model", str(model), "--quiet", "--format", "json", image]
     walls = []
     for _ in range(runs):
@@ -108,7 +110,8 @@ def measure_cold_start(model: Path, image: str, runs: int) -> dict:
 
 
 def measure_keras_memory(model: Path, image: str) -> float | None:
-    """Peak RSS of a fresh process that loads the Keras model and classifies one image."""
+    """Peak RSS (MiB) of a fresh process that loads the Keras model and classifies one image; None when that
+    process fails."""
     code = _HWM_PROBE + (
         "import os; os.environ.setdefault('TF_USE_LEGACY_KERAS','1'); os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','3')\n"
         "from leukedge.tfcompat import tensorflow; tf = tensorflow()\n"
