@@ -94,7 +94,7 @@ def test_reliability_small_multiples_one_panel_per_model(tmp_path):
 def test_training_curves_label_every_line_and_the_confusion_matrix_is_legible(tmp_path):
     from matplotlib import pyplot as plt
 
-    from leukedge.train.fit import _write_plots
+    from leukedge.reports.train import train_plots
 
     history = [{"epoch": 1, "stage": "head", "loss": 0.9, "val_loss": 0.8, "val_f1_pos": 0.7, "val_recall_pos": 0.8},
                {"epoch": 2, "stage": "finetune", "loss": 0.5, "val_loss": 0.6, "val_f1_pos": 0.8, "val_recall_pos": 0.9}]
@@ -107,8 +107,8 @@ def test_training_curves_label_every_line_and_the_confusion_matrix_is_legible(tm
 
     plt.Figure.savefig = spy
     try:
-        written = _write_plots(tmp_path, history, {"confusion_matrix": [[9, 1], [2, 30]], "threshold": 0.5},
-                               ["hem", "all"])
+        written = train_plots(tmp_path, history, {"confusion_matrix": [[9, 1], [2, 30]], "threshold": 0.5},
+                              ["hem", "all"])
     finally:
         plt.Figure.savefig = real_savefig
     assert written == ["training_curves.png", "confusion_matrix.png"]

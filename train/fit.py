@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import os
+import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,8 @@ from leukedge.edge.files import staged_dir, write_text_atomic
 from leukedge.edge.card import card_path_for
 from leukedge.evaluation import EvaluationError, ImageArrays, KerasScorer, decode_samples, evaluate
 from leukedge.edge.metrics import choose_threshold
+from leukedge.edge.preprocess import Preprocessing
+from leukedge.reports.train import train_history_csv, train_plots
 
 from .cells import measure_training_cells
 from .config import TrainConfig, to_toml
@@ -28,12 +30,14 @@ from .pipeline import class_weights, make_dataset
 from .preprocessing import resolve_preprocessing
 from .splits import SPLIT_FILE, Split, make_split, read_split, subsample, write_split
 from leukedge.tfcompat import tensorflow
-from .weights import load_backbone_weights, plan_weights
+from .weights import WeightsInfo, load_backbone_weights, plan_weights
 
 RESUME_DIR = ".leukedge-resume"
 
 
 def get_strategy(name: str):
+    """The tf.distribute strategy named by --strategy: default, mirrored (all local GPUs), multiworker (needs
+    TF_CONFIG; DatasetError without it), or auto (mirrored with more than one GPU, else default)."""
     tf = tensorflow()
     if name == "default":
         return tf.distribute.get_strategy()
@@ -102,68 +106,6 @@ def export_model(model, path: Path) -> None:
     clean.save(path)
 
 
-def _write_plots(out: Path, history: list[dict], report: dict, labels: list[str]) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    written = []
-    if history:
-        from matplotlib.ticker import MaxNLocator
-
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        ep = [h["epoch"] for h in history]
-        for key, label, style in (("loss", "training loss", "-o"), ("val_loss", "validation loss", "--s")):
-            if key in history[0]:
-                axes[0].plot(ep, [h.get(key, np.nan) for h in history], style, label=label)
-        axes[1].plot(ep, [h.get("val_f1_pos", np.nan) for h in history], "-o", label="validation F1 (positive)")
-        axes[1].plot(ep, [h.get("val_recall_pos", np.nan) for h in history], "--s",
-                     label="validation recall (positive)")
-        axes[0].set_title("loss")
-        axes[1].set_title("validation")
-        axes[1].set_ylim(0, 1.0)
-        stage2 = [h["epoch"] for h in history if h.get("stage") == "finetune"]
-        for ax in axes:
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            if stage2 and stage2[0] > 1:
-                ax.axvline(stage2[0] - 0.5, color="grey", linestyle=":", label="fine-tuning starts")
-            ax.legend(fontsize=8)  # after every line, so each one is in it
-        fig.tight_layout(); fig.savefig(out / "training_curves.png", dpi=110); plt.close(fig)
-        written.append("training_curves.png")
-    cm = np.array(report["confusion_matrix"])
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, cm.max()))
-    rows = cm.sum(axis=1, keepdims=True)
-    for i in range(2):
-        for j in range(2):
-            dark = cm[i, j] > 0.5 * max(1, cm.max())  # white on the dark half of the colour map, black on the light
-            share = f"\n{100 * cm[i, j] / rows[i, 0]:.0f} %" if rows[i, 0] else ""
-            ax.text(j, i, f"{cm[i, j]}{share}", ha="center", va="center", fontsize=12, fontweight="bold",
-                    color="white" if dark else "black")
-    ax.set_xticks([0, 1], labels); ax.set_yticks([0, 1], labels)
-    ax.set_xlabel("predicted  (count; % of its true class)", fontsize=9); ax.set_ylabel("true")
-    ax.set_title(f"validation, threshold {report['threshold']:.3f}", fontsize=10)
-    fig.tight_layout(); fig.savefig(out / "confusion_matrix.png", dpi=110); plt.close(fig)
-    written.append("confusion_matrix.png")
-    return written
-
-
-def _history_csv(history: list[dict]) -> str:
-    keys: list[str] = []
-    for h in history:
-        keys.extend(k for k in h if k not in keys)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    w.writeheader()
-    w.writerows(history)
-    return buf.getvalue()
-
-
 def _screen_training_images(arrays: dict, cfg: TrainConfig) -> tuple[dict | None, list]:
     """Reference statistics of the training images (the card's `input_statistics`, which the device's
     quality and out-of-distribution checks compare against) and the quality gate on every part
@@ -228,82 +170,129 @@ def split_for(data: str | Path, cfg: TrainConfig) -> tuple[Dataset, Split]:
     return ds, split
 
 
-def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = False) -> dict:
-    """Fine-tune InceptionV3 on a dataset: the `leukedge train` step.
+@dataclass
+class TrainingRun:
+    """One `leukedge train` run as it goes through its stages (see train): the plan (config, data, split,
+    weights, preprocessing), the decoded parts, and the validation callback's state (stage, history rows,
+    best F1, epoch and weights); `done` counts the epochs already run per stage (from resume state)."""
 
-    data: a dataset folder (C-NMC release layout or root/<class>/<images>). out: the run folder.
-    cfg: validated TrainConfig (image size in px, epochs, learning rates, split rule...).
-    Writes into `out` (all or nothing): model.keras, its card model.keras.json, split.json (the split
-    every later step reads), history.csv, config.toml, training_curves.png, confusion_matrix.png.
-    Returns {"out", "metrics" (per part: binary report at the chosen threshold), "threshold", "timing", "card"}.
-    Raises DatasetError (unusable data or split), ConfigError, EvaluationError (no readable images).
-    """
-    t_start = time.perf_counter()
-    tf = tensorflow()
-    out = Path(out)
-    tf.keras.utils.set_random_seed(cfg.seed)
+    cfg: TrainConfig
+    out: Path
+    ds: Dataset
+    split: Split
+    weights: WeightsInfo
+    prep: Preprocessing
+    positive: int  # index of the positive label in ds.labels
+    train_samples: list  # split.parts["train"], subsampled to cfg.max_train_images
+    t_start: float  # time.perf_counter() at the start
+    arrays: dict[str, ImageArrays] = field(default_factory=dict)
+    input_statistics: dict | None = None
+    quality_skipped: list = field(default_factory=list)
+    state: dict = field(default_factory=dict)
+    done: dict = field(default_factory=lambda: {"head": 0, "finetune": 0})
+    replicas: int = 1
+    fit_seconds: float = 0.0
+
+    @property
+    def resume_dir(self) -> Path:
+        return self.out / RESUME_DIR
+
+    @property
+    def head(self) -> HeadConfig:
+        c = self.cfg
+        return HeadConfig(c.dense_units, c.activation, c.dropout, c.l1, c.l2)
+
+
+def _plan(data: str | Path, out: str | Path, cfg: TrainConfig, t_start: float) -> TrainingRun:
+    """The run's plan: dataset and split (split_for), weights, preprocessing, the train samples used."""
     ds, split = split_for(data, cfg)
     info = plan_weights(cfg.weights)
     prep = resolve_preprocessing(cfg, info)
-    positive = ds.labels.index(ds.positive_label)
-    train_samples = subsample(split.parts["train"], cfg.max_train_images, cfg.seed)
+    return TrainingRun(cfg, Path(out), ds, split, info, prep, ds.labels.index(ds.positive_label),
+                       subsample(split.parts["train"], cfg.max_train_images, cfg.seed), t_start)
 
+
+def _announce(run: TrainingRun) -> None:
+    """One line on stderr saying what is trained on, then the dataset's first problems as warnings."""
+    ds, split, cfg = run.ds, run.split, run.cfg
     print(f"leukedge train: {ds.layout} data at {ds.root}; split '{split.rule}' "
           + ", ".join(f"{p}={len(v)}" for p, v in split.parts.items())
-          + (f" (train subsampled to {len(train_samples)})" if len(train_samples) != len(split.parts["train"]) else "")
-          + f"; weights: {info.source}; {cfg.image_size}px", file=sys.stderr)
+          + (f" (train subsampled to {len(run.train_samples)})"
+             if len(run.train_samples) != len(split.parts["train"]) else "")
+          + f"; weights: {run.weights.source}; {cfg.image_size}px", file=sys.stderr)
     for where, problem in ds.problems[:5]:  # e.g. images not used, or a `data crop` set nobody reviewed
         print(f"leukedge train: warning: {where}: {problem}", file=sys.stderr)
     if len(ds.problems) > 5:
         print(f"leukedge train: warning: {len(ds.problems) - 5} more dataset problems (leukedge data inspect)",
               file=sys.stderr)
+
+
+def _decode_parts(run: TrainingRun) -> None:
+    """Decode every part (train: the subsampled samples) into run.arrays and screen them
+    (_screen_training_images: run.input_statistics, run.quality_skipped). Raises DatasetError for an
+    unreadable image with cfg.strict, or a part left with one class."""
+    cfg = run.cfg
     try:
-        arrays = {"train": decode_samples(train_samples, prep, cfg.strict, what="train images")}
-        for part in split.parts:
+        arrays = {"train": decode_samples(run.train_samples, run.prep, cfg.strict, what="train images")}
+        for part in run.split.parts:
             if part != "train":
-                arrays[part] = decode_samples(split.parts[part], prep, cfg.strict, what=f"{part} images")
+                arrays[part] = decode_samples(run.split.parts[part], run.prep, cfg.strict, what=f"{part} images")
     except EvaluationError as exc:  # --strict: an unreadable image is a dataset problem here
         raise DatasetError(str(exc)) from None
-    input_statistics, quality_skipped = _screen_training_images(arrays, cfg)
+    run.input_statistics, run.quality_skipped = _screen_training_images(arrays, cfg)
     for part, arr in arrays.items():
         arr.part = part
         if len(np.unique(arr.labels)) < 2:
-            raise DatasetError(f"{ds.root}: after skipping unreadable images, '{part}' has only one class")
+            raise DatasetError(f"{run.ds.root}: after skipping unreadable images, '{part}' has only one class")
+    run.arrays = arrays
 
-    strategy = get_strategy(cfg.strategy)
-    replicas = strategy.num_replicas_in_sync
+
+def _build_model(run: TrainingRun, strategy):
+    """InceptionV3 with the configured head, built under the strategy, backbone weights loaded (run.weights
+    becomes the loaded WeightsInfo)."""
     with strategy.scope():
-        model = build_inception_v3(cfg.image_size, info.last_pool,
-                                   HeadConfig(cfg.dense_units, cfg.activation, cfg.dropout, cfg.l1, cfg.l2),
-                                   n_classes=len(ds.labels))
-        info = load_backbone_weights(model, info)
+        model = build_inception_v3(run.cfg.image_size, run.weights.last_pool, run.head, n_classes=len(run.ds.labels))
+        run.weights = load_backbone_weights(model, run.weights)
+    return model
 
-    train_ds = make_dataset(arrays["train"], prep, cfg.batch_size, training=True, augment=cfg.augment, seed=cfg.seed)
-    cw = class_weights(arrays["train"].labels) if cfg.class_weight else None
-    resume_dir = out / RESUME_DIR
+
+def _resume_state(run: TrainingRun, resume: bool) -> None:
+    """A fresh callback state in run.state, or with `resume` the one saved in out/.leukedge-resume (history,
+    best F1, epoch and weights; run.done). Raises DatasetError when the saved state is for another split."""
     state = {"stage": "head", "history": [], "best_f1": -1.0, "best_epoch": 0, "best_weights": None,
-             "positive_label": ds.positive_label, "split_sha256": split.file_list_sha256(ds)}
-    done = {"head": 0, "finetune": 0}
-    if resume and (resume_dir / "state.json").exists():
-        saved = json.loads((resume_dir / "state.json").read_text())
-        if saved.get("split_sha256") != state["split_sha256"]:
-            raise DatasetError(f"{resume_dir}: resume state is for a different data split; remove it to start over")
-        state.update({k: saved[k] for k in ("history", "best_f1", "best_epoch")})
-        done["head"] = sum(1 for h in saved["history"] if h["stage"] == "head")
-        done["finetune"] = sum(1 for h in saved["history"] if h["stage"] == "finetune")
-        with np.load(resume_dir / "best_weights.npz") as z:
-            state["best_weights"] = [z[f"arr_{i}"] for i in range(len(z.files))]
-        print(f"leukedge train: resuming after {len(saved['history'])} epochs", file=sys.stderr)
+             "positive_label": run.ds.positive_label, "split_sha256": run.split.file_list_sha256(run.ds)}
+    run.state, run.done = state, {"head": 0, "finetune": 0}
+    resume_dir = run.resume_dir
+    if not (resume and (resume_dir / "state.json").exists()):
+        return
+    saved = json.loads((resume_dir / "state.json").read_text())
+    if saved.get("split_sha256") != state["split_sha256"]:
+        raise DatasetError(f"{resume_dir}: resume state is for a different data split; remove it to start over")
+    state.update({k: saved[k] for k in ("history", "best_f1", "best_epoch")})
+    run.done["head"] = sum(1 for h in saved["history"] if h["stage"] == "head")
+    run.done["finetune"] = sum(1 for h in saved["history"] if h["stage"] == "finetune")
+    with np.load(resume_dir / "best_weights.npz") as z:
+        state["best_weights"] = [z[f"arr_{i}"] for i in range(len(z.files))]
+    print(f"leukedge train: resuming after {len(saved['history'])} epochs", file=sys.stderr)
+
+
+def _fit(run: TrainingRun, model, strategy, train_ds) -> None:
+    """Stage 1 trains the head (cfg.epochs_head at cfg.lr_head), stage 2 fine-tunes from cfg.fine_tune_from
+    (cfg.epochs, cosine decay from cfg.lr), each only past the epochs resume state already ran. Leaves the best
+    weights (validation F1) in the model and the fitting time in run.fit_seconds (s)."""
+    tf = tensorflow()
+    cfg, state, done, resume_dir = run.cfg, run.state, run.done, run.resume_dir
+    cw = class_weights(run.arrays["train"].labels) if cfg.class_weight else None
     verbose = 1 if sys.stdout.isatty() else 2
-    callback = validation_f1_callback(arrays["validation"], prep, positive, cfg.batch_size, cfg.patience, state, resume_dir,
-                                      ds.labels)
+    callback = validation_f1_callback(run.arrays["validation"], run.prep, run.positive, cfg.batch_size, cfg.patience,
+                                      state, resume_dir, run.ds.labels)
 
     def run_stage(stage: str, block: str | None, epochs: int, lr):
         if epochs <= done[stage]:
             return
         state["stage"] = stage
         with strategy.scope():
-            set_trainable_from(model, block, train_batchnorm=info.source == "none")
+            set_trainable_from(model, block, train_batchnorm=run.weights.source == "none")
             model.compile(optimizer=tf.keras.optimizers.Adam(lr),
                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         if done[stage] and (resume_dir / "last.weights.h5").exists():
@@ -312,7 +301,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
         model.fit(train_ds, epochs=epochs, initial_epoch=done[stage], class_weight=cw,
                   callbacks=[callback], verbose=verbose)
 
-    n_batches = int(np.ceil(len(arrays["train"].labels) / cfg.batch_size))
+    n_batches = int(np.ceil(len(run.arrays["train"].labels) / cfg.batch_size))
     t_fit = time.perf_counter()
     if done["finetune"] == 0:
         run_stage("head", None, cfg.epochs_head, cfg.lr_head)
@@ -322,29 +311,47 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
         schedule = tf.keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=max(1, cfg.epochs * n_batches),
                                                              alpha=0.05)
         run_stage("finetune", cfg.fine_tune_from, cfg.epochs, schedule)
-    fit_seconds = time.perf_counter() - t_fit
+    run.fit_seconds = time.perf_counter() - t_fit
     if state["best_weights"] is not None:
         model.set_weights(state["best_weights"])
 
-    scorer = KerasScorer(model, prep, positive, batch_size=cfg.batch_size)
+
+def _evaluate(run: TrainingRun, model) -> tuple[float, dict]:
+    """The threshold chosen on validation (best F1, or subject to cfg.min_recall_all) and the metrics per part
+    (binary reports at it, with 95 % intervals; test when the split has one)."""
+    cfg, arrays, positive, labels = run.cfg, run.arrays, run.positive, run.ds.labels
+    scorer = KerasScorer(model, run.prep, positive, batch_size=cfg.batch_size)
     p_val = scorer.p_positive(arrays["validation"].images)
     threshold = choose_threshold(arrays["validation"].labels, p_val, positive,
                                  min_recall=cfg.min_recall_all or None)
-    metrics = {"validation": evaluate(p_val, arrays["validation"], threshold, ds.labels, positive).report}
+    metrics = {"validation": evaluate(p_val, arrays["validation"], threshold, labels, positive).report}
     metrics["validation"]["threshold_chosen_here"] = True
     metrics["validation_intervals"] = _intervals(arrays["validation"], p_val, threshold, positive, cfg.seed)
     if "test" in arrays:
-        test_ev = evaluate(scorer, arrays["test"], threshold, ds.labels, positive)
+        test_ev = evaluate(scorer, arrays["test"], threshold, labels, positive)
         metrics["test"] = test_ev.report
         metrics["test_intervals"] = _intervals(arrays["test"], test_ev.p, threshold, positive, cfg.seed)
-    epochs_run = len(state["history"])
-    images_seen = epochs_run * len(arrays["train"].labels)
-    timing = {"wall_seconds": round(time.perf_counter() - t_start, 1), "fit_seconds": round(fit_seconds, 1),
-              "epochs_run": epochs_run, "train_images_per_second": round(images_seen / fit_seconds, 2) if fit_seconds else None,
-              "replicas": replicas, "best_epoch": state["best_epoch"]}
+    return threshold, metrics
 
-    card = ModelCard(
-        labels=ds.labels, positive_label=ds.positive_label, preprocessing=prep,
+
+def _timing(run: TrainingRun) -> dict:
+    """The card's timing: wall and fitting seconds, epochs run, training images per second, replicas, best epoch."""
+    epochs_run = len(run.state["history"])
+    images_seen = epochs_run * len(run.arrays["train"].labels)
+    fit_seconds = run.fit_seconds
+    return {"wall_seconds": round(time.perf_counter() - run.t_start, 1), "fit_seconds": round(fit_seconds, 1),
+            "epochs_run": epochs_run,
+            "train_images_per_second": round(images_seen / fit_seconds, 2) if fit_seconds else None,
+            "replicas": run.replicas, "best_epoch": run.state["best_epoch"]}
+
+
+def _card(run: TrainingRun, threshold: float, metrics: dict, timing: dict) -> ModelCard:
+    """model.keras's card: labels, preprocessing, threshold, provenance (versions, data, split, weights,
+    architecture, config, threshold rule, timing), metrics, input statistics and the training cells' look."""
+    tf = tensorflow()
+    cfg, ds, info = run.cfg, run.ds, run.weights
+    return ModelCard(
+        labels=ds.labels, positive_label=ds.positive_label, preprocessing=run.prep,
         model_file="model.keras", model_format="keras", threshold=threshold,
         name=f"leukedge-inceptionv3-{cfg.image_size}", variant="float",
         provenance={
@@ -353,39 +360,79 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
             "keras": {"flavour": "tf-keras", "version": _tf_keras_version(),
                       "opens_with": "tf-keras 2 with TF_USE_LEGACY_KERAS=1 (not Keras 3)"},
             "data": {"root": str(Path(ds.root).resolve()), "layout": ds.layout,
-                     "skipped_images": [list(x) for a in arrays.values() for x in a.skipped],
-                     "skipped_for_quality": quality_skipped},
-            "split": split.describe(ds),
+                     "skipped_images": [list(x) for a in run.arrays.values() for x in a.skipped],
+                     "skipped_for_quality": run.quality_skipped},
+            "split": run.split.describe(ds),
             "weights": info.to_dict(),
             "architecture": {"backbone": "InceptionV3", "last_block_pool": info.last_pool,
-                             "head": HeadConfig(cfg.dense_units, cfg.activation, cfg.dropout, cfg.l1, cfg.l2).to_dict()},
+                             "head": run.head.to_dict()},
             "config": cfg.to_dict(),
             "threshold_rule": (f"best F1 subject to {ds.positive_label} recall >= {cfg.min_recall_all}"
                                if cfg.min_recall_all else f"best F1 for {ds.positive_label} on validation"),
             "timing": timing,
         },
         metrics=metrics,
-        input_statistics=input_statistics,
-        cells=measure_training_cells([s.path for s in split.parts["train"]], root=ds.root, seed=cfg.seed),
+        input_statistics=run.input_statistics,
+        cells=measure_training_cells([s.path for s in run.split.parts["train"]], root=ds.root, seed=cfg.seed),
     )
-    with staged_dir(out) as stage:
+
+
+def _write(run: TrainingRun, model, card: ModelCard, metrics: dict) -> None:
+    """Everything into run.out, all or nothing (staged_dir): model.keras and its card, split.json, history.csv,
+    config.toml and the plots (leukedge.reports.train)."""
+    with staged_dir(run.out) as stage:
         export_model(model, stage / "model.keras")
         card.bind(stage / "model.keras")
         card.save(card_path_for(stage / "model.keras"))
-        write_split(split, ds, stage / SPLIT_FILE)
-        write_text_atomic(stage / "history.csv", _history_csv(state["history"]))
-        write_text_atomic(stage / "config.toml", to_toml(cfg.to_dict()))
-        _write_plots(stage, state["history"], metrics["validation"], ds.labels)
-    import shutil
+        write_split(run.split, run.ds, stage / SPLIT_FILE)
+        write_text_atomic(stage / "history.csv", train_history_csv(run.state["history"]))
+        write_text_atomic(stage / "config.toml", to_toml(run.cfg.to_dict()))
+        train_plots(stage, run.state["history"], metrics["validation"], run.ds.labels)
 
-    shutil.rmtree(resume_dir, ignore_errors=True)
-    v = metrics["validation"]
-    print(f"leukedge train: wrote {out}/model.keras (card model.keras.json, split.json); validation F1({ds.positive_label})="
+
+def _print_result(run: TrainingRun, threshold: float, metrics: dict, timing: dict) -> None:
+    """The validation (and held-out test) figures on stderr, two lines."""
+    pos, v = run.ds.positive_label, metrics["validation"]
+    print(f"leukedge train: wrote {run.out}/model.keras (card model.keras.json, split.json); validation F1({pos})="
           f"{v['f1_positive']:.4f} sensitivity={v['sensitivity']:.4f} weighted F1={v['weighted_f1']:.4f} at threshold "
           f"{threshold:.4f} (chosen on these validation images: optimistic) ({timing['wall_seconds']} s)", file=sys.stderr)
     if "test" in metrics:
         t, ti = metrics["test"], metrics["test_intervals"]
-        print(f"leukedge train: held-out test F1({ds.positive_label})={t['f1_positive']:.4f} "
+        print(f"leukedge train: held-out test F1({pos})={t['f1_positive']:.4f} "
               f"[{ti['f1_positive']['low']:.3f}, {ti['f1_positive']['high']:.3f}] sensitivity={t['sensitivity']:.4f} "
               f"[{ti['sensitivity']['low']:.3f}, {ti['sensitivity']['high']:.3f}] (95 % CI)", file=sys.stderr)
-    return {"out": str(out), "metrics": metrics, "threshold": threshold, "timing": timing, "card": card.to_dict()}
+
+
+def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = False) -> dict:
+    """Fine-tune InceptionV3 on a dataset: the `leukedge train` step.
+
+    data: a dataset folder (C-NMC release layout or root/<class>/<images>). out: the run folder.
+    cfg: validated TrainConfig (image size in px, epochs, learning rates, split rule...).
+    Writes into `out` (all or nothing): model.keras, its card model.keras.json, split.json (the split
+    every later step reads), history.csv, config.toml, training_curves.png, confusion_matrix.png.
+    Returns {"out", "metrics" (per part: binary report at the chosen threshold), "threshold", "timing", "card"}.
+    Raises DatasetError (unusable data or split), ConfigError, EvaluationError (no readable images).
+
+    Stages (a TrainingRun carries the state): plan, decode and screen the parts, build the model, resume
+    state, fit (head, then fine-tuning), evaluate (threshold on validation), card, write.
+    """
+    t_start = time.perf_counter()
+    tf = tensorflow()
+    tf.keras.utils.set_random_seed(cfg.seed)
+    run = _plan(data, out, cfg, t_start)
+    _announce(run)
+    _decode_parts(run)
+    strategy = get_strategy(cfg.strategy)
+    run.replicas = strategy.num_replicas_in_sync
+    model = _build_model(run, strategy)
+    train_ds = make_dataset(run.arrays["train"], run.prep, cfg.batch_size, training=True, augment=cfg.augment,
+                            seed=cfg.seed)
+    _resume_state(run, resume)
+    _fit(run, model, strategy, train_ds)
+    threshold, metrics = _evaluate(run, model)
+    timing = _timing(run)
+    card = _card(run, threshold, metrics, timing)
+    _write(run, model, card, metrics)
+    shutil.rmtree(run.resume_dir, ignore_errors=True)
+    _print_result(run, threshold, metrics, timing)
+    return {"out": str(run.out), "metrics": metrics, "threshold": threshold, "timing": timing, "card": card.to_dict()}
