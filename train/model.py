@@ -18,6 +18,9 @@ BACKBONE_CONVS = 94
 
 @dataclass
 class HeadConfig:
+    """The screening head on the pooled features: Dense(dense_units, activation) with L1/L2 kernel penalties,
+    then Dropout(dropout), then the softmax."""
+
     dense_units: int = 256
     activation: str = "relu"
     dropout: float = 0.5
@@ -28,98 +31,121 @@ class HeadConfig:
         return asdict(self)
 
 
+class _Layers:
+    """Creates the backbone's layers in creation order: conv_bn names its layers conv_<i>, bn_<i>, relu_<i>
+    by a running count (so weights can be assigned by name)."""
+
+    def __init__(self, layers):
+        self.layers = layers
+        self.convs = 0
+
+    def conv_bn(self, x, filters, kh, kw, padding="same", strides=(1, 1)):
+        i = self.convs
+        self.convs += 1
+        x = self.layers.Conv2D(filters, (kh, kw), strides=strides, padding=padding, use_bias=False, name=f"conv_{i}")(x)
+        x = self.layers.BatchNormalization(axis=3, scale=False, epsilon=1e-3, name=f"bn_{i}")(x)
+        return self.layers.Activation("relu", name=f"relu_{i}")(x)
+
+    def avg_pool(self, x):
+        return self.layers.AveragePooling2D((3, 3), strides=(1, 1), padding="same")(x)
+
+
+def _stem(b: _Layers, inputs):
+    """Convs 0..4 with two max pools: the input down to 35x35 (at 299 px)."""
+    x = b.conv_bn(inputs, 32, 3, 3, strides=(2, 2), padding="valid")
+    x = b.conv_bn(x, 32, 3, 3, padding="valid")
+    x = b.conv_bn(x, 64, 3, 3)
+    x = b.layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
+    x = b.conv_bn(x, 80, 1, 1, padding="valid")
+    x = b.conv_bn(x, 192, 3, 3, padding="valid")
+    return b.layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
+
+
+def _blocks_35(b: _Layers, x):
+    """mixed0..2 (35x35), then mixed3 (down to 17x17)."""
+    for i, pool_filters in enumerate((32, 64, 64)):
+        b1 = b.conv_bn(x, 64, 1, 1)
+        b5 = b.conv_bn(x, 48, 1, 1)
+        b5 = b.conv_bn(b5, 64, 5, 5)
+        b3 = b.conv_bn(x, 64, 1, 1)
+        b3 = b.conv_bn(b3, 96, 3, 3)
+        b3 = b.conv_bn(b3, 96, 3, 3)
+        bp = b.conv_bn(b.avg_pool(x), pool_filters, 1, 1)
+        x = b.layers.concatenate([b1, b5, b3, bp], axis=3, name=f"mixed{i}")
+    b3 = b.conv_bn(x, 384, 3, 3, strides=(2, 2), padding="valid")
+    bd = b.conv_bn(x, 64, 1, 1)
+    bd = b.conv_bn(bd, 96, 3, 3)
+    bd = b.conv_bn(bd, 96, 3, 3, strides=(2, 2), padding="valid")
+    bp = b.layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
+    return b.layers.concatenate([b3, bd, bp], axis=3, name="mixed3")
+
+
+def _blocks_17(b: _Layers, x):
+    """mixed4..7 (17x17), then mixed8 (down to 8x8)."""
+    for i, c in zip(range(4, 8), (128, 160, 160, 192)):
+        b1 = b.conv_bn(x, 192, 1, 1)
+        b7 = b.conv_bn(x, c, 1, 1)
+        b7 = b.conv_bn(b7, c, 1, 7)
+        b7 = b.conv_bn(b7, 192, 7, 1)
+        bd = b.conv_bn(x, c, 1, 1)
+        bd = b.conv_bn(bd, c, 7, 1)
+        bd = b.conv_bn(bd, c, 1, 7)
+        bd = b.conv_bn(bd, c, 7, 1)
+        bd = b.conv_bn(bd, 192, 1, 7)
+        bp = b.conv_bn(b.avg_pool(x), 192, 1, 1)
+        x = b.layers.concatenate([b1, b7, bd, bp], axis=3, name=f"mixed{i}")
+    b3 = b.conv_bn(x, 192, 1, 1)
+    b3 = b.conv_bn(b3, 320, 3, 3, strides=(2, 2), padding="valid")
+    b7 = b.conv_bn(x, 192, 1, 1)
+    b7 = b.conv_bn(b7, 192, 1, 7)
+    b7 = b.conv_bn(b7, 192, 7, 1)
+    b7 = b.conv_bn(b7, 192, 3, 3, strides=(2, 2), padding="valid")
+    bp = b.layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
+    return b.layers.concatenate([b3, b7, bp], axis=3, name="mixed8")
+
+
+def _blocks_8(b: _Layers, x, last_pool: str):
+    """mixed9 and mixed10 (8x8); mixed10's pooling branch is a max pool when last_pool is 'max'."""
+    for i in (9, 10):
+        b1 = b.conv_bn(x, 320, 1, 1)
+        b3 = b.conv_bn(x, 384, 1, 1)
+        b3_1 = b.conv_bn(b3, 384, 1, 3)
+        b3_2 = b.conv_bn(b3, 384, 3, 1)
+        b3 = b.layers.concatenate([b3_1, b3_2], axis=3, name=f"mixed{i}_branch3x3")
+        bd = b.conv_bn(x, 448, 1, 1)
+        bd = b.conv_bn(bd, 384, 3, 3)
+        bd_1 = b.conv_bn(bd, 384, 1, 3)
+        bd_2 = b.conv_bn(bd, 384, 3, 1)
+        bd = b.layers.concatenate([bd_1, bd_2], axis=3)
+        if i == 10 and last_pool == "max":
+            pooled = b.layers.MaxPooling2D((3, 3), strides=(1, 1), padding="same", name="mixed10_pool_max")(x)
+        else:
+            pooled = b.avg_pool(x)
+        bp = b.conv_bn(pooled, 192, 1, 1)
+        x = b.layers.concatenate([b1, b3, bd, bp], axis=3, name=f"mixed{i}")
+    return x
+
+
 def build_inception_v3(image_size: int = 224, last_pool: str = "max", head: HeadConfig | None = None,
                        n_classes: int = 2, backbone_only: bool = False):
+    """The flat tf.keras InceptionV3 (module docstring) with the screening head, untrained.
+
+    image_size: input side in px (RGB, image_size x image_size x 3; >= 75). last_pool: 'max' or 'avg', the
+    pooling branch of mixed10. head: the Dense/Dropout head (HeadConfig() when None). n_classes: softmax
+    outputs ("probabilities"). backbone_only: return the backbone up to global average pooling ("avg_pool",
+    2048 features) instead. Returns a tf.keras.Model. Raises ValueError for a too-small size or an unknown
+    last_pool.
+    """
     tf = tensorflow()
     layers = tf.keras.layers
     if image_size < 75:
         raise ValueError(f"InceptionV3 needs input of at least 75 px, got {image_size}")
     if last_pool not in ("max", "avg"):
         raise ValueError("last_pool must be 'max' or 'avg'")
-    counter = {"i": 0}
-
-    def conv_bn(x, filters, kh, kw, padding="same", strides=(1, 1)):
-        i = counter["i"]
-        counter["i"] += 1
-        x = layers.Conv2D(filters, (kh, kw), strides=strides, padding=padding, use_bias=False, name=f"conv_{i}")(x)
-        x = layers.BatchNormalization(axis=3, scale=False, epsilon=1e-3, name=f"bn_{i}")(x)
-        return layers.Activation("relu", name=f"relu_{i}")(x)
-
-    def avg_pool(x):
-        return layers.AveragePooling2D((3, 3), strides=(1, 1), padding="same")(x)
-
+    b = _Layers(layers)
     inputs = layers.Input((image_size, image_size, 3), name="image")
-    x = conv_bn(inputs, 32, 3, 3, strides=(2, 2), padding="valid")
-    x = conv_bn(x, 32, 3, 3, padding="valid")
-    x = conv_bn(x, 64, 3, 3)
-    x = layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
-    x = conv_bn(x, 80, 1, 1, padding="valid")
-    x = conv_bn(x, 192, 3, 3, padding="valid")
-    x = layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
-
-    # mixed0..2: 35x35
-    for i, pool_filters in enumerate((32, 64, 64)):
-        b1 = conv_bn(x, 64, 1, 1)
-        b5 = conv_bn(x, 48, 1, 1)
-        b5 = conv_bn(b5, 64, 5, 5)
-        b3 = conv_bn(x, 64, 1, 1)
-        b3 = conv_bn(b3, 96, 3, 3)
-        b3 = conv_bn(b3, 96, 3, 3)
-        bp = conv_bn(avg_pool(x), pool_filters, 1, 1)
-        x = layers.concatenate([b1, b5, b3, bp], axis=3, name=f"mixed{i}")
-
-    # mixed3: 17x17
-    b3 = conv_bn(x, 384, 3, 3, strides=(2, 2), padding="valid")
-    bd = conv_bn(x, 64, 1, 1)
-    bd = conv_bn(bd, 96, 3, 3)
-    bd = conv_bn(bd, 96, 3, 3, strides=(2, 2), padding="valid")
-    bp = layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
-    x = layers.concatenate([b3, bd, bp], axis=3, name="mixed3")
-
-    # mixed4..7
-    for i, c in zip(range(4, 8), (128, 160, 160, 192)):
-        b1 = conv_bn(x, 192, 1, 1)
-        b7 = conv_bn(x, c, 1, 1)
-        b7 = conv_bn(b7, c, 1, 7)
-        b7 = conv_bn(b7, 192, 7, 1)
-        bd = conv_bn(x, c, 1, 1)
-        bd = conv_bn(bd, c, 7, 1)
-        bd = conv_bn(bd, c, 1, 7)
-        bd = conv_bn(bd, c, 7, 1)
-        bd = conv_bn(bd, 192, 1, 7)
-        bp = conv_bn(avg_pool(x), 192, 1, 1)
-        x = layers.concatenate([b1, b7, bd, bp], axis=3, name=f"mixed{i}")
-
-    # mixed8: 8x8
-    b3 = conv_bn(x, 192, 1, 1)
-    b3 = conv_bn(b3, 320, 3, 3, strides=(2, 2), padding="valid")
-    b7 = conv_bn(x, 192, 1, 1)
-    b7 = conv_bn(b7, 192, 1, 7)
-    b7 = conv_bn(b7, 192, 7, 1)
-    b7 = conv_bn(b7, 192, 3, 3, strides=(2, 2), padding="valid")
-    bp = layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
-    x = layers.concatenate([b3, b7, bp], axis=3, name="mixed8")
-
-    # mixed9, mixed10
-    for i in (9, 10):
-        b1 = conv_bn(x, 320, 1, 1)
-        b3 = conv_bn(x, 384, 1, 1)
-        b3_1 = conv_bn(b3, 384, 1, 3)
-        b3_2 = conv_bn(b3, 384, 3, 1)
-        b3 = layers.concatenate([b3_1, b3_2], axis=3, name=f"mixed{i}_branch3x3")
-        bd = conv_bn(x, 448, 1, 1)
-        bd = conv_bn(bd, 384, 3, 3)
-        bd_1 = conv_bn(bd, 384, 1, 3)
-        bd_2 = conv_bn(bd, 384, 3, 1)
-        bd = layers.concatenate([bd_1, bd_2], axis=3)
-        if i == 10 and last_pool == "max":
-            pooled = layers.MaxPooling2D((3, 3), strides=(1, 1), padding="same", name="mixed10_pool_max")(x)
-        else:
-            pooled = avg_pool(x)
-        bp = conv_bn(pooled, 192, 1, 1)
-        x = layers.concatenate([b1, b3, bd, bp], axis=3, name=f"mixed{i}")
-
-    assert counter["i"] == BACKBONE_CONVS
+    x = _blocks_8(b, _blocks_17(b, _blocks_35(b, _stem(b, inputs))), last_pool)
+    assert b.convs == BACKBONE_CONVS
     features = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if backbone_only:
         return tf.keras.Model(inputs, features, name="inception_v3_backbone")
