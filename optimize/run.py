@@ -172,74 +172,129 @@ def optimize(model_path: str | Path, out: str | Path, opts: OptimizeOptions, dat
     opts.validate()
     variants = [resolve(v) for v in opts.variants]
     t0 = time.perf_counter()
-    model, parent_card = load_parent(model_path)
+    run = _prepare(Path(model_path), opts, data, variants)
+    with staged_dir(out) as stage:
+        results = [_build_and_measure(run, v, stage) for v in variants]
+        summary = _write_outputs(run, results, stage, t0)
+    print(optimize_summary_markdown(summary, MIN_VALIDATION))
+    summary["failed"] = [r["variant"] for r in results if r["verdict"] != "pass"]
+    return summary
+
+
+@dataclass
+class _Run:
+    """One `leukedge optimize` run (optimize's state): the parent, its data, and what every variant shares.
+
+    surgery: check_variants' report; ds / split / data_root / split_path: read_split's dataset, split,
+    data folder and the split file; calibration: the calibration set's description for int8 cards;
+    val_at: input size (px) -> the validation images decoded at it (the parent's size first);
+    parent_ev: the parent's Evaluation on them; warnings: lines for the summary.
+    """
+
+    model_path: Path
+    opts: OptimizeOptions
+    model: object
+    card: ModelCard
+    surgery: dict
+    split_path: Path
+    ds: object
+    split: object
+    data_root: object
+    ctx: BuildContext
+    calibration: dict
+    val_at: dict
+    parent_ev: object
+    warnings: list[str]
+
+    @property
+    def val(self):
+        """The validation images at the parent's size."""
+        return self.val_at[self.card.preprocessing.size]
+
+    def val_for(self, size: int):
+        """The validation images at `size` px, decoded once per size."""
+        if size not in self.val_at:
+            self.val_at[size] = load_part(self.split.parts["validation"], self.ctx.prep(size),
+                                          "validation").in_label_order(self.ds.labels, self.card.labels)
+        return self.val_at[size]
+
+
+def _prepare(model_path: Path, opts: OptimizeOptions, data: str | None, variants: list) -> _Run:
+    """Load and check the parent, read its split, choose the calibration set and score the parent on validation."""
+    model, card = load_parent(model_path)
     from .surgery import SurgeryError, check_variants
 
     try:  # what pruning/QAT cannot handle is refused here, before any image is decoded
         surgery = check_variants(model, variants)
     except SurgeryError as exc:
         raise OptimizeError(str(exc)) from None
-    split_path = Path(opts.split_file) if opts.split_file else Path(model_path).parent / SPLIT_FILE
-    ds, split, data_root = read_split(split_path, data, opts.allow_data_drift, labels=parent_card.labels)
-    labels = parent_card.labels
-    calib_samples, calib_source = _calibration_samples(opts, split, parent_card)
-    ctx = BuildContext(model, parent_card, opts, split, ds.labels, calib_samples, {})
-
-    val = load_part(split.parts["validation"], parent_card.preprocessing, "validation").in_label_order(ds.labels, labels)
-    parent_ev = parent_reference(model, parent_card, val)
+    split_path = Path(opts.split_file) if opts.split_file else model_path.parent / SPLIT_FILE
+    ds, split, data_root = read_split(split_path, data, opts.allow_data_drift, labels=card.labels)
+    calib_samples, calib_source = _calibration_samples(opts, split, card)
+    ctx = BuildContext(model, card, opts, split, ds.labels, calib_samples, {})
+    val = load_part(split.parts["validation"], card.preprocessing, "validation").in_label_order(ds.labels, card.labels)
+    parent_ev = parent_reference(model, card, val)
     parent_rep = parent_ev.report
-    warnings = []
-    if len(val.labels) < MIN_VALIDATION:
-        warnings.append(f"only {len(val.labels)} validation images: every verdict below is noisy")
-    if (parent_rep.get("auroc") or 0.5) < 0.6:
-        warnings.append(f"the parent itself scores near chance (AUROC {parent_rep.get('auroc') or 0:.2f})")
+    warnings = _parent_warnings(len(val.labels), parent_rep)
     for w in warnings:
         print(f"leukedge optimize: warning: {w}", file=sys.stderr)
-    print(f"leukedge optimize: parent {Path(model_path)} (validation F1({parent_card.positive_label})="
+    print(f"leukedge optimize: parent {model_path} (validation F1({card.positive_label})="
           f"{parent_rep['f1_positive']:.4f}, sensitivity {parent_rep['sensitivity']:.4f}); variants: "
           f"{', '.join(v.name for v in variants)}", file=sys.stderr)
     calibration = {"source": calib_source, "images": len(calib_samples),
                    "per_class": {ds.labels[k]: sum(1 for s in calib_samples if s.label == k) for k in range(2)},
                    "selection": "stratified by class, seeded", "seed": opts.seed}
-    val_at = {parent_card.preprocessing.size: val}
+    return _Run(model_path, opts, model, card, surgery, split_path, ds, split, data_root, ctx, calibration,
+                {card.preprocessing.size: val}, parent_ev, warnings)
 
-    results = []
-    with staged_dir(out) as stage:
-        for v in variants:
-            tv = time.perf_counter()
-            print(f"leukedge optimize: [{v.name}] building", file=sys.stderr, flush=True)
-            path = stage / f"{v.name}{v.extension}"
-            optimization = BUILDERS[v.builder](ctx, v, path)
-            size = v.input_size or parent_card.preprocessing.size
-            if size not in val_at:
-                val_at[size] = load_part(split.parts["validation"], ctx.prep(size), "validation").in_label_order(
-                    ds.labels, labels)
-            res = measure_variant(VariantPlan(
-                v, path, parent_card, parent_ev, val_at[size], ctx.prep(size), opts, optimization,
-                calibration if v.needs_calibration else None,
-                {"data": {"root": data_root}, "split": split.describe(ds), "parent_file": Path(model_path).name},
-                time.perf_counter() - tv))
-            results.append(res)
-            print(f"leukedge optimize: [{v.name}] {res['size_bytes'] / 1e6:.2f} MB, F1 {res['f1']:.4f} "
-                  f"(drop {res['f1_drop']:+.4f}), sensitivity {res['recall']:.4f}, agreement {res['agreement']:.3f}: "
-                  f"{res['verdict']}", file=sys.stderr, flush=True)
-        optimize_reliability_plot(stage / "reliability.png", results, parent_card.positive_index)
-        for r in results:
-            for k in ("_p_uncal", "_p_cal", "_y"):
-                r.pop(k, None)
-        shutil.copyfile(split_path, stage / SPLIT_FILE)
-        summary = {
-            "schema": "leukedge.optimize-summary", "schema_version": 2, "leukedge_version": __version__,
-            "parent": {"file": Path(model_path).name, "sha256": parent_card.model_sha256, "f1": parent_rep["f1_positive"],
-                       "recall": parent_rep["sensitivity"], "threshold": parent_card.threshold},
-            "budgets": {"max_f1_drop": opts.max_f1_drop, "max_recall_drop": opts.max_recall_drop},
-            "validation_images": int(len(val.labels)), "positive_label": parent_card.positive_label,
-            "warnings": warnings, "surgery": surgery, "variants": results, "seconds": round(time.perf_counter() - t0, 1),
-        }
-        write_text_atomic(stage / "summary.json", json.dumps(summary, indent=2) + "\n")
-        write_text_atomic(stage / "summary.md", optimize_summary_markdown(summary, MIN_VALIDATION))
-    print(optimize_summary_markdown(summary, MIN_VALIDATION))
-    summary["failed"] = [r["variant"] for r in results if r["verdict"] != "pass"]
+
+def _parent_warnings(n_validation: int, parent_rep: dict) -> list[str]:
+    """What makes every verdict of the run doubtful: too few validation images, a parent near chance."""
+    warnings = []
+    if n_validation < MIN_VALIDATION:
+        warnings.append(f"only {n_validation} validation images: every verdict below is noisy")
+    if (parent_rep.get("auroc") or 0.5) < 0.6:
+        warnings.append(f"the parent itself scores near chance (AUROC {parent_rep.get('auroc') or 0:.2f})")
+    return warnings
+
+
+def _build_and_measure(run: _Run, v, stage: Path) -> dict:
+    """Build variant `v` into `stage` with its registry builder, then measure and gate it (measure_variant)."""
+    tv = time.perf_counter()
+    print(f"leukedge optimize: [{v.name}] building", file=sys.stderr, flush=True)
+    path = stage / f"{v.name}{v.extension}"
+    optimization = BUILDERS[v.builder](run.ctx, v, path)
+    size = v.input_size or run.card.preprocessing.size
+    res = measure_variant(VariantPlan(
+        v, path, run.card, run.parent_ev, run.val_for(size), run.ctx.prep(size), run.opts, optimization,
+        run.calibration if v.needs_calibration else None,
+        {"data": {"root": run.data_root}, "split": run.split.describe(run.ds), "parent_file": run.model_path.name},
+        time.perf_counter() - tv))
+    print(f"leukedge optimize: [{v.name}] {res['size_bytes'] / 1e6:.2f} MB, F1 {res['f1']:.4f} "
+          f"(drop {res['f1_drop']:+.4f}), sensitivity {res['recall']:.4f}, agreement {res['agreement']:.3f}: "
+          f"{res['verdict']}", file=sys.stderr, flush=True)
+    return res
+
+
+def _write_outputs(run: _Run, results: list[dict], stage: Path, t0: float) -> dict:
+    """The reliability plot, split.json, summary.json and summary.md in `stage`; returns the summary dict.
+
+    t0: time.perf_counter() when the run began (the summary's "seconds")."""
+    card, opts, parent_rep = run.card, run.opts, run.parent_ev.report
+    optimize_reliability_plot(stage / "reliability.png", results, card.positive_index)
+    for r in results:
+        for k in ("_p_uncal", "_p_cal", "_y"):
+            r.pop(k, None)
+    shutil.copyfile(run.split_path, stage / SPLIT_FILE)
+    summary = {
+        "schema": "leukedge.optimize-summary", "schema_version": 2, "leukedge_version": __version__,
+        "parent": {"file": run.model_path.name, "sha256": card.model_sha256, "f1": parent_rep["f1_positive"],
+                   "recall": parent_rep["sensitivity"], "threshold": card.threshold},
+        "budgets": {"max_f1_drop": opts.max_f1_drop, "max_recall_drop": opts.max_recall_drop},
+        "validation_images": int(len(run.val.labels)), "positive_label": card.positive_label,
+        "warnings": run.warnings, "surgery": run.surgery, "variants": results,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    write_text_atomic(stage / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(stage / "summary.md", optimize_summary_markdown(summary, MIN_VALIDATION))
     return summary
-
-
