@@ -19,6 +19,7 @@ from leukedge.edge.errors import LeukedgeError
 from leukedge.evaluation import Evaluation, ImageArrays, KerasScorer, evaluate, gzip_bytes, scorer_for
 from leukedge.edge.metrics import choose_threshold
 
+from .convert import INT8_REWRITES
 from .variants import Variant
 
 MIN_VALIDATION = 50  # below this a gate verdict is noise; warned about, not refused
@@ -225,7 +226,8 @@ def _write_card(plan: VariantPlan, m: Measured) -> None:
                        "parent": {"file": plan.provenance["parent_file"], "sha256": parent_card.model_sha256},
                        "data": plan.provenance["data"], "split": plan.provenance["split"], "threshold_rule": m.rule,
                        "variant": {"prunes": v.prunes, "quantization_aware": v.quantization_aware,
-                                   "conversion": v.conversion, "runtime": v.runtime},
+                                   "conversion": v.conversion, "runtime": v.runtime,
+                                   "graph_rewrites": list(INT8_REWRITES) if v.conversion == "int8" else []},
                        **({"imported": parent_card.provenance["imported"]} if "imported" in parent_card.provenance else {})}
     card.metrics = {"validation": {**m.ev.report, "threshold": m.threshold},
                     "validation_intervals": bootstrap.screening_intervals(plan.val.labels, m.p_cal, m.threshold,
