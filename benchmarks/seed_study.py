@@ -212,8 +212,8 @@ def main(argv=None) -> int:
     if not parent_file.exists():
         _write_json(parent_file, parent_test)
     new = 0
-    for v in variants:
-        for s in seeds:
+    for s in seeds:  # seed-major: an interrupted study still has every variant at the first seeds
+        for v in variants:
             if (args.out / "parts" / f"{v}-seed{s}" / "result.json").exists():
                 continue
             if args.max_parts and new >= args.max_parts:

@@ -33,8 +33,11 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# (name, share of MACs kept by channel pruning or None, input size): int8 at 224 px is the baseline
-DEFAULT_VARIANTS = (("int8", None, 224), ("slim60-int8", 0.60, 224), ("slim50-int8", 0.50, 224),
+# (name, share of MACs kept by channel pruning or None, input size[, average pools as depthwise convolutions]):
+# int8 at 224 px is the baseline. "int8-avgpool" is int8 converted without the pooling rewrite
+# (optimize.pooling): XNNPACK has no int8 average pool, and this row shows what that cost.
+DEFAULT_VARIANTS = (("int8", None, 224), ("int8-avgpool", None, 224, False), ("slim60-int8", 0.60, 224),
+                    ("slim50-int8", 0.50, 224),
                     ("slim40-int8", 0.40, 224), ("slim30-int8", 0.30, 224), ("int8@160", None, 160),
                     ("slim60-int8@160", 0.60, 160), ("slim50-int8@160", 0.50, 160), ("slim40-int8@160", 0.40, 160),
                     ("slim60-int8@192", 0.60, 192), ("slim50-int8@192", 0.50, 192))
@@ -71,17 +74,21 @@ def build(work: Path, variants, seed: int = 0) -> list[dict]:
     """Convert each variant to int8 TFLite in `work` (reusing files already there). Returns one dict each:
     {"variant", "file", "input_size", "macs", "params", "macs_kept", "width", "bytes"}."""
     from leukedge.optimize.channels import at_size, count_macs, count_params, slim
-    from leukedge.optimize.convert import representative_from, to_tflite
+    from leukedge.optimize.convert import INT8_REWRITES, representative_from, to_tflite
 
     work.mkdir(parents=True, exist_ok=True)
     parent = None
     rows = []
-    for name, share, size in variants:
+    for name, share, size, *flags in variants:
+        rewrite = flags[0] if flags else True
+        rewrites = list(INT8_REWRITES) if rewrite else []
         path = work / f"{name}.tflite"
         meta_path = work / f"{name}.json"
         if path.exists() and meta_path.exists():
-            rows.append(json.loads(meta_path.read_text()))
-            continue
+            meta = json.loads(meta_path.read_text())
+            if meta.get("graph_rewrites", []) == rewrites:  # a file converted the same way
+                rows.append(meta)
+                continue
         if parent is None:
             parent = reference_model(224, seed)
         model, info = parent, {"macs_kept": 1.0, "width": 1.0}
@@ -91,8 +98,9 @@ def build(work: Path, variants, seed: int = 0) -> list[dict]:
         model = at_size(model, size)
         calib = np.random.default_rng(seed).normal(0, 1, (16, size, size, 3)).astype(np.float32)
         t0 = time.perf_counter()
-        path.write_bytes(to_tflite(model, "int8", representative_from(calib)))
-        row = {"variant": name, "file": path.name, "input_size": size, "macs": count_macs(model),
+        path.write_bytes(to_tflite(model, "int8", representative_from(calib), pools_as_depthwise=rewrite))
+        row = {"variant": name, "file": path.name, "input_size": size, "graph_rewrites": rewrites,
+               "macs": count_macs(model),
                "params": count_params(model), **info, "bytes": path.stat().st_size,
                "convert_seconds": round(time.perf_counter() - t0, 1)}
         meta_path.write_text(json.dumps(row, indent=2) + "\n")
@@ -151,7 +159,8 @@ def fit_fixed_cost(rows: list[dict], threads: list[int], size: int = 224) -> dic
     overhead); it caps the speed-up pruning can give at that size. Returns {"<t>": {"fixed_ms",
     "ms_per_gmac"}} (empty when fewer than 3 variants are at `size`).
     """
-    at = [r for r in rows if r["input_size"] == size]
+    rewrites = rows[0].get("graph_rewrites", [])  # the baseline's conversion: compare like with like
+    at = [r for r in rows if r["input_size"] == size and r.get("graph_rewrites", []) == rewrites]
     if len(at) < 3:
         return {}
     g = np.array([r["macs"] / 1e9 for r in at])
@@ -205,7 +214,8 @@ def markdown(result: dict) -> str:
     lines = [f"# Slim (channel-pruned) int8 against int8: LiteRT speed on {m['cpu']}", "",
              f"CPU: {m['cpu']} ({m['usable_cores']} usable cores; flags: {', '.join(result['cpu_flags']) or 'n/a'}). "
              f"Runtime: {result['rows'][0].get('runtime')}. Model: InceptionV3 with random weights + Dense(2), "
-             f"full-integer int8 (optimize.convert). Medians of {result['runs']} rounds alternating every model and "
+             f"full-integer int8 (optimize.convert: average pools as depthwise convolutions, except `int8-avgpool`, "
+             f"converted without that rewrite). Medians of {result['runs']} rounds alternating every model and "
              f"thread count; "
              f"speed-up against `int8` at 224 px measured in the same run. {result['when']}.", "",
              "| variant | px | GMAC | M params | MB | " + " | ".join(
