@@ -20,6 +20,9 @@ the card (train/cells.py): masked crops show no red cells to measure it from.
 
 Needs OpenCV (`leukedge[fields]`). A frame that cannot be used (unreadable, not a stained smear, no scale) is
 reported in one line and the others go on.
+
+The dataset's file names and reading it back are in train/crop_dataset.py, the annotations in
+train/crop_annotations.py (both re-exported here).
 """
 
 from __future__ import annotations
@@ -27,34 +30,25 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import re
 import statistics
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from leukedge.edge.errors import LeukedgeError
-from leukedge.edge.files import is_ignored_name, is_image_name, sha256_file, staged_dir, write_text_atomic
+from leukedge.edge.files import is_image_name, sha256_file, staged_dir, write_text_atomic
 
-MANIFEST = "manifest.csv"
-REVIEWED = "reviewed.txt"
-UNLABELLED = "unlabelled"  # cells nobody labelled; not a class (train.datasets skips it)
-CROP_SCHEMA = "leukedge.crop"
-MANIFEST_COLUMNS = ("file", "frame", "cell", "x", "y", "x0", "y0", "x1", "y1", "diameter_px", "diameter_um",
-                    "p_all", "predicted", "label", "source", "reviewed", "edge_cut", "touching", "blurred", "error")
-MAX_ANNOTATION_BYTES = 8 << 20  # a VOC file or CSV larger than this is not an annotation file
+from .crop_annotations import Annotation, match_annotation, read_annotations
+from .crop_dataset import (CROP_SCHEMA, MANIFEST, MANIFEST_COLUMNS, REVIEWED, UNLABELLED, CropError,
+                           read_reviewed, unreviewed_note)
+
 _REVIEWED_HEADER = ("# leukedge data crop: file names (one a line, without the folder) whose class a person has\n"
                     "# checked. Cells sorted by a model are not listed until someone checks them: move a wrong one\n"
                     "# to its right folder, then add its name here. Annotated cells are listed from the start.\n")
 
-
-class CropError(LeukedgeError, ValueError):
-    """`data crop` cannot run as asked (no frames, bad annotations, no scale); one line naming the file."""
 
 
 @dataclass
@@ -81,14 +75,6 @@ class CropOptions:
     camera_um_per_px: float | None = None
     skip_flagged: bool = False
 
-
-@dataclass
-class Annotation:
-    """One annotated cell in a frame: a label and a box (x0, y0, x1, y1; frame pixels, exclusive ends) or a point."""
-
-    label: str
-    box: tuple[float, float, float, float] | None = None
-    point: tuple[float, float] | None = None
 
 
 @dataclass
@@ -128,143 +114,6 @@ def frame_key(root: Path, frame: Path) -> str:
     rel = frame.relative_to(root) if frame.is_relative_to(root) else Path(frame.name)
     return "__".join(rel.with_suffix("").parts)
 
-
-def _read_limited(path: Path) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > MAX_ANNOTATION_BYTES:
-            raise CropError(f"{path}: {size:,} bytes is too large for an annotation file (at most {MAX_ANNOTATION_BYTES:,})")
-        return path.read_bytes()
-    except OSError as exc:
-        raise CropError(f"{path}: cannot read: {exc.strerror or exc}") from None
-
-
-def _voc(path: Path, keep, problems: list[str]) -> list[Annotation]:
-    try:
-        root = ET.fromstring(_read_limited(path))
-    except ET.ParseError as exc:
-        raise CropError(f"{path}: not VOC XML: {exc}") from None
-    out = []
-    for obj in root.iter("object"):
-        name = (obj.findtext("name") or "").strip()
-        if not keep(name):
-            continue
-        box = obj.find("bndbox")
-        try:
-            x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        except (AttributeError, TypeError, ValueError):
-            problems.append(f"{path.name}: object {name!r} has no numeric <bndbox> (xmin, ymin, xmax, ymax): ignored")
-            continue
-        if not (x1 > x0 and y1 > y0):
-            problems.append(f"{path.name}: object {name!r} has an empty box ({x0:g}, {y0:g}, {x1:g}, {y1:g}): ignored")
-            continue
-        out.append(Annotation(name, box=(x0, y0, x1, y1)))
-    return out
-
-
-_CSV_FRAME = ("frame", "filename", "file", "image")
-_CSV_LABEL = ("label", "class", "name")
-_CSV_BOXES = (("x0", "y0", "x1", "y1"), ("xmin", "ymin", "xmax", "ymax"))
-
-
-def _csv(path: Path, keep, problems: list[str]) -> dict[str, list[Annotation]]:
-    text = _read_limited(path).decode("utf-8-sig", errors="replace")
-    reader = csv.DictReader(io.StringIO(text))
-    cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
-    frame_col = next((cols[c] for c in _CSV_FRAME if c in cols), None)
-    label_col = next((cols[c] for c in _CSV_LABEL if c in cols), None)
-    box_cols = next(([cols[c] for c in names] for names in _CSV_BOXES if all(c in cols for c in names)), None)
-    point_cols = [cols["x"], cols["y"]] if "x" in cols and "y" in cols else None
-    if frame_col is None or label_col is None or (box_cols is None and point_cols is None):
-        raise CropError(f"{path}: an annotation CSV needs columns frame, label and a box (x0,y0,x1,y1 or "
-                        f"xmin,ymin,xmax,ymax) or a point (x,y); it has {list(cols) or 'none'}")
-    out: dict[str, list[Annotation]] = {}
-    for line, row in enumerate(reader, start=2):
-        label = (row.get(label_col) or "").strip()
-        frame = Path((row.get(frame_col) or "").strip()).stem
-        if not frame or not label:
-            raise CropError(f"{path}: line {line}: no frame or no label")
-        if not keep(label):
-            continue
-        try:
-            if box_cols:
-                x0, y0, x1, y1 = (float(row[c]) for c in box_cols)
-                ann = Annotation(label, box=(x0, y0, x1, y1))
-            else:
-                ann = Annotation(label, point=(float(row[point_cols[0]]), float(row[point_cols[1]])))
-        except (TypeError, ValueError):
-            raise CropError(f"{path}: line {line}: the box or point is not numbers") from None
-        if ann.box is not None and not (ann.box[2] > ann.box[0] and ann.box[3] > ann.box[1]):
-            problems.append(f"{path.name}: line {line}: empty box {ann.box}: ignored")
-            continue
-        out.setdefault(frame, []).append(ann)
-    return out
-
-
-def read_annotations(path: str | os.PathLike, classes: Iterable[str] = (),
-                     stems: Iterable[str] | None = None) -> tuple[dict[str, list[Annotation]], list[str]]:
-    """Annotations per frame stem (the frame's file name without its extension), and what was ignored.
-
-    path: a folder of VOC XML files (<frame stem>.xml: <object><name>, <bndbox> xmin ymin xmax ymax), one VOC
-    XML file, or a CSV with a header: frame (or filename/file/image), label (or class/name), and a box
-    (x0,y0,x1,y1 or xmin,ymin,xmax,ymax; frame pixels) or a point (x,y). classes: the labels kept (empty:
-    all). stems: read only these frames' XML files from a folder (None: all).
-    Returns ({stem: [Annotation]}, problems): an object with an empty or missing box is ignored and named in
-    `problems` (hand-drawn sets have a few: BCCD's 00338 has a zero-size RBC box). Raises CropError (one line
-    naming the file, and the line for a CSV) for a file that is not such annotations.
-    """
-    wanted = set(classes)
-    keep = (lambda name: name in wanted) if wanted else (lambda name: True)
-    problems: list[str] = []
-    p = Path(path)
-    if p.is_dir():
-        xmls = sorted(f for f in p.glob("*.xml") if not is_ignored_name(f.name))
-        if not xmls:
-            raise CropError(f"{p}: no VOC .xml files in this folder")
-        if stems is not None:
-            stems = set(stems)
-            xmls = [f for f in xmls if f.stem in stems]
-        return {f.stem: _voc(f, keep, problems) for f in xmls}, problems
-    if p.suffix.lower() == ".xml":
-        return {p.stem: _voc(p, keep, problems)}, problems
-    if p.suffix.lower() == ".csv":
-        return _csv(p, keep, problems), problems
-    raise CropError(f"{p}: annotations must be a folder of VOC .xml files, one .xml file or a .csv")
-
-
-def _box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def match_annotation(cell, annotations: list[Annotation], scale: float = 1.0) -> Annotation | None:
-    """The annotation a located cell takes, or None.
-
-    cell: a LocatedCell (centroid, box, mask in the decoded frame's pixels); scale: decoded pixels per annotated
-    (stored) pixel. A box matches when it holds the cell's centroid (the rule of the BCCD benchmark); among
-    several, the one whose box overlaps the cell's most (IoU). A point matches when it lies on the cell's
-    extent; among several, the one nearest the centroid.
-    """
-    cx, cy = cell.centroid
-    best, best_key = None, None
-    for ann in annotations:
-        if ann.box is not None:
-            b = tuple(v * scale for v in ann.box)
-            if not (b[0] <= cx < b[2] and b[1] <= cy < b[3]):
-                continue
-            key = (1, _box_iou(b, cell.box))
-        else:
-            px, py = ann.point[0] * scale, ann.point[1] * scale
-            x0, y0, x1, y1 = cell.box
-            if not (x0 <= px < x1 and y0 <= py < y1) or not cell.mask[int(py) - y0, int(px) - x0]:
-                continue
-            key = (0, -math.hypot(px - cx, py - cy))
-        if best_key is None or key > best_key:
-            best, best_key = ann, key
-    return best
 
 
 # -- the scale ---------------------------------------------------------------------------------------------------
@@ -326,23 +175,48 @@ def _spec(opts: CropOptions, card, frames: list[Path], decode) -> tuple[dict, st
     return spec, "the median red-cell ruler of the frames: crops keep the camera's typical pixels"
 
 
-def crop_frames(frames: str | os.PathLike, out: str | os.PathLike, opts: CropOptions,
-                progress=None) -> CropSummary:
-    """Crop every white cell of every frame under `frames` into the dataset `out` (module docstring).
 
-    out: a new or empty folder (written all or nothing). progress: called with (frame index, frame count,
-    frame path) before each frame, or None. Returns a CropSummary; a frame that cannot be used is in
-    `errors` (frame, one line) and the others go on. Raises CropError / CellsError / CardError (one line)
-    for a setup problem (no frames, an unusable model or annotations, no scale, an `out` that is not empty).
-    """
-    from PIL import Image
+@dataclass
+class _CropPlan:
+    """What crop_frames works from (_setup: frames, annotations, model, the cells' look) and what its stages have
+    gathered so far (manifest rows, failed frames, counts)."""
 
-    from leukedge.edge.fields.crops import CellsError, cell_canvas, crop_scale
-    from leukedge.edge.fields.frames import _to_input, load_frame
-    from leukedge.edge.fields.locate import NotASmearError, locate_cells, masked_single_cell
-    from leukedge.edge.preprocess import DecodeOptions, ImageError
+    opts: CropOptions
+    root: Path
+    paths: list[Path]
+    keys: list[str]  # frame_key of each path
+    annotations: dict[str, list[Annotation]] | None  # per frame stem; None without --annotations
+    annotation_problems: list[str]
+    classifier: object  # leukedge.edge.classifier.Classifier or None
+    decode: object  # the DecodeOptions frames are loaded with
+    spec: dict  # cells_spec: style, canvas_px, diameter_px, um_per_px
+    scale_source: str
+    rows: list[dict] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    per_folder: dict[str, int] = field(default_factory=dict)
+    reviewed: list[str] = field(default_factory=list)
+    skipped_flagged: int = 0
+    unmatched: int = 0
 
-    out = Path(out)
+
+@dataclass
+class _Frame:
+    """One loaded frame's cells: [(located cell, canvas)], decoded pixels per stored pixel, um per decoded px."""
+
+    path: Path
+    rel: str  # the frame's path under the frames' root, as the manifest and errors name it
+    key: str
+    dscale: float
+    um_per_px: float | None  # None for a masked single-cell image
+    single: bool
+    cells: list
+
+
+def _setup(frames: str | os.PathLike, out: Path, opts: CropOptions) -> _CropPlan:
+    """Check `out`, list the frames, read the annotations, load the model and settle the cells' look (_spec).
+    Raises CropError (or the model's CardError) in one line."""
+    from leukedge.edge.preprocess import DecodeOptions
+
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CropError(f"{out}: already exists and is not an empty folder; choose a new --out")
     root, paths = list_frames(frames)
@@ -367,102 +241,163 @@ def crop_frames(frames: str | os.PathLike, out: str | os.PathLike, opts: CropOpt
             _folder_for(label, f"{opts.model}: card label")
     decode = classifier.decode if classifier is not None else DecodeOptions()
     spec, scale_source = _spec(opts, classifier.card if classifier else None, paths, decode)
+    return _CropPlan(opts, root, paths, keys, annotations, annotation_problems, classifier, decode, spec, scale_source)
 
-    rows, errors, per_folder = [], [], {}
-    reviewed, skipped_flagged, unmatched = [], 0, 0
+
+def _load_frame_cells(plan: _CropPlan, path: Path, key: str) -> _Frame | None:
+    """The frame's white cells cut to the training cells' look (a masked single-cell image is its own cell), or
+    None with the frame's one-line problem added to plan.errors (unreadable, not a smear, no scale)."""
+    from leukedge.edge.fields.crops import CellsError, cell_canvas, crop_scale
+    from leukedge.edge.fields.frames import load_frame
+    from leukedge.edge.fields.locate import NotASmearError, locate_cells, masked_single_cell
+    from leukedge.edge.preprocess import ImageError
+
+    rel = str(path.relative_to(plan.root)) if path.is_relative_to(plan.root) else str(path)
+    try:
+        rgb, dscale = load_frame(path, plan.decode)
+    except ImageError as exc:
+        plan.errors.append((rel, exc.problem))
+        return None
+    single = masked_single_cell(rgb)
+    if single is not None:  # one cell masked on black: the image is the cell, as on the per-cell path
+        box, diameter = single
+        return _Frame(path, rel, key, dscale, None, True, [(_Single(box, diameter), rgb)])
+    cam = None if plan.opts.camera_um_per_px is None else float(plan.opts.camera_um_per_px) / dscale
+    try:
+        loc = locate_cells(rgb, cam)
+        scale = crop_scale(plan.spec, loc.um_per_px)
+    except (NotASmearError, CellsError) as exc:
+        plan.errors.append((rel, str(exc)))
+        return None
+    cells = [(c, cell_canvas(rgb, c, plan.spec, scale, loc.background)) for c in loc.cells]
+    return _Frame(path, rel, key, dscale, loc.um_per_px, False, cells)
+
+
+def _predict(plan: _CropPlan, frame: _Frame, canvas):
+    """The model's prediction for one cell on the input `classify_frame` gives it (None without a model)."""
+    from leukedge.edge.fields.frames import _to_input
+
+    classifier = plan.classifier
+    if classifier is None:
+        return None
+    prep = classifier.card.preprocessing
+    return (classifier.predict_one(frame.path) if frame.single
+            else classifier.predict_one(_to_input(canvas, prep.size, prep.resize)))
+
+
+def _manifest_row(frame: _Frame, i: int, cell, folder: str, name: str, source: str, pred) -> dict:
+    """manifest.csv's row of cell `i` (MANIFEST_COLUMNS), positions in the stored frame's pixels."""
+    x0, y0, x1, y1 = cell.box
+    inv = 1.0 / frame.dscale  # back to the stored frame's pixels
+    um = frame.um_per_px
+    return {
+        "file": f"{folder}/{name}", "frame": frame.rel, "cell": i,
+        "x": round(cell.centroid[0] * inv, 1), "y": round(cell.centroid[1] * inv, 1),
+        "x0": round(x0 * inv), "y0": round(y0 * inv), "x1": round(x1 * inv), "y1": round(y1 * inv),
+        "diameter_px": round(cell.diameter_px * inv, 1),
+        "diameter_um": "" if um is None else round(cell.diameter_px * um, 2),
+        "p_all": "" if pred is None or not pred.ok else round(float(pred.p_all), 6),
+        "predicted": "" if pred is None or not pred.ok else pred.label,
+        "label": "" if folder == UNLABELLED else folder, "source": source,
+        "reviewed": "yes" if source == "annotation" else "no",
+        "edge_cut": int(cell.edge_cut), "touching": int(cell.touching), "blurred": int(cell.blurred),
+        "error": "" if pred is None or pred.ok else pred.error}
+
+
+def _crop_frame(plan: _CropPlan, stage: Path, frame: _Frame) -> None:
+    """Save each of the frame's cells into its folder (the annotation's class, else the model's label, else
+    unlabelled) and add its manifest row; flagged cells are skipped with opts.skip_flagged."""
+    from PIL import Image
+
+    anns = None if plan.annotations is None else plan.annotations.get(frame.path.stem, [])
+    matched_anns = set()
+    for i, (cell, canvas) in enumerate(frame.cells, start=1):
+        if plan.opts.skip_flagged and (cell.edge_cut or cell.touching or cell.blurred):
+            plan.skipped_flagged += 1
+            continue
+        pred = _predict(plan, frame, canvas)
+        ann = None if anns is None else match_annotation(cell, anns, frame.dscale)
+        if ann is not None:
+            matched_anns.add(id(ann))
+            folder, source = ann.label, "annotation"
+        elif pred is not None and pred.ok:
+            folder, source = pred.label, "model"
+        else:
+            folder, source = UNLABELLED, "none"
+        name = f"{frame.key}.cell{i}.png"
+        (stage / folder).mkdir(exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(canvas)).save(stage / folder / name, compress_level=1)
+        plan.per_folder[folder] = plan.per_folder.get(folder, 0) + 1
+        if source == "annotation":
+            plan.reviewed.append(name)
+        plan.rows.append(_manifest_row(frame, i, cell, folder, name, source, pred))
+    if anns:
+        plan.unmatched += sum(1 for a in anns if id(a) not in matched_anns)
+
+
+def _record(plan: _CropPlan) -> dict:
+    """crop.json: how the cells were cut (style, canvas, scale and where it came from), the model, the
+    annotations, counts and failed frames."""
+    opts, classifier = plan.opts, plan.classifier
+    return {
+        "schema": CROP_SCHEMA, "schema_version": 1, "frames_root": str(plan.root.resolve()),
+        "cells": {k: plan.spec[k] for k in ("style", "canvas_px", "diameter_px", "um_per_px")},
+        "scale_from": plan.scale_source, "camera_um_per_px": opts.camera_um_per_px,
+        "model": None if classifier is None else {
+            "file": str(Path(opts.model).resolve()), "sha256": sha256_file(opts.model),
+            "name": classifier.card.name, "labels": classifier.card.labels,
+            "positive_label": classifier.card.positive_label, "threshold": classifier.threshold},
+        "annotations": str(Path(opts.annotations).resolve()) if opts.annotations else None,
+        "classes": list(opts.classes) or None,
+        "frames": len(plan.paths), "frames_failed": len(plan.errors), "cells_cropped": len(plan.rows),
+        "per_folder": plan.per_folder,
+        "reviewed": len(plan.reviewed), "skipped_flagged": plan.skipped_flagged,
+        "annotations_without_a_cell": plan.unmatched if plan.annotations is not None else None,
+        "annotations_ignored": plan.annotation_problems,
+        "errors": [list(e) for e in plan.errors],
+    }
+
+
+def _write_records(plan: _CropPlan, stage: Path) -> dict:
+    """manifest.csv, reviewed.txt and crop.json into `stage`; returns crop.json's content."""
+    from .cells import CROP_RECORD
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(plan.rows)
+    write_text_atomic(stage / MANIFEST, buf.getvalue())
+    write_text_atomic(stage / REVIEWED, _REVIEWED_HEADER + "".join(f"{n}\n" for n in plan.reviewed))
+    record = _record(plan)
+    write_text_atomic(stage / CROP_RECORD, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def crop_frames(frames: str | os.PathLike, out: str | os.PathLike, opts: CropOptions,
+                progress=None) -> CropSummary:
+    """Crop every white cell of every frame under `frames` into the dataset `out` (module docstring).
+
+    out: a new or empty folder (written all or nothing). progress: called with (frame index, frame count,
+    frame path) before each frame, or None. Returns a CropSummary; a frame that cannot be used is in
+    `errors` (frame, one line) and the others go on. Raises CropError / CellsError / CardError (one line)
+    for a setup problem (no frames, an unusable model or annotations, no scale, an `out` that is not empty).
+
+    Stages (a _CropPlan carries the state): setup, then per frame load its cells and crop them, then the records.
+    """
+    from leukedge.edge.fields import frames as _needs_opencv  # noqa: F401 - without OpenCV, fail before anything
+
+    out = Path(out)
+    plan = _setup(frames, out, opts)
     with staged_dir(out) as stage:
-        for n, (path, key) in enumerate(zip(paths, keys)):
+        for n, (path, key) in enumerate(zip(plan.paths, plan.keys)):
             if progress is not None:
-                progress(n, len(paths), path)
-            rel = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-            try:
-                rgb, dscale = load_frame(path, decode)
-            except ImageError as exc:
-                errors.append((rel, exc.problem))
-                continue
-            anns = None if annotations is None else annotations.get(path.stem, [])
-            single = masked_single_cell(rgb)
-            if single is not None:  # one cell masked on black: the image is the cell, as on the per-cell path
-                box, diameter = single
-                cells = [(_Single(box, diameter), rgb)]
-                um = None
-            else:
-                cam = None if opts.camera_um_per_px is None else float(opts.camera_um_per_px) / dscale
-                try:
-                    loc = locate_cells(rgb, cam)
-                    scale = crop_scale(spec, loc.um_per_px)
-                except (NotASmearError, CellsError) as exc:
-                    errors.append((rel, str(exc)))
-                    continue
-                um = loc.um_per_px
-                cells = [(c, cell_canvas(rgb, c, spec, scale, loc.background)) for c in loc.cells]
-            matched_anns = set()
-            for i, (cell, canvas) in enumerate(cells, start=1):
-                if opts.skip_flagged and (cell.edge_cut or cell.touching or cell.blurred):
-                    skipped_flagged += 1
-                    continue
-                pred = None
-                if classifier is not None:
-                    prep = classifier.card.preprocessing
-                    pred = (classifier.predict_one(path) if single is not None
-                            else classifier.predict_one(_to_input(canvas, prep.size, prep.resize)))
-                ann = None if anns is None else match_annotation(cell, anns, dscale)
-                if ann is not None:
-                    matched_anns.add(id(ann))
-                    folder, source = ann.label, "annotation"
-                elif pred is not None and pred.ok:
-                    folder, source = pred.label, "model"
-                else:
-                    folder, source = UNLABELLED, "none"
-                name = f"{key}.cell{i}.png"
-                (stage / folder).mkdir(exist_ok=True)
-                Image.fromarray(np.ascontiguousarray(canvas)).save(stage / folder / name, compress_level=1)
-                per_folder[folder] = per_folder.get(folder, 0) + 1
-                if source == "annotation":
-                    reviewed.append(name)
-                x0, y0, x1, y1 = cell.box
-                inv = 1.0 / dscale  # back to the stored frame's pixels
-                rows.append({
-                    "file": f"{folder}/{name}", "frame": rel, "cell": i,
-                    "x": round(cell.centroid[0] * inv, 1), "y": round(cell.centroid[1] * inv, 1),
-                    "x0": round(x0 * inv), "y0": round(y0 * inv), "x1": round(x1 * inv), "y1": round(y1 * inv),
-                    "diameter_px": round(cell.diameter_px * inv, 1),
-                    "diameter_um": "" if um is None else round(cell.diameter_px * um, 2),
-                    "p_all": "" if pred is None or not pred.ok else round(float(pred.p_all), 6),
-                    "predicted": "" if pred is None or not pred.ok else pred.label,
-                    "label": "" if folder == UNLABELLED else folder, "source": source,
-                    "reviewed": "yes" if source == "annotation" else "no",
-                    "edge_cut": int(cell.edge_cut), "touching": int(cell.touching), "blurred": int(cell.blurred),
-                    "error": "" if pred is None or pred.ok else pred.error})
-            if anns:
-                unmatched += sum(1 for a in anns if id(a) not in matched_anns)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        write_text_atomic(stage / MANIFEST, buf.getvalue())
-        write_text_atomic(stage / REVIEWED, _REVIEWED_HEADER + "".join(f"{n}\n" for n in reviewed))
-        from .cells import CROP_RECORD
-
-        record = {
-            "schema": CROP_SCHEMA, "schema_version": 1, "frames_root": str(root.resolve()),
-            "cells": {k: spec[k] for k in ("style", "canvas_px", "diameter_px", "um_per_px")},
-            "scale_from": scale_source, "camera_um_per_px": opts.camera_um_per_px,
-            "model": None if classifier is None else {
-                "file": str(Path(opts.model).resolve()), "sha256": sha256_file(opts.model),
-                "name": classifier.card.name, "labels": classifier.card.labels,
-                "positive_label": classifier.card.positive_label, "threshold": classifier.threshold},
-            "annotations": str(Path(opts.annotations).resolve()) if opts.annotations else None,
-            "classes": list(opts.classes) or None,
-            "frames": len(paths), "frames_failed": len(errors), "cells_cropped": len(rows), "per_folder": per_folder,
-            "reviewed": len(reviewed), "skipped_flagged": skipped_flagged,
-            "annotations_without_a_cell": unmatched if annotations is not None else None,
-            "annotations_ignored": annotation_problems,
-            "errors": [list(e) for e in errors],
-        }
-        write_text_atomic(stage / CROP_RECORD, json.dumps(record, indent=2) + "\n")
-    return CropSummary(str(out), len(paths), len(rows), dict(sorted(per_folder.items())), len(reviewed),
-                       skipped_flagged, errors, record)
+                progress(n, len(plan.paths), path)
+            frame = _load_frame_cells(plan, path, key)
+            if frame is not None:
+                _crop_frame(plan, stage, frame)
+        record = _write_records(plan, stage)
+    return CropSummary(str(out), len(plan.paths), len(plan.rows), dict(sorted(plan.per_folder.items())),
+                       len(plan.reviewed), plan.skipped_flagged, plan.errors, record)
 
 
 @dataclass
@@ -477,31 +412,6 @@ class _Single:
         self.centroid = ((x0 + x1) / 2, (y0 + y1) / 2)
         self.edge_cut = self.touching = self.blurred = False
         self.mask = np.ones((y1 - y0, x1 - x0), bool)
-
-
-# -- reading a crop dataset back -----------------------------------------------------------------------------------
-
-def read_reviewed(root: str | os.PathLike) -> set[str] | None:
-    """The file names listed in <root>/reviewed.txt (comments and blank lines skipped), or None without one."""
-    p = Path(root) / REVIEWED
-    try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    return {line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")}
-
-
-def unreviewed_note(root: str | os.PathLike, files: Iterable[str]) -> str | None:
-    """For a dataset written by `data crop`: a one-line note when some of `files` are not in reviewed.txt, else None."""
-    reviewed = read_reviewed(root)
-    if reviewed is None:
-        return None
-    names = [Path(f).name for f in files]
-    left = sum(1 for n in names if n not in reviewed)
-    if not left:
-        return None
-    return (f"{left} of {len(names)} images are not listed in {REVIEWED} (no person has checked their class): "
-            "a model trained on a model's unchecked sorting learns that model's mistakes")
 
 
 __all__ = ["Annotation", "CropError", "CropOptions", "CropSummary", "MANIFEST", "REVIEWED", "UNLABELLED",
