@@ -123,31 +123,44 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _ms(v) -> float | None:
+    """A time in ms as a row holds it: 3 decimals, None when not measured."""
+    return None if v is None else round(float(v), 3)
+
+
 def make_row(path: str, model: ModelInfo, *, label=None, p_all=None, warning=None, error=None, error_type=None,
-             status=None, reread=False, preprocess_ms=None, invoke_ms=None, total_ms=None) -> dict:
-    """One result row as a dict with the `FIELDS` keys (None = empty)."""
+             status=None, reread=False, total_ms=None) -> dict:
+    """One result row as a dict with the `FIELDS` keys (None = empty).
+
+    path: the input as given or found; model: the ModelInfo every row carries. label / p_all / warning: the
+    decision (p_all rounded to 6 decimals); error / error_type: what went wrong, one line (status defaults to
+    ok without an error, else error). total_ms: the whole time spent on this input, ms (3 decimals). The stage
+    times (preprocess_ms, invoke_ms) exist only for a classified image: `row_from_prediction` adds them.
+    """
     if status is None:
         status = STATUS_OK if error is None else STATUS_ERROR
     row = dict.fromkeys(FIELD_NAMES)
     row.update(path=path, status=status, label=label,
                p_all=None if p_all is None else round(float(p_all), 6), warning=warning or None,
-               error=error, error_type=error_type, reread=bool(reread), time=now_iso(),
-               preprocess_ms=None if preprocess_ms is None else round(float(preprocess_ms), 3),
-               invoke_ms=None if invoke_ms is None else round(float(invoke_ms), 3),
-               total_ms=None if total_ms is None else round(float(total_ms), 3))
+               error=error, error_type=error_type, reread=bool(reread), time=now_iso(), total_ms=_ms(total_ms))
     row.update(model.fields())
     return row
 
 
 def row_from_prediction(pred, model: ModelInfo, reread: bool = False, path: str | None = None) -> dict:
-    """A `Prediction` (edge.classifier) -> row. Warnings (a list, possibly absent) become the warning field."""
+    """A `Prediction` (edge.classifier) -> row. Warnings (a list, possibly absent) become the warning field.
+
+    path: the row's path (default: the prediction's). A classified image's row has its stage times too.
+    """
     warnings = list(getattr(pred, "warnings", None) or [])
     p = path if path is not None else str(pred.path)
     if pred.error is not None:
         return make_row(p, model, error=str(pred.error), error_type="ImageError", reread=reread,
                         total_ms=pred.total_ms)
-    return make_row(p, model, label=pred.label, p_all=pred.p_all, warning="; ".join(warnings) or None,
-                    reread=reread, preprocess_ms=pred.preprocess_ms, invoke_ms=pred.invoke_ms, total_ms=pred.total_ms)
+    row = make_row(p, model, label=pred.label, p_all=pred.p_all, warning="; ".join(warnings) or None,
+                   reread=reread, total_ms=pred.total_ms)
+    row.update(preprocess_ms=_ms(pred.preprocess_ms), invoke_ms=_ms(pred.invoke_ms))
+    return row
 
 
 # -- rendering -----------------------------------------------------------------------
@@ -242,7 +255,6 @@ def read_rows(path: str | os.PathLike, fmt: str) -> list[dict]:
             r["path"] = os.fsdecode(unescape_text(r["path"]))
         return rows
     raise ValueError(f"read_rows reads json or csv, not {fmt!r}")
-
 
 
 class RowWriter:
