@@ -1,13 +1,7 @@
-"""Is a frame a bright-field stained blood smear, and how large are its red cells? (Steps 1 and 2 of
-edge.fields.locate's rules, which re-exports every public name here.)
-
-1. Is it a smear? (`check_smear`) A bright-field stained smear has a bright background (the glass) and
-   stained matter that absorbs green: eosin-stained red cells (green most) and azure-stained nuclei (green and red)
-   never absorb green least. A dark background (fluorescence, dark field), no stained
-   matter (a blank slide) or stained-looking pixels of other hues (a photograph) raise `NotASmearError`.
-2. Scale (`red_cell_diameter`). Red cells are the smear's built-in ruler: their median diameter, from the
-   distance transform of the red-cell mask (central pallor filled), gives micrometres per pixel as
-   RED_CELL_UM / diameter.
+"""Steps 1 and 2 of edge.fields.locate's rules (its module docstring states them): `check_smear`, which
+refuses with `NotASmearError` a frame that is not a bright-field stained blood smear, and
+`red_cell_diameter`, the red-cell ruler that sets micrometres per pixel as RED_CELL_UM / diameter.
+edge.fields.locate re-exports every public name here.
 
 Shapes and units: frames are uint8 RGB arrays (H, W, 3); diameters are in the frame's pixels.
 """
