@@ -85,3 +85,16 @@ def flatten(model):
     n = len([layer for layer in flat.layers if not isinstance(layer, tf.keras.layers.InputLayer)])
     return flat, [f"flattened nested model(s) {', '.join(nested)} into one functional graph ({n} layers, "
                   "same weights, outputs unchanged)"]
+
+
+def rebuild(config: dict, error: type[Exception], what: str):
+    """A new tf-keras functional model from `config` (a Model.get_config() dict a surgery edited).
+
+    Keras raises many exception types for a config it cannot rebuild; every one becomes `error` with one line:
+    "cannot rebuild <what>: <type>: <Keras's first line, 200 characters at most>"."""
+    tf = tensorflow()
+    try:
+        return tf.keras.Model.from_config(config)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a config it cannot rebuild
+        raise error(f"cannot rebuild {what}: {type(exc).__name__}: "
+                    f"{(str(exc).splitlines() or [''])[0][:200]}") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from leukedge.tfcompat import tensorflow
+from leukedge.graph import rebuild
 
 from .channel_graph import ChannelError, ChannelGraph, Segments, layer_class
 
@@ -65,18 +65,13 @@ def apply_plan(graph: ChannelGraph, keep: dict[str, np.ndarray]):
     equal the original's with each removed filter's channel set to 0 where its consumers read it
     (graph.chain_end). Raises ChannelError for a conv that is not prunable or bad indices.
     """
-    tf = tensorflow()
     model = graph.model
     keep = _checked(graph, keep)
     config = model.get_config()
     for lc in config["layers"]:
         if lc["name"] in keep:
             lc["config"]["filters"] = int(len(keep[lc["name"]]))
-    try:
-        new = tf.keras.Model.from_config(config)
-    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a config it cannot rebuild
-        raise ChannelError(f"cannot rebuild {model.name!r} with fewer channels: {type(exc).__name__}: "
-                           f"{(str(exc).splitlines() or [''])[0][:200]}") from None
+    new = rebuild(config, ChannelError, f"{model.name!r} with fewer channels")
     for layer in new.layers:
         old = model.get_layer(layer.name)
         weights = old.get_weights()

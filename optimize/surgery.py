@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from leukedge.graph import SurgeryError, _is_model, clone_float, flatten, is_nested  # noqa: F401 (re-exported)
+from leukedge.graph import SurgeryError, _is_model, clone_float, flatten, is_nested, rebuild  # noqa: F401 (re-exported)
 from leukedge.tfcompat import tensorflow
 
 
@@ -52,7 +52,6 @@ def rewrite(model):
     A BatchNormalization is folded when its input is a vector (rank 2), its only consumer is a Dense and
     it normalizes the last axis. Raises SurgeryError when the rebuilt graph cannot be made.
     """
-    tf = tensorflow()
     config = model.get_config()
     if "layers" not in config:
         return model, []
@@ -91,11 +90,7 @@ def rewrite(model):
                      "(inference-mode affine map; outputs equal up to float rounding)")
     if not steps:
         return model, []
-    try:
-        new = tf.keras.Model.from_config(config)
-    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a config it cannot rebuild
-        raise SurgeryError(f"cannot rebuild {model.name!r} after surgery: {type(exc).__name__}: "
-                           f"{(str(exc).splitlines() or [''])[0][:200]}") from None
+    new = rebuild(config, SurgeryError, f"{model.name!r} after surgery")
     for layer in new.layers:
         if not layer.weights:
             continue

@@ -1,8 +1,8 @@
 """What `leukedge optimize` writes for people (summary.md, reliability.png).
 
 Each function takes the plain dicts a step already wrote as JSON, so a report can be redrawn from a run folder
-without re-running the step. (The benchmark's report and plots are in leukedge.benchmarks.run and
-leukedge.benchmarks.plots; training's curves in leukedge.train.fit.)
+without re-running the step. (The benchmark's report and plots are in leukedge.reports.benchmark, training's in
+leukedge.reports.train.)
 """
 
 from __future__ import annotations
