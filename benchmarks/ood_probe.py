@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from leukedge.edge.preprocess import _RESAMPLE, IMAGE_EXTENSIONS, load_rgb
+from leukedge.edge.preprocess import IMAGE_EXTENSIONS, load_rgb
+from leukedge.edge.preprocess_decode import _RESAMPLE
 from leukedge.edge.quality import (DEFAULT_MAHALANOBIS_FACTOR, DEFAULT_MARGIN, assess, image_statistics,
                                    reference_statistics)
 

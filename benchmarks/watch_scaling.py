@@ -57,7 +57,7 @@ def measure(n: int, mode: str, idle_s: float, work: Path) -> dict:
     from leukedge.edge.app.journal import Journal
     from leukedge.edge.app.rows import ModelInfo, RowWriter
     from leukedge.edge.app.sinks import AppendFileSink
-    from leukedge.edge.app.watcher import WatchOptions, Watcher
+    from leukedge.edge.app.watcher import Classifying, WatchOptions, Watcher
 
     folder = work / f"{mode}-{n}"
     _populate(folder, n)
@@ -68,7 +68,7 @@ def measure(n: int, mode: str, idle_s: float, work: Path) -> dict:
     counts = Counts()
     opts = WatchOptions(recursive=True, settle=0.2, poll_interval=0.5, mode=mode)
     stop = threading.Event()
-    w = Watcher(_Instant(), folder, Emitter(RowWriter("json", sink, model), journal, counts), model, opts,
+    w = Watcher(Classifying(_Instant()), folder, Emitter(RowWriter("json", sink, model), journal, counts), model, opts,
                 lambda m: None, stop)
     c0, t0 = time.process_time(), time.perf_counter()
     w.start()

@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import LeukedgeError
 from .files import loads_bounded, sha256_file, write_text_atomic
-from .preprocess import Preprocessing
+from .preprocess_spec import Preprocessing
 
 SCHEMA = "leukedge.model-card"
 SCHEMA_VERSION = 2

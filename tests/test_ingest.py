@@ -22,7 +22,7 @@ from leukedge.edge.app.identity import content_hash
 from leukedge.edge.app.journal import Journal, default_journal_path
 from leukedge.edge.app.rows import FIELD_NAMES, ModelInfo, RowFormat, RowWriter, make_row, read_rows
 from leukedge.edge.app.sinks import AppendFileSink, OutputError, StreamSink, TempFileSink
-from leukedge.edge.app.watcher import WatchOptions, Watcher
+from leukedge.edge.app.watcher import Classifying, WatchOptions, Watcher
 from leukedge.edge.text import escape_text, unescape_text
 from leukedge.edge.preprocess import load_rgb
 
@@ -217,7 +217,7 @@ class Run:
                             full_scan_interval=0.5, heartbeat=str(out) + ".heartbeat", heartbeat_interval=0.1,
                             retry_interval=0.1, recursive=True, empty_timeout=empty_timeout)
         self.stop = threading.Event()
-        self.watcher = Watcher(self.clf, folder, self.emitter, model, opts, self.logs.append, self.stop)
+        self.watcher = Watcher(Classifying(self.clf), folder, self.emitter, model, opts, self.logs.append, self.stop)
         self.watcher.start()
         self.thread = threading.Thread(target=self.watcher.run, kwargs={"started": True}, daemon=True)
         self.thread.start()

@@ -13,7 +13,7 @@ from .errors import ModelUnusable, UsageError
 def decode_options(bit_depth, page, max_pixels, value_range=None):
     if bit_depth is None and page is None and max_pixels is None and value_range is None:
         return None
-    from ..preprocess import DecodeOptions
+    from ..preprocess_spec import DecodeOptions
 
     kw = {"bit_depth": bit_depth, "page": page, "value_range": value_range}
     if max_pixels is not None:
@@ -36,12 +36,12 @@ def pick_engine(model: str | None, engine: str, choice: str | None, layout: str,
 
     try:
         if choice:
-            from ..choose import pick_from
+            from ..choice import pick_from
 
             pick = pick_from(choice, layout, require_signature)
             return str(pick.model), pick.engine or "auto"
         if engine == "auto" and (Path(model).parent / "choice.json").is_file():
-            from ..choose import engine_for
+            from ..choice import engine_for
 
             chosen, note = engine_for(model, layout)
             if note and not quiet:

@@ -180,8 +180,8 @@ def _run_watcher(clf, minfo, opts, setup, emitter, settings, pool, classify_one,
 
     ending = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     old_handlers = {sig: signal.signal(sig, _stop) for sig in ending}
-    watcher = watching.Watcher(clf, opts.watch_dir, emitter, minfo, settings, log, stop, pool=pool,
-                               baseline=setup.baseline, classify=classify_one)
+    how = watching.Classifying(clf, classify_one, pool)
+    watcher = watching.Watcher(how, opts.watch_dir, emitter, minfo, settings, log, stop, baseline=setup.baseline)
     try:
         try:
             watcher.start()  # lists what is there first, so anything written after the next line is new

@@ -67,22 +67,34 @@ class WatchOptions:
 
 
 
+@dataclass(frozen=True)
+class Classifying:
+    """How the watcher turns a settled file into rows.
+
+    clf: a Classifier. classify: (clf, path, model, reread=, strict_quality=) -> the row (or a frame's block of
+    rows, edge.app.frames.classify_frame_file) one settled file gives; None = `classify_file` (one cell).
+    pool: an edge.throughput.ClassifierPool, on whose workers a backlog is classified (rows in order), or None.
+    """
+
+    clf: object
+    classify: Callable | None = None
+    pool: object | None = None
+
+
 class Watcher(FolderListing, InotifyEvents):
     """Classify every image that settles in `folder`, forever, losslessly; `run()` until `stop` is set.
 
-    clf: a Classifier; emitter: Emitter (rows + journal); log: one-line stderr messages.
-    baseline: the listing taken before the model was loaded (`list_folder`); at a first start
-    without --include-existing only the files in it (as they were then) count as already there.
-    classify: (clf, path, model, reread=, strict_quality=) -> the row (or a frame's block of rows,
-    edge.app.frames.classify_frame_file) one settled file gives; default `classify_file` (one cell).
+    how: a Classifying (the Classifier, the per-file function, the pool); emitter: Emitter (rows + journal);
+    log: one-line stderr messages. baseline: the listing taken before the model was loaded (`list_folder`);
+    at a first start without --include-existing only the files in it (as they were then) count as already there.
     """
 
-    def __init__(self, clf, folder: str | os.PathLike, emitter: Emitter, model: ModelInfo, opts: WatchOptions,
-                 log: Callable[[str], None], stop: threading.Event | None = None, pool=None,
-                 baseline: list[tuple[str, os.stat_result]] | None = None, classify: Callable | None = None):
-        self.clf = clf
-        self.classify = classify or classify_file
-        self.pool = pool  # edge.throughput.ClassifierPool: a backlog is classified on its workers, rows in order
+    def __init__(self, how: Classifying, folder: str | os.PathLike, emitter: Emitter, model: ModelInfo,
+                 opts: WatchOptions, log: Callable[[str], None], stop: threading.Event | None = None,
+                 baseline: list[tuple[str, os.stat_result]] | None = None):
+        self.clf = how.clf
+        self.classify = how.classify or classify_file
+        self.pool = how.pool  # edge.throughput.ClassifierPool: a backlog is classified on its workers, rows in order
         self.folder = Path(folder)
         self.emitter = emitter
         self.journal = emitter.journal

@@ -151,7 +151,7 @@ def load_frame(path: str | os.PathLike, options: DecodeOptions | None = None) ->
 
 def _to_input(canvas: np.ndarray, size: int, resize: str) -> np.ndarray:
     """A training-style canvas -> the model's input array, resized exactly as load_rgb resizes a file."""
-    from ..preprocess import _finish  # the one resize (card's method, Pillow) of the per-cell path
+    from ..preprocess_decode import finish as _finish  # the one resize (card's method, Pillow) of the per-cell path
 
     return np.asarray(_finish(Image.fromarray(canvas), size, resize), dtype=np.uint8)
 
