@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from leukedge.benchmarks.plots import _fan_out, f1_vs_latency, pareto_front, variant_engine, variant_family  # noqa: E402
+from leukedge.reports.benchmark import _fan_out, f1_vs_latency, pareto_front, variant_engine, variant_family  # noqa: E402
 
 
 def test_families_group_input_sizes_and_channel_widths():
