@@ -699,6 +699,13 @@ def test_an_unusable_model_is_one_stderr_line(tmp_path):
         assert r.stderr.startswith("edge-classify: error: ") and str(model.name) in r.stderr
 
 
+def _sigint_as_at_a_terminal():
+    """The child starts with SIGINT at its default, as under a terminal. A shell's background job (`pytest &`,
+    a CI step run with &) inherits SIGINT ignored, and edge-classify rightly keeps a signal it was started
+    with ignored: without this the SIGINT cases would test how pytest was launched."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig, code, with_output", [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, True),
                                                     (signal.SIGINT, 130, False), (signal.SIGHUP, 129, True),
                                                     (signal.SIGHUP, 129, False)])
@@ -711,7 +718,8 @@ def test_an_interrupted_batch_says_so_with_the_signal_s_exit_code(tiny_models, t
     out = tmp_path / "rows.csv"
     extra = ["-o", str(out)] if with_output else []
     proc = subprocess.Popen([*EDGE, "-m", str(tiny_models["float32"]), "--format", "csv", "--workers", "1",
-                             *extra, str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             *extra, str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_sigint_as_at_a_terminal)
     time.sleep(4.0)  # loaded and classifying (a 1600 px PNG takes tens of ms)
     proc.send_signal(sig)
     stdout, err = proc.communicate(timeout=60)
