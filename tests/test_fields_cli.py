@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,15 @@ def _csv_rows(path):
         return list(csv.DictReader(fh))
 
 
+def _put(field, path):
+    """Write a frame into the watched folder whole (written beside it, then renamed in): this test is about the
+    frame's block of rows, and a 0.2 s settle can expire inside a slow, loaded non-atomic write (the watcher
+    re-reads a file that changes after it was read; the settle rule has its own tests in test_ingest)."""
+    tmp = path.parent.parent / (path.name + ".writing")
+    Image.fromarray(field).save(tmp, format=path.suffix.lstrip(".").upper())
+    os.replace(tmp, path)
+
+
 def _start_watch(model, watch, out):
     return subprocess.Popen([*EDGE, "-m", str(model), "--fields", "--um-per-px", "0.125", "--format", "csv",
                              "-o", str(out), "--watch", str(watch), "--poll", "--poll-interval", "0.1",
@@ -125,9 +135,9 @@ def test_watch_takes_frames_journals_each_block_and_survives_a_kill_inside_one(c
     try:
         assert _wait_for(lambda: proc.stderr and False or (tmp_path / "rows.csv.journal").exists() or out.exists(), 60)
         time.sleep(1.0)  # the watcher lists the folder before its model loads; frames written after are new
-        Image.fromarray(make_field(wbcs=((180, 150), (470, 330)))).save(watch / "a.png")
+        _put(make_field(wbcs=((180, 150), (470, 330))), watch / "a.png")
         assert _wait_for(lambda: out.exists() and len(_csv_rows(out)) >= 2), "frame a never got its rows"
-        Image.fromarray(make_field(wbcs=(), seed=1)).save(watch / "b.png")
+        _put(make_field(wbcs=(), seed=1), watch / "b.png")
         assert _wait_for(lambda: len(_csv_rows(out)) >= 3), "frame b never got its row"
     finally:
         proc.send_signal(signal.SIGTERM)
