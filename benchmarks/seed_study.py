@@ -6,14 +6,16 @@ optimize gate and the F1 drop (parent minus variant, validation) spreads over at
 
 One part = one (variant, seed): `leukedge optimize` of the parent with that variant alone and that
 seed (the seed drives the recovery's shuffling, augmentation and dropout; optimize.recover), then the
-built variant scored on the test part through the device's classifier at its card's threshold.
+built variant scored on the test part through the device's classifier at its card's threshold, and on
+validation and test at one fixed operating point (its uncalibrated P against the parent's own threshold:
+`at_parent_threshold`), which leaves out the gate's per-variant threshold choice.
 A part writes `parts/<variant>-seed<k>/result.json` last, atomically; a part whose result exists is
 skipped, so an interrupted study loses at most the part under way and `--max-parts N` runs it in
 slices (e.g. one per CI job). The parent's own test figures are one more part (`parts/parent`).
 
-Cost (2 CPU cores, InceptionV3 at 224 px): a part is one recovery (up to `resize_steps` / `prune_steps`
-steps, ~15-30 min at the defaults) plus one validation and one test pass; 2 variants x 3 seeds are
-~2-3 hours, run in as many sittings as convenient.
+Cost (2 CPU cores, InceptionV3 at 224 px, PBC reference: benchmarks/results/seed-study-pbc224): a part is
+one recovery (up to `resize_steps` / `prune_steps` steps) plus its conversion and the validation and test
+passes, 5-13 min at the defaults; 3 variants x 3 seeds took 72 min, and run in as many sittings as convenient.
 
 Run: `nice -n 10 python -m leukedge.benchmarks.seed_study RUN/model.keras --out benchmarks/results/seed-study
 [--variants int8@160,slim60-int8] [--seeds 0,1,2] [--set prune_steps=300 ...] [--max-parts N]`.
@@ -71,9 +73,45 @@ def score_on_test(path: Path, ds, split, reference=None) -> tuple[dict, object]:
             "agreement_with_parent": ev.agreement}, ev
 
 
-def run_part(model_path: Path, out: Path, variant: str, seed: int, overrides: dict, ds, split, parent_ev) -> dict:
+def at_parent_threshold(model_path: Path, variant_path: Path, ds, split, cache: dict) -> dict:
+    """The variant's F1 drop at one fixed operating point: its uncalibrated P(positive) (softmax at T = 1)
+    against the parent's own threshold, on validation and on test, parent minus variant.
+
+    The optimize gate re-chooses each variant's threshold on validation (sensitivity held at the parent's
+    level), so its F1 drop also carries that choice's jumps on a few hundred images; this figure leaves
+    the choice out and shows what the recovery alone changed. `cache` keeps decoded parts and the parent's
+    scores between calls. Returns {"validation": {"f1", "f1_drop"}, "test": {...}, "threshold"}."""
+    from leukedge.edge.card import load_card_for_model
+    from leukedge.edge.metrics import report_at_threshold
+    from leukedge.evaluation import load_part, scorer_for
+
+    parent_card = load_card_for_model(model_path)
+    card = load_card_for_model(variant_path)
+    pos = card.positive_index
+    out = {"threshold": parent_card.threshold}
+    for part in ("validation", "test"):
+        key = (part, card.preprocessing.size)
+        if key not in cache:
+            cache[key] = load_part(split.parts[part], card.preprocessing, part).in_label_order(ds.labels, card.labels)
+        arrays = cache[key]
+        if ("parent", part) not in cache:
+            parent_arrays = load_part(split.parts[part], parent_card.preprocessing, part).in_label_order(
+                ds.labels, parent_card.labels)
+            p_parent = scorer_for(model_path, parent_card).p_positive(parent_arrays.images)
+            cache[("parent", part)] = report_at_threshold(parent_arrays.labels, p_parent, parent_card.threshold,
+                                                         card.labels, pos)["f1_positive"]
+        _, p_raw = scorer_for(variant_path, card).p_positive_both(arrays.images)
+        f1 = report_at_threshold(arrays.labels, p_raw, parent_card.threshold, card.labels, pos)["f1_positive"]
+        out[part] = {"f1": f1, "f1_drop": cache[("parent", part)] - f1}
+    return out
+
+
+def run_part(model_path: Path, out: Path, variant: str, seed: int, overrides: dict, ds, split, parent_ev,
+             cache: dict | None = None) -> dict:
     """Optimize `variant` with `seed` into out/parts/<variant>-seed<seed>/optimize, score it on test,
-    write result.json last. Returns the result dict."""
+    write result.json last. cache: decoded parts shared between parts (at_parent_threshold). Returns the result
+    dict."""
+    cache = {} if cache is None else cache
     from leukedge.options import load_options
     from leukedge.optimize.run import OptimizeOptions, optimize
 
@@ -101,8 +139,23 @@ def run_part(model_path: Path, out: Path, variant: str, seed: int, overrides: di
               "macs": optimization.get("macs") or resized.get("macs"),
               "params": optimization.get("params") or resized.get("params"),
               "file": row["file"], "seconds": round(time.perf_counter() - t0, 1)}
+    result["at_parent_threshold"] = at_parent_threshold(model_path, opt_dir / row["file"], ds, split, cache)
     _write_json(part / "result.json", result)
     return result
+
+
+def _fixed_point_spreads(done: list[dict]) -> dict:
+    """F1 drops at the parent's threshold (at_parent_threshold) per seed and their max - min, validation and
+    test; empty where the parts have not been rescored."""
+    fixed = [r["at_parent_threshold"] for r in done if r.get("at_parent_threshold")]
+    if not fixed or len(fixed) != len(done):
+        return {}
+    out = {}
+    for part in ("validation", "test"):
+        drops = [f[part]["f1_drop"] for f in fixed]
+        out[f"fixed_{part}_f1_drops"] = drops
+        out[f"fixed_{part}_f1_drop_spread"] = max(drops) - min(drops)
+    return out
 
 
 def summarize(out: Path, variants, seeds, parent_test: dict | None) -> dict:
@@ -121,7 +174,10 @@ def summarize(out: Path, variants, seeds, parent_test: dict | None) -> dict:
         rows[v] = {"seeds_done": [r["seed"] for r in done], "seeds_missing": [s for s in seeds if s not in
                                                                                [r["seed"] for r in done]],
                    "verdicts": [r["verdict"] for r in done], "f1_drops": drops, "f1_drop_spread": spread,
-                   "test_f1_drops": test_drops, "all_pass": bool(done) and all(r["verdict"] == "pass" for r in done),
+                   "test_f1_drops": test_drops,
+                   **_fixed_point_spreads(done),
+                   "test_f1_drop_spread": (max(test_drops) - min(test_drops)) if test_drops else None,
+                   "all_pass": bool(done) and all(r["verdict"] == "pass" for r in done),
                    "meets_criterion": complete and len(seeds) >= 3 and all(r["verdict"] == "pass" for r in done)
                    and spread is not None and spread <= SPREAD_BUDGET + 1e-12, "parts": done}
     summary = {"schema": "leukedge.seed-study", "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -153,11 +209,22 @@ def _markdown(summary: dict) -> str:
                          + (f"{tdrop:+.4f}" if tdrop is not None else "-")
                          + f" | {rec.get('steps_run', '-')} / {rec.get('best_step', '-')} | "
                          f"{(rec.get('batchnorm') or {}).get('kept', '-')} | {r['seconds'] / 60:.1f} |")
-        spread = row["f1_drop_spread"]
+        spread, tspread = row["f1_drop_spread"], row.get("test_f1_drop_spread")
         lines.append(f"| **{v}** | | {'all pass' if row['all_pass'] else 'not all pass'} | spread "
-                     f"{'-' if spread is None else f'{spread:.4f}'} | | | | | | "
+                     f"{'-' if spread is None else f'{spread:.4f}'} | | | spread "
+                     f"{'-' if tspread is None else f'{tspread:.4f}'} | | | "
                      f"{'**meets**' if row['meets_criterion'] else 'does not meet' + (' (yet)' if row['seeds_missing'] else '')}"
                      f"{'; missing seeds ' + str(row['seeds_missing']) if row['seeds_missing'] else ''} |")
+    fixed = [(v, row) for v, row in summary["variants"].items() if "fixed_validation_f1_drops" in row]
+    if fixed:
+        lines += ["", "At one fixed operating point (each variant's uncalibrated P against the parent's own "
+                  "threshold, no re-chosen threshold; `at_parent_threshold`), F1 drop per seed and spread:", "",
+                  "| variant | validation F1 drops | spread | test F1 drops | spread |", "|---|---|---:|---|---:|"]
+        for v, row in fixed:
+            fmt = lambda xs: ", ".join(f"{x:+.4f}" for x in xs)  # noqa: E731
+            lines.append(f"| {v} | {fmt(row['fixed_validation_f1_drops'])} | "
+                         f"{row['fixed_validation_f1_drop_spread']:.4f} | {fmt(row['fixed_test_f1_drops'])} | "
+                         f"{row['fixed_test_f1_drop_spread']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -211,6 +278,15 @@ def main(argv=None) -> int:
     parent_test, parent_ev = score_on_test(args.model, ds, split)  # its Evaluation is each part's reference
     if not parent_file.exists():
         _write_json(parent_file, parent_test)
+    cache: dict = {}
+    for v in variants:  # parts made before the fixed-operating-point figure existed get it now
+        for s in seeds:
+            f = args.out / "parts" / f"{v}-seed{s}" / "result.json"
+            result = json.loads(f.read_text()) if f.exists() else None
+            if result and not result.get("at_parent_threshold"):
+                result["at_parent_threshold"] = at_parent_threshold(
+                    args.model, f.parent / "optimize" / result["file"], ds, split, cache)
+                _write_json(f, result)
     new = 0
     for s in seeds:  # seed-major: an interrupted study still has every variant at the first seeds
         for v in variants:
@@ -219,7 +295,7 @@ def main(argv=None) -> int:
             if args.max_parts and new >= args.max_parts:
                 break
             print(f"seed_study: part {v} seed {s}", file=sys.stderr, flush=True)
-            run_part(args.model, args.out, v, s, overrides, ds, split, parent_ev)
+            run_part(args.model, args.out, v, s, overrides, ds, split, parent_ev, cache)
             new += 1
             summarize(args.out, variants, seeds, parent_test)
     summary = summarize(args.out, variants, seeds, parent_test)

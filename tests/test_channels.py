@@ -363,4 +363,11 @@ def test_seed_study_runs_in_parts_and_an_interrupted_study_loses_nothing(tiny_mo
     assert row["f1_drop_spread"] == max(row["f1_drops"]) - min(row["f1_drops"])
     part = row["parts"][1]
     assert part["recovery"]["steps_run"] >= 1 and part["macs"] > 0 and 0 <= part["test"]["f1_positive"] <= 1
-    assert (out / "summary.md").read_text().count("| slim50-int8 |") == 2
+    md = (out / "summary.md").read_text()
+    assert md.count("| slim50-int8 | 0 |") == md.count("| slim50-int8 | 1 |") == 1  # one row per seed
+    fixed = part["at_parent_threshold"]  # the fixed-operating-point figure: parent's threshold, T = 1
+    assert fixed["threshold"] > 0 and all(-1 <= fixed[k]["f1_drop"] <= 1 for k in ("validation", "test"))
+    drops = [p["at_parent_threshold"]["validation"]["f1_drop"] for p in row["parts"]]
+    assert row["fixed_validation_f1_drops"] == drops
+    assert row["fixed_validation_f1_drop_spread"] == max(drops) - min(drops)
+    assert "At one fixed operating point" in md
