@@ -110,6 +110,11 @@ def _model_at_size(ctx: BuildContext, size: int):
     return ctx.cache[key]
 
 
+def _depthwise_pools(ctx: BuildContext) -> bool:
+    """--int8-pools depthwise: full-integer models run their average pools as depthwise convolutions."""
+    return ctx.opts.int8_pools == "depthwise"
+
+
 def _build_convert(ctx: BuildContext, v: Variant, path: Path) -> dict:
     model, info = ctx.model, {}
     if v.input_size and v.input_size != ctx.card.preprocessing.size:
@@ -117,14 +122,15 @@ def _build_convert(ctx: BuildContext, v: Variant, path: Path) -> dict:
         info["resized"] = resized
     model, info["output"] = ctx.logits(model)
     rep = representative_from(ctx.calibration_inputs(v.input_size)) if v.needs_calibration else None
-    path.write_bytes(to_tflite(model, v.conversion, rep, io=ctx.opts.io))
+    path.write_bytes(to_tflite(model, v.conversion, rep, io=ctx.opts.io, pools_as_depthwise=_depthwise_pools(ctx)))
     return info
 
 
 def _build_prune(ctx: BuildContext, v: Variant, path: Path) -> dict:
     pruned, report = ctx.pruned()
     model, output = ctx.logits(pruned)
-    path.write_bytes(to_tflite(model, v.conversion, representative_from(ctx.calibration_inputs()), io=ctx.opts.io))
+    path.write_bytes(to_tflite(model, v.conversion, representative_from(ctx.calibration_inputs()), io=ctx.opts.io,
+                               pools_as_depthwise=_depthwise_pools(ctx)))
     return {"pruning": report, "output": output}
 
 

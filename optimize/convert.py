@@ -9,20 +9,22 @@ import numpy as np
 from leukedge.tfcompat import tensorflow
 
 IO_TYPES = ("int8", "uint8", "float32")
-# What to_tflite changes in a model's graph before full-integer conversion (recorded in each int8 card's
-# provenance): stride-1 'same' average pools become depthwise convolutions (optimize.pooling).
-INT8_REWRITES = ("average_pool_as_depthwise_conv",)
+# What to_tflite(pools_as_depthwise=True) changes in a model's graph before full-integer conversion (recorded in
+# the int8 card's provenance): stride-1 'same' average pools become depthwise convolutions, after the 1x1
+# convolution they fed (optimize.pooling).
+INT8_REWRITES = ("average_pool_as_depthwise_conv", "pointwise_conv_before_average_pool")
 
 
 def to_tflite(model, mode: str, representative: Callable[[], Iterable[list[np.ndarray]]] | None = None,
-              io: str = "int8", pools_as_depthwise: bool = True) -> bytes:
+              io: str = "int8", pools_as_depthwise: bool = False) -> bytes:
     """The TFLite flatbuffer of the tf-keras `model`, as bytes.
 
     mode: float32 | float16 | dynamic | int8 (full-integer; needs `representative`, a generator of [(1, H, W, 3)
     float32] model inputs) | qat (a quantization-aware model; `representative` optional). io: the int8/qat
     model's input and output type (int8 | uint8 | float32). pools_as_depthwise: in int8 mode, convert the
     model's stride-1 'same' average pools as depthwise convolutions (optimize.pooling: float-exact; XNNPACK
-    has no int8 average pool, so this is what makes the int8 model fast). Raises ValueError for an unknown mode
+    has no int8 average pool, so this makes the int8 model 1.5-2x faster, but its int8 outputs are then no
+    longer bit-identical between x86 and aarch64: off by default, optimize's --int8-pools). Raises ValueError for an unknown mode
     or io, or int8 without `representative`."""
     tf = tensorflow()
     if mode == "int8" and pools_as_depthwise:

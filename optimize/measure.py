@@ -227,7 +227,8 @@ def _write_card(plan: VariantPlan, m: Measured) -> None:
                        "data": plan.provenance["data"], "split": plan.provenance["split"], "threshold_rule": m.rule,
                        "variant": {"prunes": v.prunes, "quantization_aware": v.quantization_aware,
                                    "conversion": v.conversion, "runtime": v.runtime,
-                                   "graph_rewrites": list(INT8_REWRITES) if v.conversion == "int8" else []},
+                                   "graph_rewrites": list(INT8_REWRITES) if v.conversion == "int8"
+                                   and opts.int8_pools == "depthwise" else []},
                        **({"imported": parent_card.provenance["imported"]} if "imported" in parent_card.provenance else {})}
     card.metrics = {"validation": {**m.ev.report, "threshold": m.threshold},
                     "validation_intervals": bootstrap.screening_intervals(plan.val.labels, m.p_cal, m.threshold,

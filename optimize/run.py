@@ -59,6 +59,12 @@ class OptimizeOptions:
     # 300-step run (benchmarks/results/seed-study-pbc112), and early stopping keeps the best step anyway
     resize_lr: float = option(1e-4, "Peak learning rate of the input-size recovery fine-tunes.")
     finetune_batch: int = option(16, "Batch size of the fine-tunes.")
+    # XNNPACK has no int8 average pool; as depthwise convolutions the pools are fast but round differently on
+    # x86 and aarch64 (1 output step per pool, measured under QEMU), which the golden set's 2-step rule can catch
+    int8_pools: str = option("builtin", "How full-integer TFLite models run their stride-1 average pools: builtin "
+                                        "(TFLite's kernel; int8 outputs bit-identical on x86 and aarch64) | "
+                                        "depthwise (depthwise convolutions: 1.5-2x faster int8 on LiteRT, outputs "
+                                        "differ by a step or two between processors; optimize/pooling.py).")
     max_f1_drop: float = option(0.01, "Budget: F1 drop against the parent.")
     max_recall_drop: float = option(0.01, "Budget: sensitivity drop against the parent.")
     keep_failing: bool = option(False, "Exit 0 even when a variant is over budget (it stays marked failed).")
@@ -75,7 +81,7 @@ class OptimizeOptions:
               "prune_lr": (1e-8, 1.0), "qat_steps": (0, 10**6), "qat_lr": (1e-8, 1.0), "resize_steps": (0, 10**6),
               "resize_lr": (1e-8, 1.0), "finetune_batch": (1, 4096), "max_f1_drop": (0.0, 1.0),
               "max_recall_drop": (0.0, 1.0), "threads": (0, 256)}
-    CHOICES = {"io": IO_TYPES, "gate": ("point", "ci")}
+    CHOICES = {"io": IO_TYPES, "gate": ("point", "ci"), "int8_pools": ("builtin", "depthwise")}
 
     def validate(self) -> "OptimizeOptions":
         """Check ranges and variant names; raises OptimizeError naming the option."""

@@ -160,3 +160,24 @@ def test_qat_keeps_the_order_of_mixed_concat_inputs(synth_arrays):
     ref, got = concat(model).predict(xs[:8], verbose=0), concat(qat).predict(xs[:8], verbose=0)
     rel = np.abs(ref - got).mean() / np.abs(ref).mean()
     assert rel < 0.05, f"fake-quantized concat differs by {rel:.2f} of its magnitude (inputs permuted?)"
+
+
+def test_int8_pools_depthwise_is_asked_for_and_recorded(parent, all_variants, tmp_path):
+    """--int8-pools depthwise (optimize.pooling): the int8 file has no AVERAGE_POOL_2D and its card names the
+    rewrite; the default keeps TFLite's pool (bit-identical on x86 and aarch64) and names none."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from leukedge.optimize.convert import INT8_REWRITES
+
+    def ops(path):
+        return [op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()]
+
+    default_out, _ = all_variants
+    out = tmp_path / "opt"
+    optimize(parent, out, OptimizeOptions(variants=("int8",), int8_pools="depthwise", max_f1_drop=1.0,
+                                          max_recall_drop=1.0, **FAST))
+    assert "AVERAGE_POOL_2D" in ops(default_out / "int8.tflite")
+    assert "AVERAGE_POOL_2D" not in ops(out / "int8.tflite") and "DEPTHWISE_CONV_2D" in ops(out / "int8.tflite")
+    card = Classifier.load(out / "int8.tflite").card
+    assert card.provenance["variant"]["graph_rewrites"] == list(INT8_REWRITES)
+    assert Classifier.load(default_out / "int8.tflite").card.provenance["variant"]["graph_rewrites"] == []

@@ -50,6 +50,45 @@ def test_rewrite_is_float_exact_and_leaves_other_layers_alone():
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
+def test_a_pool_feeding_only_a_pointwise_conv_swaps_with_it():
+    """pool -> linear 1x1 conv -> BatchNorm commute: the rewritten model pools the BatchNorm's output (the conv's
+    fewer channels), before the ReLU, which does not commute."""
+    from leukedge.optimize.pooling import pools_as_depthwise
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((9, 9, 16))
+    p = keras.layers.AveragePooling2D(3, strides=1, padding="same", name="pool")(inp)
+    c = keras.layers.Conv2D(4, 1, use_bias=True, name="pw")(p)  # a bias commutes too: the pool averages constants to themselves
+    y = keras.layers.ReLU(name="relu")(keras.layers.BatchNormalization(name="bn")(c))
+    shared = keras.layers.AveragePooling2D(3, strides=1, padding="same", name="pool_shared")(inp)
+    z = keras.layers.Concatenate()([keras.layers.Conv2D(4, 1, name="a")(shared), keras.layers.Conv2D(4, 1, name="b")(shared)])
+    m = keras.Model(inp, [y, z])
+    m.get_layer("bn").set_weights([w + np.random.default_rng(0).uniform(0.5, 1.5, w.shape).astype("float32")
+                                   for w in m.get_layer("bn").get_weights()])
+    r = pools_as_depthwise(m)
+    assert r.get_layer("pw").input.shape[-1] == 16 and r.get_layer("pool").input.shape[-1] == 4  # swapped
+    assert r.get_layer("bn").input is r.get_layer("pw").output  # the converter can still fold the BatchNorm
+    assert r.get_layer("pool").input is r.get_layer("bn").output and r.get_layer("relu").input is r.get_layer("pool").output
+    assert r.get_layer("pool_shared").input.shape[-1] == 16  # two consumers: stays in front
+    x = np.random.default_rng(4).normal(size=(2, 9, 9, 16)).astype("float32")
+    for got, want in zip(r(x), m(x)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_nested_model_is_flattened_and_rewritten():
+    from leukedge.optimize.pooling import count_rewritable_pools, pools_as_depthwise
+
+    inner_in = keras.Input((8, 8, 6))
+    inner = keras.Model(inner_in, keras.layers.Conv2D(3, 1, name="pw")(
+        keras.layers.AveragePooling2D(3, strides=1, padding="same", name="pool")(inner_in)), name="inner")
+    inp = keras.Input((8, 8, 6))
+    m = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(inner(inp)))
+    r = pools_as_depthwise(m)
+    assert count_rewritable_pools(r) == 0 and not any(isinstance(layer, keras.Model) for layer in r.layers)
+    x = np.random.default_rng(5).normal(size=(2, 8, 8, 6)).astype("float32")
+    np.testing.assert_allclose(r(x).numpy(), m(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_model_without_pools_is_returned_as_is():
     from leukedge.optimize.pooling import pools_as_depthwise
 
@@ -90,8 +129,8 @@ def test_int8_conversion_has_no_average_pool_and_matches_float():
     y = keras.layers.GlobalAveragePooling2D()(keras.layers.Concatenate()([a, b]))
     m = keras.Model(inp, keras.layers.Dense(2)(y))
     calib = np.random.default_rng(2).uniform(-1, 1, size=(16, 12, 12, 3)).astype("float32")
-    fast = to_tflite(m, "int8", representative_from(calib), io="float32")
-    plain = to_tflite(m, "int8", representative_from(calib), io="float32", pools_as_depthwise=False)
+    fast = to_tflite(m, "int8", representative_from(calib), io="float32", pools_as_depthwise=True)
+    plain = to_tflite(m, "int8", representative_from(calib), io="float32")  # the default keeps TFLite's pool
     assert "AVERAGE_POOL_2D" not in _op_names(fast) and "DEPTHWISE_CONV_2D" in _op_names(fast)
     assert "AVERAGE_POOL_2D" in _op_names(plain)
     want = m(calib[:4]).numpy()
