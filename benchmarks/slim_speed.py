@@ -34,8 +34,9 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (name, share of MACs kept by channel pruning or None, input size[, average pools as depthwise convolutions]):
-# int8 at 224 px is the baseline. "int8-avgpool" is int8 converted without the pooling rewrite
-# (optimize.pooling): XNNPACK has no int8 average pool, and this row shows what that cost.
+# int8 at 224 px is the baseline. Every row is converted with optimize --int8-pools depthwise (optimize.pooling)
+# except "int8-avgpool", int8 as optimize converts it by default (TFLite's own average pool, outside XNNPACK):
+# this row shows what the pools cost.
 DEFAULT_VARIANTS = (("int8", None, 224), ("int8-avgpool", None, 224, False), ("slim60-int8", 0.60, 224),
                     ("slim50-int8", 0.50, 224),
                     ("slim40-int8", 0.40, 224), ("slim30-int8", 0.30, 224), ("int8@160", None, 160),
@@ -214,8 +215,9 @@ def markdown(result: dict) -> str:
     lines = [f"# Slim (channel-pruned) int8 against int8: LiteRT speed on {m['cpu']}", "",
              f"CPU: {m['cpu']} ({m['usable_cores']} usable cores; flags: {', '.join(result['cpu_flags']) or 'n/a'}). "
              f"Runtime: {result['rows'][0].get('runtime')}. Model: InceptionV3 with random weights + Dense(2), "
-             f"full-integer int8 (optimize.convert: average pools as depthwise convolutions, except `int8-avgpool`, "
-             f"converted without that rewrite). Medians of {result['runs']} rounds alternating every model and "
+             f"full-integer int8 (optimize.convert with average pools as depthwise convolutions, `--int8-pools "
+             f"depthwise`, except `int8-avgpool`: optimize's default conversion). "
+             f"Medians of {result['runs']} rounds alternating every model and "
              f"thread count; "
              f"speed-up against `int8` at 224 px measured in the same run. {result['when']}.", "",
              "| variant | px | GMAC | M params | MB | " + " | ".join(
