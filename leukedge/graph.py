@@ -87,14 +87,15 @@ def flatten(model):
                   "same weights, outputs unchanged)"]
 
 
-def rebuild(config: dict, error: type[Exception], what: str):
-    """A new tf-keras functional model from `config` (a Model.get_config() dict a surgery edited).
+def rebuild(config: dict, error: type[Exception], what: str, custom_objects: dict | None = None):
+    """A new tf-keras functional model from `config` (a Model.get_config() dict a surgery edited); custom_objects:
+    layer classes the config names that Keras does not know.
 
     Keras raises many exception types for a config it cannot rebuild; every one becomes `error` with one line:
     "cannot rebuild <what>: <type>: <Keras's first line, 200 characters at most>"."""
     tf = tensorflow()
     try:
-        return tf.keras.Model.from_config(config)
+        return tf.keras.Model.from_config(config, custom_objects=custom_objects)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a config it cannot rebuild
         raise error(f"cannot rebuild {what}: {type(exc).__name__}: "
                     f"{(str(exc).splitlines() or [''])[0][:200]}") from None

@@ -158,13 +158,12 @@ def pools_as_depthwise(model):
     model: a tf-keras Functional model (a nested one is flattened first: leukedge.graph.flatten); any other model
     is returned as it is. Returns `model` itself when it has no such pool. Raises ValueError for a pool with a
     dynamic spatial size (the rewrite needs the border map)."""
-    from leukedge.graph import flatten, is_nested
+    from leukedge.graph import flatten, is_nested, rebuild
 
     if is_nested(model):
         model, _ = flatten(model)
     if not count_rewritable_pools(model):
         return model
-    tf = tensorflow()
     config = model.get_config()
     if "layers" not in config or "output_layers" not in config:
         return model
@@ -180,13 +179,8 @@ def pools_as_depthwise(model):
         pool["config"] = {"name": pool["name"], "trainable": pool["config"].get("trainable", True),
                           "dtype": pool["config"].get("dtype", "float32"),
                           "pool_size": int(model.get_layer(pool["name"]).pool_size[0])}
-    try:
-        copy = tf.keras.Model.from_config(config, custom_objects={"DepthwiseAveragePool": layer_cls})
-    except ValueError as exc:
-        if "static height" in str(exc):
-            raise
-        raise ValueError(f"cannot rewrite the average pools of {model.name!r}: {(str(exc).splitlines() or [''])[0]}"
-                         ) from None
+    copy = rebuild(config, ValueError, f"{model.name!r} with its average pools as depthwise convolutions",
+                   custom_objects={"DepthwiseAveragePool": layer_cls})
     for layer in copy.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
