@@ -33,15 +33,19 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# (name, share of MACs kept by channel pruning or None, input size[, average pools as depthwise convolutions]):
-# int8 at 224 px is the baseline. Every row is converted with optimize --int8-pools depthwise (optimize.pooling)
-# except "int8-avgpool", int8 as optimize converts it by default (TFLite's own average pool, outside XNNPACK):
-# this row shows what the pools cost.
+# (name, share of MACs kept by channel pruning or None, input size[, average pools as depthwise convolutions
+# [, channel tile]]): int8 at 224 px is the baseline. Every row is converted with optimize --int8-pools depthwise
+# (optimize.pooling) except "int8-avgpool", int8 as optimize converts it by default (TFLite's own average pool,
+# outside XNNPACK): this row shows what the pools cost. Rows named ".tN" are planned for a processor whose int8
+# kernel computes N output channels at a time (optimize --channel-tile N; 64: AMX), the others with the
+# portable rounding (--channel-tile none).
 DEFAULT_VARIANTS = (("int8", None, 224), ("int8-avgpool", None, 224, False), ("slim60-int8", 0.60, 224),
                     ("slim50-int8", 0.50, 224),
                     ("slim40-int8", 0.40, 224), ("slim30-int8", 0.30, 224), ("int8@160", None, 160),
                     ("slim60-int8@160", 0.60, 160), ("slim50-int8@160", 0.50, 160), ("slim40-int8@160", 0.40, 160),
-                    ("slim60-int8@192", 0.60, 192), ("slim50-int8@192", 0.50, 192))
+                    ("slim60-int8@192", 0.60, 192), ("slim50-int8@192", 0.50, 192),
+                    ("slim60-int8.t64", 0.60, 224, True, 64), ("slim50-int8.t64", 0.50, 224, True, 64),
+                    ("slim60-int8@160.t64", 0.60, 160, True, 64), ("slim50-int8@160.t64", 0.50, 160, True, 64))
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_tile",
              "asimd", "asimddp", "i8mm", "sve")
 
@@ -73,7 +77,7 @@ def reference_model(size: int, seed: int = 0):
 
 def build(work: Path, variants, seed: int = 0) -> list[dict]:
     """Convert each variant to int8 TFLite in `work` (reusing files already there). Returns one dict each:
-    {"variant", "file", "input_size", "macs", "params", "macs_kept", "width", "bytes"}."""
+    {"variant", "file", "input_size", "tile", "macs", "params", "macs_kept", "width", "bytes"}."""
     from leukedge.optimize.channels import at_size, count_macs, count_params, slim
     from leukedge.optimize.convert import INT8_REWRITES, representative_from, to_tflite
 
@@ -82,25 +86,26 @@ def build(work: Path, variants, seed: int = 0) -> list[dict]:
     rows = []
     for name, share, size, *flags in variants:
         rewrite = flags[0] if flags else True
+        tile = flags[1] if len(flags) > 1 else 0
         rewrites = list(INT8_REWRITES) if rewrite else []
         path = work / f"{name}.tflite"
         meta_path = work / f"{name}.json"
         if path.exists() and meta_path.exists():
             meta = json.loads(meta_path.read_text())
-            if meta.get("graph_rewrites", []) == rewrites:  # a file converted the same way
+            if meta.get("graph_rewrites", []) == rewrites and meta.get("tile", 0) == tile:  # converted the same way
                 rows.append(meta)
                 continue
         if parent is None:
             parent = reference_model(224, seed)
         model, info = parent, {"macs_kept": 1.0, "width": 1.0}
         if share is not None:
-            model, report = slim(parent, share, "l1")
+            model, report = slim(parent, share, "l1", tile=tile)
             info = {"macs_kept": report["macs_kept"], "width": report["width"]}
         model = at_size(model, size)
         calib = np.random.default_rng(seed).normal(0, 1, (16, size, size, 3)).astype(np.float32)
         t0 = time.perf_counter()
         path.write_bytes(to_tflite(model, "int8", representative_from(calib), pools_as_depthwise=rewrite))
-        row = {"variant": name, "file": path.name, "input_size": size, "graph_rewrites": rewrites,
+        row = {"variant": name, "file": path.name, "input_size": size, "tile": tile, "graph_rewrites": rewrites,
                "macs": count_macs(model),
                "params": count_params(model), **info, "bytes": path.stat().st_size,
                "convert_seconds": round(time.perf_counter() - t0, 1)}
@@ -143,6 +148,48 @@ def time_models(work: Path, rows: list[dict], threads: list[int], runs: int, war
                            "runs": len(ms), "ns_per_mac": round(med * 1e6 / row["macs"], 4)}
 
 
+PROBE_FILTERS = (8, 16, 24, 32, 48, 64, 80, 96, 128, 192)
+
+
+def tile_probe(work: Path, runs: int, threads: int = 1, size: int = 111, channels: int = 32) -> dict:
+    """The int8 channel tile of this processor, measured: one 3x3 int8 convolution at each filter count.
+
+    A model of one Conv2D(N, 3) + ReLU on a `size` x `size` x `channels` input (InceptionV3's second
+    layer at 224 px), N in PROBE_FILTERS, converted full-integer and timed by LiteRT at `threads`
+    (alternating, `runs` rounds, medians). Where the time stays flat over several counts and then steps,
+    the step is the tile (64 with AMX, 16 with AVX-512 VNNI: edge.machine.int8_channel_tile).
+    Returns {"input": [size, size, channels], "threads", "ms": {N: median ms}, "tile_expected": int}.
+    """
+    from leukedge.edge.machine import int8_channel_tile
+    from leukedge.edge.runtime_tflite import open_interpreter
+    from leukedge.optimize.convert import representative_from, to_tflite
+    from leukedge.tfcompat import tensorflow
+
+    tf = tensorflow()
+    work.mkdir(parents=True, exist_ok=True)
+    calib = np.random.default_rng(0).normal(0, 1, (8, size, size, channels)).astype(np.float32)
+    interps = {}
+    for n in PROBE_FILTERS:
+        path = work / f"probe-c{channels}-s{size}-n{n}.tflite"
+        if not path.exists():
+            x = tf.keras.Input((size, size, channels))
+            model = tf.keras.Model(x, tf.keras.layers.Conv2D(n, 3, activation="relu")(x))
+            path.write_bytes(to_tflite(model, "int8", representative_from(calib)))
+        interp, _ = open_interpreter(path, threads=threads)
+        inp = interp.get_input_details()[0]
+        interp.set_tensor(inp["index"], np.random.default_rng(1).integers(-128, 128, inp["shape"]).astype(inp["dtype"]))
+        for _ in range(5):
+            interp.invoke()
+        interps[n] = (interp, [])
+    for _ in range(runs):
+        for interp, ms in interps.values():
+            t0 = time.perf_counter()
+            interp.invoke()
+            ms.append((time.perf_counter() - t0) * 1e3)
+    return {"input": [size, size, channels], "threads": threads, "tile_expected": int8_channel_tile(),
+            "ms": {str(n): round(statistics.median(ms), 3) for n, (_, ms) in interps.items()}}
+
+
 def summarize(rows: list[dict], threads: list[int]) -> None:
     """Adds "speedup_<t>t" (baseline median / variant median, baseline = the first row) to each row."""
     base = rows[0]
@@ -161,7 +208,8 @@ def fit_fixed_cost(rows: list[dict], threads: list[int], size: int = 224) -> dic
     "ms_per_gmac"}} (empty when fewer than 3 variants are at `size`).
     """
     rewrites = rows[0].get("graph_rewrites", [])  # the baseline's conversion: compare like with like
-    at = [r for r in rows if r["input_size"] == size and r.get("graph_rewrites", []) == rewrites]
+    at = [r for r in rows if r["input_size"] == size and r.get("graph_rewrites", []) == rewrites
+          and not r.get("tile")]
     if len(at) < 3:
         return {}
     g = np.array([r["macs"] / 1e9 for r in at])
@@ -220,22 +268,31 @@ def markdown(result: dict) -> str:
              f"Medians of {result['runs']} rounds alternating every model and "
              f"thread count; "
              f"speed-up against `int8` at 224 px measured in the same run. {result['when']}.", "",
-             "| variant | px | GMAC | M params | MB | " + " | ".join(
+             "| variant | tile | px | GMAC | M params | MB | " + " | ".join(
                  f"{t} thr ms (IQR) | x int8 | ns/MAC" for t in ts) + " |",
-             "|---|---:|---:|---:|---:|" + "---:|---:|---:|" * len(ts)]
+             "|---|---:|---:|---:|---:|---:|" + "---:|---:|---:|" * len(ts)]
     for r in result["rows"]:
         cells = []
         for t in ts:
             s = r[f"ms_{t}t"]
             cells += [f"{s['median']:.2f} ({s['q1']:.2f}-{s['q3']:.2f})", f"{r[f'speedup_{t}t']:.2f}",
                       f"{s['ns_per_mac']:.3f}"]
-        lines.append(f"| {r['variant']} | {r['input_size']} | {r['macs'] / 1e9:.2f} | {r['params'] / 1e6:.2f} | "
+        lines.append(f"| {r['variant']} | {r.get('tile') or '-'} | {r['input_size']} | {r['macs'] / 1e9:.2f} | "
+                     f"{r['params'] / 1e6:.2f} | "
                      f"{r['bytes'] / 1e6:.1f} | " + " | ".join(cells) + " |")
     fits = result.get("fit_224") or {}
     if fits:
         lines += ["", "Fit over the 224 px variants, ms = fixed + slope x GMAC: " + "; ".join(
             f"{t} thread(s): {f['fixed_ms']:.2f} ms + {f['ms_per_gmac']:.2f} ms/GMAC" for t, f in fits.items())
-            + ". The fixed part does not shrink with channel pruning and caps its speed-up at 224 px."]
+            + " (rows with the portable rounding only). On a processor whose int8 kernel tile is wider than the "
+            "portable rounding (AMX: 64 channels), most of this fixed part is layers whose kept filters still fill "
+            "the same tiles; the `tile` rows are planned for the tile (optimize --channel-tile)."]
+    probe = result.get("tile_probe")
+    if probe:
+        lines += ["", f"Tile probe: one int8 3x3 convolution on {'x'.join(map(str, probe['input']))}, "
+                  f"{probe['threads']} thread, median ms by filter count (time flat within a tile, stepping "
+                  f"between tiles; edge.machine.int8_channel_tile says {probe['tile_expected']} here): "
+                  + ", ".join(f"{n}: {ms:.3f}" for n, ms in probe["ms"].items()) + "."]
     lines += ["", "Targets (issue 23): a slim variant at 224 px >= 1.6x the int8 speed at 1 and 2 threads; with a "
               "smaller input >= 3x. " + "; ".join(result["verdicts"]) + "."]
     return "\n".join(lines) + "\n"
@@ -269,7 +326,8 @@ def main(argv=None) -> int:
         verdicts.append(f"{label} >= {target}x at every thread count: " + (", ".join(ok) if ok else "none"))
     result = {"schema": "leukedge.slim-speed", "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine_info(), "cpu_flags": cpu_flags(), "runs": args.runs, "threads": threads,
-              "rows": rows, "verdicts": verdicts, "fit_224": fit_fixed_cost(rows, threads)}
+              "rows": rows, "verdicts": verdicts, "fit_224": fit_fixed_cost(rows, threads),
+              "tile_probe": tile_probe(args.work, args.runs)}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))
     plot(result, args.out.with_suffix(".png"))

@@ -110,6 +110,32 @@ def isa_summary(features: dict[str, bool], caps: dict[str, str] | None = None) -
     return text
 
 
+# Output-channel tile of the int8 convolution kernel XNNPACK (LiteRT's CPU delegate) picks on each
+# processor class: a convolution costs by whole tiles of output channels, so channel pruning only
+# saves time where a layer's filter count drops past a multiple of the tile. Measured on Intel Xeon
+# (Sapphire Rapids), ai-edge-litert 2.3, one 3x3 int8 conv at 109x109 px: time flat from 8 to 64
+# filters and stepping at 128, 192 with AMX (xnn_qs8_qc8w_igemm_..._16x64c4__avx512amx); stepping every
+# 16 filters with AMX withheld (..._7x16c8__avx512vnni) (benchmarks/results/slim-speed.md). AVX2 and
+# Arm entries follow the kernels XNNPACK's gemm config selects for them (4x8c8 AVX2; 2x8c8 NEON
+# mlal on Cortex-A72, Pi 4; 4x16c4 NEON dot-product on Cortex-A76, Pi 5), not measured here.
+INT8_CHANNEL_TILES = (("amx_int8", 64), ("avx512_vnni", 16), ("avx512bw", 16), ("dotprod", 16), ("i8mm", 16))
+DEFAULT_INT8_CHANNEL_TILE = 8  # AVX2, AVX-VNNI, NEON without the dot-product instructions
+
+
+def int8_channel_tile(features: dict[str, bool] | None = None) -> int:
+    """Output channels per tile of XNNPACK's int8 convolution on a processor with `features`.
+
+    features: isa_features() of the processor (None: this machine's, from machine_record()).
+    Returns 64 (AMX), 16 (AVX-512, Arm dot-product or i8mm) or 8 (AVX2, plain NEON, anything else):
+    the first match in INT8_CHANNEL_TILES (where the figures come from: see there). Never raises.
+    """
+    f = machine_record()["isa"] if features is None else features
+    for flag, tile in INT8_CHANNEL_TILES:
+        if f.get(flag):
+            return tile
+    return DEFAULT_INT8_CHANNEL_TILE
+
+
 def isa_caps(environ: dict | None = None) -> dict[str, str]:
     """The ISA-cap variables set in the environment ({} when none): a figure measured under them is not native."""
     env = os.environ if environ is None else environ

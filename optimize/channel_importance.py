@@ -23,6 +23,11 @@ DEFAULT_CRITERION = "taylor"
 # (e.g. qs8-qc8w-gemm 4x8c8 on AVX2 and NEON, 16-wide on AVX512), so a count just past a multiple
 # of 8 pays for a mostly empty tile. Smaller convolutions keep any count.
 ALIGN = 8
+# On a processor with a wider tile this is not enough: with AMX (Sapphire Rapids) XNNPACK's int8 kernel
+# computes 64 output channels at a time, so 32, 40 or 64 filters all cost one tile and the stem of
+# InceptionV3 (32, 32, 64 filters) does not get faster whatever is removed (benchmarks/results/
+# slim-speed.md). plan(..., tile=N) plans for such a processor: see _kept_count and
+# leukedge.edge.machine.int8_channel_tile.
 
 
 def importance(graph: ChannelGraph, criterion: str = DEFAULT_CRITERION, images: np.ndarray | None = None,
@@ -123,20 +128,36 @@ class ChannelPlan:
     align: int
     allocation: str = "uniform"
     notes: list[str] = field(default_factory=list)
+    tile: int = 0
 
     @property
     def macs_kept(self) -> float:
         return self.macs / self.macs_before if self.macs_before else 1.0
 
 
-def _kept_count(width: float, filters: int, align: int) -> int:
-    """round(width * filters) to a multiple of `align` (when filters >= 4 * align), at least one tile (or 1)."""
+def _kept_count(width: float, filters: int, align: int, tile: int = 0) -> int:
+    """Filters a convolution with `filters` keeps at uniform width `width`.
+
+    Without a tile (tile=0): round(width * filters) to a multiple of `align` when filters >= 4 * align
+    (narrower convolutions keep any count), at least one multiple (or 1).
+    With a tile (tile > 0, a processor's int8 kernel tile): a convolution with at most `tile` filters
+    keeps them all (it costs one tile whatever it keeps, so removing filters would cost accuracy and
+    save no time); a wider one keeps the count nearest width * filters among the whole tiles below its
+    filter count and the filter count itself (ties: the larger), so at width 1 it keeps every filter.
+    """
+    if tile > 0:
+        if filters <= tile:
+            return int(filters)
+        target = width * filters
+        candidates = list(range(tile, filters, tile)) + [filters]
+        return int(min(candidates, key=lambda c: (abs(c - target), -c)))
     q = align if align > 1 and filters >= 4 * align else 1
     k = int(round(width * filters / q)) * q
     return int(min(filters, max(q, k)))
 
 
-def plan(graph: ChannelGraph, macs_kept: float, scores: dict[str, np.ndarray], align: int = ALIGN) -> ChannelPlan:
+def plan(graph: ChannelGraph, macs_kept: float, scores: dict[str, np.ndarray], align: int = ALIGN,
+         tile: int = 0) -> ChannelPlan:
     """The filters to keep so the model keeps at most `macs_kept` of its multiply-accumulates.
 
     Allocation "uniform": every prunable convolution keeps the same share w of its filters (rounded
@@ -146,6 +167,9 @@ def plan(graph: ChannelGraph, macs_kept: float, scores: dict[str, np.ndarray], a
     choice of *which* filters to the criterion's scores: each convolution keeps its highest-scoring ones.
 
     macs_kept: share in (0, 1]; 1.0 keeps every filter. scores: importance() output. align: see ALIGN.
+    tile: 0, or the output-channel tile of the processor the model is for (edge.machine.int8_channel_tile:
+    64 with AMX, 16 with AVX-512 or Arm dot-product, 8 otherwise); counts then follow _kept_count's tile
+    rule, so the MACs kept may fall well below `macs_kept` where one more tile would exceed it.
     Returns a ChannelPlan. Raises ChannelError when the share is out of range or cannot be reached
     (too much of the model's work lies in layers that cannot be pruned).
     """
@@ -155,7 +179,7 @@ def plan(graph: ChannelGraph, macs_kept: float, scores: dict[str, np.ndarray], a
     budget = macs_kept * before
 
     def counts(width: float) -> dict[str, int]:
-        return {c: _kept_count(width, graph.filters[c], align) for c in graph.prunable}
+        return {c: _kept_count(width, graph.filters[c], align, tile) for c in graph.prunable}
 
     if macs_kept >= 1.0:
         width = 1.0
@@ -183,4 +207,4 @@ def plan(graph: ChannelGraph, macs_kept: float, scores: dict[str, np.ndarray], a
         # stable: ties keep the lower index (so equal scores still give a deterministic plan)
         top = np.argsort(-s, kind="stable")[: chosen[conv]]
         keep[conv] = np.sort(top)
-    return ChannelPlan(keep, width, macs, before, macs_kept, align)
+    return ChannelPlan(keep, width, macs, before, macs_kept, align, tile=tile)

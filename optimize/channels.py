@@ -54,22 +54,23 @@ from .channel_graph import (  # noqa: F401 - re-exported: leukedge.optimize.chan
 from .channel_importance import ALIGN, CRITERIA, DEFAULT_CRITERION, ChannelPlan, importance, plan  # noqa: F401
 from .channel_surgery import apply_plan  # noqa: F401
 
-__all__ = ["ALIGN", "CRITERIA", "DEFAULT_CRITERION", "ChannelError", "ChannelGraph", "ChannelPlan", "Segments",
-           "apply_plan", "at_size", "build_slim", "channel_graph", "count_macs", "count_params", "importance",
-           "plan", "slim", "slim_model"]
+__all__ = ["ALIGN", "CHANNEL_TILES", "CRITERIA", "DEFAULT_CRITERION", "ChannelError", "ChannelGraph", "ChannelPlan",
+           "Segments", "apply_plan", "at_size", "build_slim", "channel_graph", "channel_tile_for", "count_macs",
+           "count_params", "importance", "plan", "slim", "slim_model"]
 
 
 # -- all steps ----------------------------------------------------------------------------------------
 
 def slim(model, macs_kept: float, criterion: str = DEFAULT_CRITERION, images: np.ndarray | None = None,
          labels: np.ndarray | None = None, output: str = "probabilities", align: int = ALIGN,
-         scores: dict[str, np.ndarray] | None = None):
+         scores: dict[str, np.ndarray] | None = None, tile: int = 0):
     """A thinner copy of `model` keeping at most `macs_kept` of its multiply-accumulates, and a report.
 
     model: a tf-keras model (a nested one is flattened first: leukedge.graph.flatten).
     macs_kept: share in (0, 1]; criterion, images, labels, output: see importance(); scores: reuse
-    scores computed before for the same model (then criterion is only recorded).
-    Returns (model, report) with report = {"criterion", "allocation", "align", "width", "macs_kept_target",
+    scores computed before for the same model (then criterion is only recorded). align, tile: how kept
+    filter counts are rounded (plan(); tile: the target processor's int8 channel tile, 0 for none).
+    Returns (model, report) with report = {"criterion", "allocation", "align", "tile", "width", "macs_kept_target",
     "macs_kept", "macs_before", "macs", "params_before", "params", "convolutions_pruned",
     "convolutions_frozen", "filters_before", "filters", "seconds"}; MACs at the model's input size.
     Raises ChannelError (see channel_graph, importance, plan).
@@ -81,10 +82,11 @@ def slim(model, macs_kept: float, criterion: str = DEFAULT_CRITERION, images: np
     graph = channel_graph(flat)
     if scores is None:
         scores = importance(graph, criterion, images, labels, output)
-    p = plan(graph, macs_kept, scores, align)
+    p = plan(graph, macs_kept, scores, align, tile)
     thin = apply_plan(graph, p.keep)
     report = {
-        "criterion": criterion, "allocation": p.allocation, "align": p.align, "width": round(p.width, 4),
+        "criterion": criterion, "allocation": p.allocation, "align": p.align, "tile": p.tile,
+        "width": round(p.width, 4),
         "macs_kept_target": macs_kept, "macs_kept": round(p.macs_kept, 4), "macs_before": p.macs_before,
         "macs": count_macs(thin), "params_before": count_params(flat), "params": count_params(thin),
         "convolutions_pruned": sum(1 for c in graph.prunable if len(p.keep[c]) < graph.filters[c]),
@@ -116,6 +118,28 @@ def at_size(model, size: int):
 
 # -- the optimize step's builder ------------------------------------------------------------------------
 
+CHANNEL_TILES = ("none", "auto", "8", "16", "32", "64")
+
+
+def channel_tile_for(option: str) -> int:
+    """The channel tile optimize's `--channel-tile` option names, as plan()'s `tile` argument.
+
+    option: "none" (0: the portable rounding, ALIGN), "auto" (this machine's processor:
+    leukedge.edge.machine.int8_channel_tile - right when the model will run on the same class of
+    processor that optimizes it), or a tile in channels ("8", "16", "32", "64").
+    Raises ChannelError for any other value.
+    """
+    if option == "none":
+        return 0
+    if option == "auto":
+        from leukedge.edge.machine import int8_channel_tile
+
+        return int8_channel_tile()
+    if option in CHANNEL_TILES:
+        return int(option)
+    raise ChannelError(f"channel tile {option!r}: choose from {', '.join(CHANNEL_TILES)}")
+
+
 def _calibration_labels(ctx) -> np.ndarray:
     """Class indices, in the parent's output order, of ctx's calibration samples (dataset order -> card order)."""
     remap = [list(ctx.card.labels).index(name) for name in ctx.ds_labels]
@@ -128,11 +152,13 @@ def slim_model(ctx, macs_kept: float, size: int | None = None, criterion: str = 
     Filters are chosen once per share at the parent's size (scores on the calibration images, once per
     criterion); the thin model is then moved to `size` and recovered there against the parent at its
     own size. ctx: optimize.builders.BuildContext; its options' prune_steps / prune_lr set the recovery's
-    steps and peak learning rate. Returns (tf-keras model, info dict for the card).
+    steps and peak learning rate, channel_tile the processor tile the counts are rounded to
+    (channel_tile_for). Returns (tf-keras model, info dict for the card).
     """
     parent_size = ctx.card.preprocessing.size
     size = size or parent_size
-    key = ("slim", macs_kept, size, criterion)
+    tile = channel_tile_for(getattr(ctx.opts, "channel_tile", "none"))
+    key = ("slim", macs_kept, size, criterion, tile)
     if key in ctx.cache:
         return ctx.cache[key]
     from .recover import recover_in_context
@@ -147,7 +173,7 @@ def slim_model(ctx, macs_kept: float, size: int | None = None, criterion: str = 
                             _calibration_labels(ctx) if criterion == "taylor" else None, output=ctx.card.output)
         ctx.cache[skey] = (scores, round(time.perf_counter() - t0, 1))
     scores, score_s = ctx.cache[skey]
-    thin, report = slim(ctx.model, macs_kept, criterion, scores=scores)
+    thin, report = slim(ctx.model, macs_kept, criterion, scores=scores, tile=tile)
     report["importance"] = {"criterion": criterion, "images": len(ctx.calib_samples) if criterion == "taylor" else 0,
                             "source": "the calibration set" if criterion == "taylor" else "weights only",
                             "seconds": score_s}

@@ -30,6 +30,7 @@ from leukedge.tfcompat import load_keras_model
 
 from . import builders as _builders  # noqa: F401 - registers the builders in BUILDERS
 from .builders import BuildContext
+from .channels import CHANNEL_TILES
 from .convert import IO_TYPES
 from .measure import MIN_VALIDATION, OptimizeError, VariantPlan, measure_variant, parent_reference
 from .variants import BUILDERS, DEFAULT_VARIANTS, VariantError, resolve
@@ -65,6 +66,12 @@ class OptimizeOptions:
                                         "(TFLite's kernel; int8 outputs bit-identical on x86 and aarch64) | "
                                         "depthwise (depthwise convolutions: 1.5-2x faster int8 on LiteRT, outputs "
                                         "differ by a step or two between processors; optimize/pooling.py).")
+    # XNNPACK's int8 convolution costs by whole tiles of output channels (64 with AMX, 16 with AVX-512 or Arm
+    # dot-product, 8 on AVX2 and the Pi 4's Cortex-A72): leukedge.edge.machine.int8_channel_tile
+    channel_tile: str = option("none", "slimNN rows: round each convolution's kept filters for this processor's int8 "
+                                       "kernel tile: none (multiples of 8 where a layer has 32 or more: portable) | auto "
+                                       "(the processor optimize runs on) | 8 | 16 | 32 | 64 (e.g. 64 for a Xeon with "
+                                       "AMX). Layers within one tile keep all their filters.")
     max_f1_drop: float = option(0.01, "Budget: F1 drop against the parent.")
     max_recall_drop: float = option(0.01, "Budget: sensitivity drop against the parent.")
     keep_failing: bool = option(False, "Exit 0 even when a variant is over budget (it stays marked failed).")
@@ -81,7 +88,8 @@ class OptimizeOptions:
               "prune_lr": (1e-8, 1.0), "qat_steps": (0, 10**6), "qat_lr": (1e-8, 1.0), "resize_steps": (0, 10**6),
               "resize_lr": (1e-8, 1.0), "finetune_batch": (1, 4096), "max_f1_drop": (0.0, 1.0),
               "max_recall_drop": (0.0, 1.0), "threads": (0, 256)}
-    CHOICES = {"io": IO_TYPES, "gate": ("point", "ci"), "int8_pools": ("builtin", "depthwise")}
+    CHOICES = {"io": IO_TYPES, "gate": ("point", "ci"), "int8_pools": ("builtin", "depthwise"),
+               "channel_tile": CHANNEL_TILES}
 
     def validate(self) -> "OptimizeOptions":
         """Check ranges and variant names; raises OptimizeError naming the option."""

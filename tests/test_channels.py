@@ -151,6 +151,62 @@ def test_align_rounds_kept_counts_of_wide_convolutions():
     assert _kept_count(1.0, 48, 8) == 48
 
 
+def test_tile_rule_keeps_one_tile_layers_whole_and_rounds_wider_ones_to_whole_tiles():
+    """--channel-tile N (optimize.channel_importance._kept_count): a layer of at most N filters costs one tile
+    whatever it keeps, so it keeps all; a wider one keeps whole tiles (at least one, at most every filter)."""
+    from leukedge.optimize.channel_importance import _kept_count
+
+    assert _kept_count(0.5, 32, 8, tile=64) == 32 and _kept_count(0.01, 64, 8, tile=64) == 64
+    assert _kept_count(0.5, 192, 8, tile=64) == 128 and _kept_count(0.3, 192, 8, tile=64) == 64
+    assert _kept_count(0.01, 384, 8, tile=64) == 64  # at least one tile
+    assert _kept_count(0.6, 80, 8, tile=64) == 64 and _kept_count(0.9, 80, 8, tile=64) == 80  # never past every filter
+    assert _kept_count(1.0, 80, 8, tile=64) == 80 and _kept_count(1.0, 200, 8, tile=64) == 200  # width 1 keeps all
+    assert _kept_count(0.7, 48, 8, tile=16) == 32 and _kept_count(0.7, 16, 8, tile=0) == 11  # no tile: as before
+
+
+def test_a_tile_aware_plan_keeps_whole_tiles_within_the_budget(model):
+    g = channel_graph(model)
+    scores = importance(g, "l1")
+    tile = 4
+    p = plan(g, 0.6, scores, tile=tile)
+    assert p.tile == tile and p.macs <= 0.6 * p.macs_before
+    for conv in g.prunable:
+        kept, filters = len(p.keep[conv]), g.filters[conv]
+        assert kept == filters if filters <= tile else kept % tile == 0 and tile <= kept <= filters
+    thin = apply_plan(g, p.keep)
+    assert count_macs(thin) == p.macs
+    assert any(len(p.keep[c]) < g.filters[c] for c in g.prunable)
+
+
+def test_channel_tile_option_names_a_tile():
+    from leukedge.edge.machine import int8_channel_tile
+    from leukedge.options import ConfigError, validate
+    from leukedge.optimize.channels import channel_tile_for
+    from leukedge.optimize.run import OptimizeOptions
+
+    assert channel_tile_for("none") == 0 and channel_tile_for("64") == 64 and channel_tile_for("16") == 16
+    assert channel_tile_for("auto") == int8_channel_tile()
+    with pytest.raises(ChannelError, match="channel tile '12'"):
+        channel_tile_for("12")
+    with pytest.raises(ConfigError, match="channel_tile=12"):
+        validate(OptimizeOptions(channel_tile="12"))
+
+
+@pytest.mark.parametrize("features, tile", [
+    ({"avx2": True, "avx512f": True, "avx512_vnni": True, "amx_int8": True}, 64),  # Sapphire Rapids
+    ({"avx2": True, "avx512f": True, "avx512bw": True, "avx512_vnni": True, "amx_int8": False}, 16),  # Ice Lake
+    ({"avx2": True, "avx_vnni": True}, 8),  # Alder Lake, AVX2 class
+    ({"avx2": True}, 8),
+    ({"neon": True, "dotprod": True}, 16),  # Cortex-A76 (Pi 5)
+    ({"neon": True, "dotprod": False}, 8),  # Cortex-A72 (Pi 4)
+    ({}, 8),
+])
+def test_int8_channel_tile_follows_the_processor(features, tile):
+    from leukedge.edge.machine import int8_channel_tile
+
+    assert int8_channel_tile(features) == tile
+
+
 def test_what_cannot_be_pruned_is_frozen():
     from leukedge.tfcompat import tensorflow
 
@@ -317,6 +373,7 @@ def test_slim_variants_build_from_the_registry_with_cards_recording_work(optimiz
         opt = card.optimization
         assert opt["macs"] <= 0.5 * opt["parent_macs"] and opt["params"] < opt["parent_params"]
         assert opt["slim"]["criterion"] == "taylor" and opt["recovery"]["steps_run"] >= 1
+        assert opt["slim"]["tile"] == 0  # --channel-tile none, the default: the portable rounding
         clf = Classifier.load(out / f"{name}.tflite")
         assert self_test(clf).ok
     assert load_card_for_model(out / "slim50-int8@80.tflite").preprocessing.size == 80
