@@ -237,7 +237,7 @@ def plot(result: dict, path: Path) -> None:
             s = r[f"ms_{t}t"]
             c = colours.get(r["input_size"], "0.4")
             ax.errorbar(r["macs"] / 1e9, s["median"], yerr=[[s["median"] - s["q1"]], [s["q3"] - s["median"]]],
-                        fmt="o" if r["macs_kept"] < 1 else "s", color=c, ms=5, capsize=2)
+                        fmt="D" if r.get("tile") else "o" if r["macs_kept"] < 1 else "s", color=c, ms=5, capsize=2)
             ax.annotate(r["variant"], (r["macs"] / 1e9, s["median"]), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
         fit = result.get("fit_224", {}).get(str(t))
@@ -250,7 +250,8 @@ def plot(result: dict, path: Path) -> None:
         ax.set_ylim(0, None)
         ax.set_xlabel("multiply-accumulates (GMAC, batch 1)")
         ax.set_ylabel("median ms per image")
-        ax.set_title(f"LiteRT int8, {t} thread(s) (blue 224, green 192, orange 160 px)", fontsize=8)
+        ax.set_title(f"LiteRT int8, {t} thread(s) (blue 224, green 192, orange 160 px; "
+                     f"squares unpruned, diamonds --channel-tile)", fontsize=8)
     fig.suptitle(f"{result['machine']['cpu']} ({', '.join(result['cpu_flags'])})", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
