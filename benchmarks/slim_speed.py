@@ -39,13 +39,23 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # outside XNNPACK): this row shows what the pools cost. Rows named ".tN" are planned for a processor whose int8
 # kernel computes N output channels at a time (optimize --channel-tile N; 64: AMX), the others with the
 # portable rounding (--channel-tile none).
-DEFAULT_VARIANTS = (("int8", None, 224), ("int8-avgpool", None, 224, False), ("slim60-int8", 0.60, 224),
-                    ("slim50-int8", 0.50, 224),
-                    ("slim40-int8", 0.40, 224), ("slim30-int8", 0.30, 224), ("int8@160", None, 160),
-                    ("slim60-int8@160", 0.60, 160), ("slim50-int8@160", 0.50, 160), ("slim40-int8@160", 0.40, 160),
-                    ("slim60-int8@192", 0.60, 192), ("slim50-int8@192", 0.50, 192),
-                    ("slim60-int8.t64", 0.60, 224, True, 64), ("slim50-int8.t64", 0.50, 224, True, 64),
-                    ("slim60-int8@160.t64", 0.60, 160, True, 64), ("slim50-int8@160.t64", 0.50, 160, True, 64))
+BASE_VARIANTS = (("int8", None, 224), ("int8-avgpool", None, 224, False), ("slim60-int8", 0.60, 224),
+                 ("slim50-int8", 0.50, 224),
+                 ("slim40-int8", 0.40, 224), ("slim30-int8", 0.30, 224), ("int8@160", None, 160),
+                 ("slim60-int8@160", 0.60, 160), ("slim50-int8@160", 0.50, 160), ("slim40-int8@160", 0.40, 160),
+                 ("slim60-int8@192", 0.60, 192), ("slim50-int8@192", 0.50, 192))
+TILE_ROWS = (("slim60-int8", 0.60, 224), ("slim50-int8", 0.50, 224), ("slim60-int8@160", 0.60, 160),
+             ("slim50-int8@160", 0.50, 160))
+
+
+def variants_for(tile: int) -> tuple:
+    """BASE_VARIANTS plus TILE_ROWS planned for `tile` (names "<row>.t<tile>"); tile <= 8 adds none (the
+    portable rounding already is that tile)."""
+    return BASE_VARIANTS + (tuple((f"{n}.t{tile}", share, px, True, tile) for n, share, px in TILE_ROWS)
+                            if tile > 8 else ())
+
+
+DEFAULT_VARIANTS = variants_for(64)
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_tile",
              "asimd", "asimddp", "i8mm", "sve")
 
@@ -151,13 +161,15 @@ def time_models(work: Path, rows: list[dict], threads: list[int], runs: int, war
 PROBE_FILTERS = (8, 16, 24, 32, 48, 64, 80, 96, 128, 192)
 
 
-def tile_probe(work: Path, runs: int, threads: int = 1, size: int = 111, channels: int = 32) -> dict:
+def tile_probe(work: Path, runs: int, threads: int = 1, size: int = 111, channels: int = 32,
+               expected: int | None = None) -> dict:
     """The int8 channel tile of this processor, measured: one 3x3 int8 convolution at each filter count.
 
     A model of one Conv2D(N, 3) + ReLU on a `size` x `size` x `channels` input (InceptionV3's second
     layer at 224 px), N in PROBE_FILTERS, converted full-integer and timed by LiteRT at `threads`
     (alternating, `runs` rounds, medians). Where the time stays flat over several counts and then steps,
-    the step is the tile (64 with AMX, 16 with AVX-512 VNNI: edge.machine.int8_channel_tile).
+    the step is the tile (64 with AMX, 16 with AVX-512 VNNI: edge.machine.int8_channel_tile, recorded as
+    "tile_expected"; `expected` overrides it, e.g. for a process with AMX withheld).
     Returns {"input": [size, size, channels], "threads", "ms": {N: median ms}, "tile_expected": int}.
     """
     from leukedge.edge.machine import int8_channel_tile
@@ -186,7 +198,8 @@ def tile_probe(work: Path, runs: int, threads: int = 1, size: int = 111, channel
             t0 = time.perf_counter()
             interp.invoke()
             ms.append((time.perf_counter() - t0) * 1e3)
-    return {"input": [size, size, channels], "threads": threads, "tile_expected": int8_channel_tile(),
+    return {"input": [size, size, channels], "threads": threads,
+            "tile_expected": int8_channel_tile() if expected is None else expected,
             "ms": {str(n): round(statistics.median(ms), 3) for n, (_, ms) in interps.items()}}
 
 
@@ -262,7 +275,9 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     ts = result["threads"]
     lines = [f"# Slim (channel-pruned) int8 against int8: LiteRT speed on {m['cpu']}", "",
-             f"CPU: {m['cpu']} ({m['usable_cores']} usable cores; flags: {', '.join(result['cpu_flags']) or 'n/a'}). "
+             f"CPU: {m['cpu']} ({m['usable_cores']} usable cores; flags: {', '.join(result['cpu_flags']) or 'n/a'}"
+             + ("; **AMX withheld** from the process (benchmarks.machine.withhold_amx): XNNPACK ran its AVX-512 "
+                "VNNI kernels" if result.get("amx_withheld") else "") + "). "
              f"Runtime: {result['rows'][0].get('runtime')}. Model: InceptionV3 with random weights + Dense(2), "
              f"full-integer int8 (optimize.convert with average pools as depthwise convolutions, `--int8-pools "
              f"depthwise`, except `int8-avgpool`: optimize's default conversion). "
@@ -305,16 +320,29 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "slim-speed.json")
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--variants", default="", help="comma-separated names of DEFAULT_VARIANTS (default: all)")
+    ap.add_argument("--variants", default="", help="comma-separated names of the variants (default: all)")
+    ap.add_argument("--tile", type=int, default=0,
+                    help="channel tile of the '.tN' rows (default: this processor's, edge.machine.int8_channel_tile)")
+    ap.add_argument("--withhold-amx", action="store_true",
+                    help="refuse this process AMX (benchmarks.machine.withhold_amx): the AVX-512 VNNI class's figures")
     args = ap.parse_args(argv)
     if args.runs < 30:
         ap.error("--runs: at least 30 alternating runs (issue 23)")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    from leukedge.benchmarks.machine import machine_info
+    from leukedge.benchmarks.machine import AmxError, machine_info, withhold_amx
+    from leukedge.edge.machine import int8_channel_tile, machine_record
 
-    chosen = [v for v in DEFAULT_VARIANTS if not args.variants or v[0] in args.variants.split(",")]
+    if args.withhold_amx:
+        try:
+            withhold_amx()
+        except AmxError as exc:
+            ap.error(f"--withhold-amx: {exc}")
+    isa = {**machine_record()["isa"], **({"amx_int8": False} if args.withhold_amx else {})}
+    tile = args.tile or int8_channel_tile(isa)
+    variants = variants_for(tile)
+    chosen = [v for v in variants if not args.variants or v[0] in args.variants.split(",")]
     if chosen[0][0] != "int8":
-        chosen = [DEFAULT_VARIANTS[0]] + [v for v in chosen if v[0] != "int8"]
+        chosen = [variants[0]] + [v for v in chosen if v[0] != "int8"]
     rows = build(args.work, chosen)
     threads = [int(t) for t in args.threads.split(",")]
     time_models(args.work, rows, threads, args.runs)
@@ -326,9 +354,10 @@ def main(argv=None) -> int:
         ok = [r["variant"] for r in cands if all(r[f"speedup_{t}t"] >= target for t in threads)]
         verdicts.append(f"{label} >= {target}x at every thread count: " + (", ".join(ok) if ok else "none"))
     result = {"schema": "leukedge.slim-speed", "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine_info(), "cpu_flags": cpu_flags(), "runs": args.runs, "threads": threads,
+              "machine": machine_info(), "cpu_flags": cpu_flags(), "amx_withheld": args.withhold_amx,
+              "tile": tile, "runs": args.runs, "threads": threads,
               "rows": rows, "verdicts": verdicts, "fit_224": fit_fixed_cost(rows, threads),
-              "tile_probe": tile_probe(args.work, args.runs)}
+              "tile_probe": tile_probe(args.work, args.runs, expected=tile)}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))
     plot(result, args.out.with_suffix(".png"))
