@@ -254,6 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--ov-exec", action="store_true", help="record OpenVINO's kernel types per QDQ file")
     t.add_argument("--only", nargs="+", help="keep the configurations whose label contains one of these words")
     t.add_argument("--out", type=Path)
+    t.add_argument("--withhold-amx", action="store_true",
+                   help="refuse this process AMX (benchmarks.machine.withhold_amx): the AVX-512 VNNI class's figures")
     w = sub.add_parser("path", help="edge-classify's folder cost vs the decode floor, and cold start, per engine")
     w.add_argument("work", type=Path)
     w.add_argument("images", type=Path)
@@ -319,6 +321,13 @@ def _time_command(args) -> dict:
     returns the report (machine, versions, load averages, results per label, ratios)."""
     from leukedge.edge.machine import machine_line, machine_record
 
+    if getattr(args, "withhold_amx", False):  # before any engine loads: each asks for AMX once
+        from .machine import AmxError, withhold_amx
+
+        try:
+            withhold_amx()
+        except AmxError as exc:
+            raise SystemExit(f"engines time: --withhold-amx: {exc}") from None
     if args.rounds < 30:
         print(f"note: {args.rounds} rounds; issue 22's figures need at least 30", file=sys.stderr)
     size = json.loads((args.work / "calibration.json").read_text())["size"]
@@ -335,12 +344,13 @@ def _time_command(args) -> dict:
               "versions": versions(), "size": size, "rounds": args.rounds, "threads": args.threads,
               "load_average_before": [round(v, 2) for v in load0],
               "load_average_after": [round(v, 2) for v in os.getloadavg()],
-              "seconds": round(time.perf_counter() - t0, 1), "results": results}
+              "seconds": round(time.perf_counter() - t0, 1), "results": results,
+              "amx_withheld": bool(getattr(args, "withhold_amx", False))}
     _add_ratios(report, results, args.threads)
     if args.ov_exec:
         report["openvino_kernels"] = {p.name: ov_exec_types(p) for p in
                                       (args.work / f"{s}.onnx" for s in TYPE_VARIANTS) if p.is_file()}
-    print(machine_line(record))
+    print(machine_line(record) + ("; AMX withheld" if report["amx_withheld"] else ""))
     for label, r in sorted(results.items(), key=lambda kv: (kv[0].split("|")[-1], kv[1]["median_ms"])):
         print(f"{label:70s} {r['median_ms']:8.2f} ms  [{r['q1_ms']:.2f}, {r['q3_ms']:.2f}]  "
               f"x{r.get('speedup_vs_litert_int8', float('nan')):.2f} vs LiteRT int8")
