@@ -80,7 +80,8 @@ def at_parent_threshold(model_path: Path, variant_path: Path, ds, split, cache: 
     The optimize gate re-chooses each variant's threshold on validation (sensitivity held at the parent's
     level), so its F1 drop also carries that choice's jumps on a few hundred images; this figure leaves
     the choice out and shows what the recovery alone changed. `cache` keeps decoded parts and the parent's
-    scores between calls. Returns {"validation": {"f1", "f1_drop"}, "test": {...}, "threshold"}."""
+    scores between calls. Returns {"validation": {"f1", "f1_drop", "sensitivity", "sensitivity_drop"},
+    "test": {...}, "threshold"}: what `optimize --keep-threshold` would gate on."""
     from leukedge.edge.card import load_card_for_model
     from leukedge.edge.metrics import report_at_threshold
     from leukedge.evaluation import load_part, scorer_for
@@ -99,10 +100,12 @@ def at_parent_threshold(model_path: Path, variant_path: Path, ds, split, cache: 
                 ds.labels, parent_card.labels)
             p_parent = scorer_for(model_path, parent_card).p_positive(parent_arrays.images)
             cache[("parent", part)] = report_at_threshold(parent_arrays.labels, p_parent, parent_card.threshold,
-                                                         card.labels, pos)["f1_positive"]
+                                                         card.labels, pos)
+        parent = cache[("parent", part)]
         _, p_raw = scorer_for(variant_path, card).p_positive_both(arrays.images)
-        f1 = report_at_threshold(arrays.labels, p_raw, parent_card.threshold, card.labels, pos)["f1_positive"]
-        out[part] = {"f1": f1, "f1_drop": cache[("parent", part)] - f1}
+        r = report_at_threshold(arrays.labels, p_raw, parent_card.threshold, card.labels, pos)
+        out[part] = {"f1": r["f1_positive"], "f1_drop": parent["f1_positive"] - r["f1_positive"],
+                     "sensitivity": r["sensitivity"], "sensitivity_drop": parent["sensitivity"] - r["sensitivity"]}
     return out
 
 
@@ -146,7 +149,11 @@ def run_part(model_path: Path, out: Path, variant: str, seed: int, overrides: di
 
 def _fixed_point_spreads(done: list[dict]) -> dict:
     """F1 drops at the parent's threshold (at_parent_threshold) per seed and their max - min, validation and
-    test; empty where the parts have not been rescored."""
+    test; with sensitivity recorded also "fixed_validation_sensitivity_drops" and "fixed_within_budgets"
+    (per seed: validation F1 and sensitivity drops within the part's gate budgets, the verdict `optimize
+    --keep-threshold` would give) and "fixed_meets_criterion" (SPREAD_BUDGET's criterion on these figures;
+    summarize() also asks for at least three seeds, all done).
+    Empty where the parts have not been rescored."""
     fixed = [r["at_parent_threshold"] for r in done if r.get("at_parent_threshold")]
     if not fixed or len(fixed) != len(done):
         return {}
@@ -155,6 +162,14 @@ def _fixed_point_spreads(done: list[dict]) -> dict:
         drops = [f[part]["f1_drop"] for f in fixed]
         out[f"fixed_{part}_f1_drops"] = drops
         out[f"fixed_{part}_f1_drop_spread"] = max(drops) - min(drops)
+    if all("sensitivity_drop" in f["validation"] for f in fixed):
+        out["fixed_validation_sensitivity_drops"] = [f["validation"]["sensitivity_drop"] for f in fixed]
+        out["fixed_within_budgets"] = [
+            f["validation"]["f1_drop"] <= r["budgets"]["max_f1_drop"] + 1e-12
+            and f["validation"]["sensitivity_drop"] <= r["budgets"]["max_recall_drop"] + 1e-12
+            for f, r in zip(fixed, done)]
+        out["fixed_meets_criterion"] = all(out["fixed_within_budgets"]) and \
+            out["fixed_validation_f1_drop_spread"] <= SPREAD_BUDGET + 1e-12
     return out
 
 
@@ -180,6 +195,8 @@ def summarize(out: Path, variants, seeds, parent_test: dict | None) -> dict:
                    "all_pass": bool(done) and all(r["verdict"] == "pass" for r in done),
                    "meets_criterion": complete and len(seeds) >= 3 and all(r["verdict"] == "pass" for r in done)
                    and spread is not None and spread <= SPREAD_BUDGET + 1e-12, "parts": done}
+        if "fixed_meets_criterion" in rows[v]:  # the same criterion needs every one of at least three seeds
+            rows[v]["fixed_meets_criterion"] = rows[v]["fixed_meets_criterion"] and complete and len(seeds) >= 3
     summary = {"schema": "leukedge.seed-study", "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                "criterion": f"every seed passes the gate and max - min of the validation F1 drop <= {SPREAD_BUDGET}",
                "seeds": list(seeds), "parent_test": parent_test, "variants": rows}
@@ -219,12 +236,18 @@ def _markdown(summary: dict) -> str:
     if fixed:
         lines += ["", "At one fixed operating point (each variant's uncalibrated P against the parent's own "
                   "threshold, no re-chosen threshold; `at_parent_threshold`), F1 drop per seed and spread:", "",
-                  "| variant | validation F1 drops | spread | test F1 drops | spread |", "|---|---|---:|---|---:|"]
+                  "| variant | validation F1 drops | spread | validation sensitivity drops | within budgets "
+                  "(`--keep-threshold`'s verdict) | criterion | test F1 drops | spread |",
+                  "|---|---|---:|---|---|---|---|---:|"]
         for v, row in fixed:
             fmt = lambda xs: ", ".join(f"{x:+.4f}" for x in xs)  # noqa: E731
+            within = row.get("fixed_within_budgets")
             lines.append(f"| {v} | {fmt(row['fixed_validation_f1_drops'])} | "
-                         f"{row['fixed_validation_f1_drop_spread']:.4f} | {fmt(row['fixed_test_f1_drops'])} | "
-                         f"{row['fixed_test_f1_drop_spread']:.4f} |")
+                         f"{row['fixed_validation_f1_drop_spread']:.4f} | "
+                         + (fmt(row["fixed_validation_sensitivity_drops"]) if within is not None else "-") + " | "
+                         + (", ".join("pass" if w else "fail" for w in within) if within is not None else "-") + " | "
+                         + ("-" if within is None else "**meets**" if row["fixed_meets_criterion"] else "does not meet")
+                         + f" | {fmt(row['fixed_test_f1_drops'])} | {row['fixed_test_f1_drop_spread']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -283,7 +306,8 @@ def main(argv=None) -> int:
         for s in seeds:
             f = args.out / "parts" / f"{v}-seed{s}" / "result.json"
             result = json.loads(f.read_text()) if f.exists() else None
-            if result and not result.get("at_parent_threshold"):
+            if result and "sensitivity" not in (result.get("at_parent_threshold") or {}).get("validation", {}) \
+                    and (f.parent / "optimize" / result["file"]).exists():
                 result["at_parent_threshold"] = at_parent_threshold(
                     args.model, f.parent / "optimize" / result["file"], ds, split, cache)
                 _write_json(f, result)

@@ -428,3 +428,7 @@ def test_seed_study_runs_in_parts_and_an_interrupted_study_loses_nothing(tiny_mo
     assert row["fixed_validation_f1_drops"] == drops
     assert row["fixed_validation_f1_drop_spread"] == max(drops) - min(drops)
     assert "At one fixed operating point" in md
+    sens = [p["at_parent_threshold"]["validation"]["sensitivity_drop"] for p in row["parts"]]
+    assert row["fixed_validation_sensitivity_drops"] == sens and all(-1 <= d <= 1 for d in sens)
+    assert row["fixed_within_budgets"] == [True, True]  # budgets of 1: what --keep-threshold would pass
+    assert not row["fixed_meets_criterion"]  # two seeds, as above
