@@ -13,6 +13,11 @@ rounds in which each is invoked once in turn (alternating, so drift and neighbou
 alike); the median of the rounds is the figure, with the inter-quartile range. Each figure is also given per
 multiply-accumulate (ns/MAC), so a variant that is smaller but not faster is visible.
 
+Rows named `.tN` are planned for a processor whose int8 kernel computes N output channels at a time
+(optimize --channel-tile N; N defaults to this processor's, edge.machine.int8_channel_tile), and a tile
+probe (tile_probe) measures that tile. `--withhold-amx` refuses the process AMX first
+(benchmarks.machine.withhold_amx), so an AMX machine also gives the AVX-512 VNNI class's figures.
+
 Resumable: the converted models are kept in `--work` (default runs/slim-speed, ignored by git)
 and reused; the timing itself takes a few minutes. Run: `nice -n 10 python -m leukedge.benchmarks.slim_speed`.
 Writes benchmarks/results/slim-speed.json and .md (the CPU named: model name and the

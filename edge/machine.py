@@ -113,9 +113,10 @@ def isa_summary(features: dict[str, bool], caps: dict[str, str] | None = None) -
 # Output-channel tile of the int8 convolution kernel XNNPACK (LiteRT's CPU delegate) picks on each
 # processor class: a convolution costs by whole tiles of output channels, so channel pruning only
 # saves time where a layer's filter count drops past a multiple of the tile. Measured on Intel Xeon
-# (Sapphire Rapids), ai-edge-litert 2.3, one 3x3 int8 conv at 109x109 px: time flat from 8 to 64
-# filters and stepping at 128, 192 with AMX (xnn_qs8_qc8w_igemm_..._16x64c4__avx512amx); stepping every
-# 16 filters with AMX withheld (..._7x16c8__avx512vnni) (benchmarks/results/slim-speed.md). AVX2 and
+# (Sapphire Rapids), ai-edge-litert 2.3, one 3x3 int8 conv on 111x111x32: with AMX
+# (xnn_qs8_qc8w_igemm_..._16x64c4__avx512amx) the time is flat from 8 to 64 filters, one step higher from
+# 80 to 128 and another at 192; with AMX withheld (..._7x16c8__avx512vnni) it steps every 16 filters
+# (the tile probes in benchmarks/results/slim-speed.md and slim-speed-no-amx.md). AVX2 and
 # Arm entries follow the kernels XNNPACK's gemm config selects for them (4x8c8 AVX2; 2x8c8 NEON
 # mlal on Cortex-A72, Pi 4; 4x16c4 NEON dot-product on Cortex-A76, Pi 5), not measured here.
 INT8_CHANNEL_TILES = (("amx_int8", 64), ("avx512_vnni", 16), ("avx512bw", 16), ("dotprod", 16), ("i8mm", 16))
