@@ -11,7 +11,7 @@ LiteRT through edge.runtime.open_interpreter (the device's own loader), at 1 and
 Timing: an interpreter per model and thread count is loaded and warmed up (5 invokes), then `runs`
 rounds in which each is invoked once in turn (alternating, so drift and neighbours' load hit all
 alike); the median of the rounds is the figure, with the inter-quartile range. Each figure is also given per
-multiply-accumulate (ns/MAC), so a variant that is smaller but not faster is visible.
+multiply-accumulate (ps/MAC in the report, ns_per_mac in the JSON), so a variant that is smaller but not faster is visible.
 
 Rows named `.tN` are planned for a processor whose int8 kernel computes N output channels at a time
 (optimize --channel-tile N; N defaults to this processor's, edge.machine.int8_channel_tile), and a tile
@@ -290,14 +290,14 @@ def markdown(result: dict) -> str:
              f"thread count; "
              f"speed-up against `int8` at 224 px measured in the same run. {result['when']}.", "",
              "| variant | tile | px | GMAC | M params | MB | " + " | ".join(
-                 f"{t} thr ms (IQR) | x int8 | ns/MAC" for t in ts) + " |",
+                 f"{t} thr ms (IQR) | x int8 | ps/MAC" for t in ts) + " |",
              "|---|---:|---:|---:|---:|---:|" + "---:|---:|---:|" * len(ts)]
     for r in result["rows"]:
         cells = []
         for t in ts:
             s = r[f"ms_{t}t"]
             cells += [f"{s['median']:.2f} ({s['q1']:.2f}-{s['q3']:.2f})", f"{r[f'speedup_{t}t']:.2f}",
-                      f"{s['ns_per_mac']:.3f}"]
+                      f"{s['median'] * 1e9 / r['macs']:.2f}"]
         lines.append(f"| {r['variant']} | {r.get('tile') or '-'} | {r['input_size']} | {r['macs'] / 1e9:.2f} | "
                      f"{r['params'] / 1e6:.2f} | "
                      f"{r['bytes'] / 1e6:.1f} | " + " | ".join(cells) + " |")
@@ -314,8 +314,8 @@ def markdown(result: dict) -> str:
                   f"{probe['threads']} thread, median ms by filter count (time flat within a tile, stepping "
                   f"between tiles; edge.machine.int8_channel_tile says {probe['tile_expected']} here): "
                   + ", ".join(f"{n}: {ms:.3f}" for n, ms in probe["ms"].items()) + "."]
-    lines += ["", "Targets (issue 23): a slim variant at 224 px >= 1.6x the int8 speed at 1 and 2 threads; with a "
-              "smaller input >= 3x. " + "; ".join(result["verdicts"]) + "."]
+    lines += ["", "Targets (leukedge issue 23, \"Pruning that makes the model faster\"): a slim variant at 224 px "
+              ">= 1.6x the int8 speed at 1 and 2 threads; with a smaller input >= 3x. " + "; ".join(result["verdicts"]) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -323,11 +323,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=RESULTS.parents[1] / "runs" / "slim-speed")
     ap.add_argument("--out", type=Path, default=RESULTS / "slim-speed.json")
-    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--runs", type=int, default=40, help="alternating rounds, at least 30 (default 40)")
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--variants", default="", help="comma-separated names of the variants (default: all)")
+    ap.add_argument("--variants", default="",
+                    help="comma-separated rows (default: all): " + ", ".join(v[0] for v in BASE_VARIANTS)
+                    + ", and <row>.tN for " + ", ".join(v[0] for v in TILE_ROWS) + " (N: --tile)")
     ap.add_argument("--tile", type=int, default=0,
-                    help="channel tile of the '.tN' rows (default: this processor's, edge.machine.int8_channel_tile)")
+                    help="channel tile N of the '<row>.tN' rows, the only rows it changes (default: this processor's, "
+                         "edge.machine.int8_channel_tile; 8 or less: no such rows)")
     ap.add_argument("--withhold-amx", action="store_true",
                     help="refuse this process AMX (benchmarks.machine.withhold_amx): the AVX-512 VNNI class's figures")
     args = ap.parse_args(argv)
@@ -345,7 +348,12 @@ def main(argv=None) -> int:
     isa = {**machine_record()["isa"], **({"amx_int8": False} if args.withhold_amx else {})}
     tile = args.tile or int8_channel_tile(isa)
     variants = variants_for(tile)
-    chosen = [v for v in variants if not args.variants or v[0] in args.variants.split(",")]
+    asked = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in asked if n not in {v[0] for v in variants}]
+    if unknown:
+        ap.error(f"--variants: unknown {', '.join(unknown)}; known here (tile {tile}): "
+                 + ", ".join(v[0] for v in variants))
+    chosen = [v for v in variants if not asked or v[0] in asked]
     if chosen[0][0] != "int8":
         chosen = [variants[0]] + [v for v in chosen if v[0] != "int8"]
     rows = build(args.work, chosen)

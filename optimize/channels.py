@@ -69,7 +69,8 @@ def slim(model, macs_kept: float, criterion: str = DEFAULT_CRITERION, images: np
     model: a tf-keras model (a nested one is flattened first: leukedge.graph.flatten).
     macs_kept: share in (0, 1]; criterion, images, labels, output: see importance(); scores: reuse
     scores computed before for the same model (then criterion is only recorded). align, tile: how kept
-    filter counts are rounded (plan(); tile: the target processor's int8 channel tile, 0 for none).
+    filter counts are rounded (plan(); tile: the target processor's int8 channel tile, 0 for none; the
+    report's "align" is None when a tile replaces it).
     Returns (model, report) with report = {"criterion", "allocation", "align", "tile", "width", "macs_kept_target",
     "macs_kept", "macs_before", "macs", "params_before", "params", "convolutions_pruned",
     "convolutions_frozen", "filters_before", "filters", "seconds"}; MACs at the model's input size.
@@ -85,7 +86,7 @@ def slim(model, macs_kept: float, criterion: str = DEFAULT_CRITERION, images: np
     p = plan(graph, macs_kept, scores, align, tile)
     thin = apply_plan(graph, p.keep)
     report = {
-        "criterion": criterion, "allocation": p.allocation, "align": p.align, "tile": p.tile,
+        "criterion": criterion, "allocation": p.allocation, "align": None if p.tile else p.align, "tile": p.tile,
         "width": round(p.width, 4),
         "macs_kept_target": macs_kept, "macs_kept": round(p.macs_kept, 4), "macs_before": p.macs_before,
         "macs": count_macs(thin), "params_before": count_params(flat), "params": count_params(thin),

@@ -70,8 +70,9 @@ class OptimizeOptions:
     # dot-product, 8 on AVX2 and the Pi 4's Cortex-A72): leukedge.edge.machine.int8_channel_tile
     channel_tile: str = option("none", "slimNN rows: round each convolution's kept filters for this processor's int8 "
                                        "kernel tile: none (multiples of 8 where a layer has 32 or more: portable) | auto "
-                                       "(the processor optimize runs on) | 8 | 16 | 32 | 64 (e.g. 64 for a Xeon with "
-                                       "AMX). Layers within one tile keep all their filters.")
+                                       "(the processor optimize runs on: 64 with AMX, 16 with AVX-512 or Arm "
+                                       "dot-product, else 8) | 8 | 16 | 32 | 64 (e.g. 64 for a Xeon with AMX). Layers "
+                                       "within one tile keep all their filters; the card records the tile.")
     max_f1_drop: float = option(0.01, "Budget: F1 drop against the parent.")
     max_recall_drop: float = option(0.01, "Budget: sensitivity drop against the parent.")
     keep_failing: bool = option(False, "Exit 0 even when a variant is over budget (it stays marked failed).")

@@ -37,7 +37,16 @@ def test_the_report_names_the_tile_and_a_withheld_amx():
     text = slim_speed.markdown(result)
     assert "**AMX withheld**" in text
     assert "| slim50-int8.t16 | 16 | 224 |" in text and "| 2.00 |" in text  # 6.0 / 3.0 ms side by side
+    assert "| 2.50 |" in text  # time per MAC in picoseconds: 3.0 ms / 1.2 GMAC
     assert "int8_channel_tile says 16" in text and "16: 0.200" in text
+
+
+def test_an_unknown_row_is_refused_with_the_known_ones(capsys):
+    with pytest.raises(SystemExit) as exc:
+        slim_speed.main(["--variants", "int8,nope", "--runs", "30", "--tile", "16"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown nope" in err and "slim50-int8.t16" in err
 
 
 @pytest.mark.skipif(sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"),
