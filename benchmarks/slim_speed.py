@@ -11,7 +11,8 @@ LiteRT through edge.runtime.open_interpreter (the device's own loader), at 1 and
 Timing: an interpreter per model and thread count is loaded and warmed up (5 invokes), then `runs`
 rounds in which each is invoked once in turn (alternating, so drift and neighbours' load hit all
 alike); the median of the rounds is the figure, with the inter-quartile range. Each figure is also given per
-multiply-accumulate (ps/MAC in the report, ns_per_mac in the JSON), so a variant that is smaller but not faster is visible.
+multiply-accumulate (ps/MAC in the report, ns_per_mac in the JSON), so a variant that is smaller but not
+faster is visible.
 
 Rows named `.tN` are planned for a processor whose int8 kernel computes N output channels at a time
 (optimize --channel-tile N; N defaults to this processor's, edge.machine.int8_channel_tile), and a tile
@@ -178,34 +179,24 @@ def tile_probe(work: Path, runs: int, threads: int = 1, size: int = 111, channel
     Returns {"input": [size, size, channels], "threads", "ms": {N: median ms}, "tile_expected": int}.
     """
     from leukedge.edge.machine import int8_channel_tile
-    from leukedge.edge.runtime_tflite import open_interpreter
     from leukedge.optimize.convert import representative_from, to_tflite
     from leukedge.tfcompat import tensorflow
 
     tf = tensorflow()
     work.mkdir(parents=True, exist_ok=True)
     calib = np.random.default_rng(0).normal(0, 1, (8, size, size, channels)).astype(np.float32)
-    interps = {}
+    rows = []
     for n in PROBE_FILTERS:
         path = work / f"probe-c{channels}-s{size}-n{n}.tflite"
         if not path.exists():
             x = tf.keras.Input((size, size, channels))
             model = tf.keras.Model(x, tf.keras.layers.Conv2D(n, 3, activation="relu")(x))
             path.write_bytes(to_tflite(model, "int8", representative_from(calib)))
-        interp, _ = open_interpreter(path, threads=threads)
-        inp = interp.get_input_details()[0]
-        interp.set_tensor(inp["index"], np.random.default_rng(1).integers(-128, 128, inp["shape"]).astype(inp["dtype"]))
-        for _ in range(5):
-            interp.invoke()
-        interps[n] = (interp, [])
-    for _ in range(runs):
-        for interp, ms in interps.values():
-            t0 = time.perf_counter()
-            interp.invoke()
-            ms.append((time.perf_counter() - t0) * 1e3)
+        rows.append({"file": path.name, "macs": (size - 2) ** 2 * 9 * channels * n})  # VALID 3x3: Conv2D MACs
+    time_models(work, rows, [threads], runs)  # the same alternating rounds as the variants
     return {"input": [size, size, channels], "threads": threads,
             "tile_expected": int8_channel_tile() if expected is None else expected,
-            "ms": {str(n): round(statistics.median(ms), 3) for n, (_, ms) in interps.items()}}
+            "ms": {str(n): row[f"ms_{threads}t"]["median"] for n, row in zip(PROBE_FILTERS, rows)}}
 
 
 def summarize(rows: list[dict], threads: list[int]) -> None:
@@ -315,7 +306,8 @@ def markdown(result: dict) -> str:
                   f"between tiles; edge.machine.int8_channel_tile says {probe['tile_expected']} here): "
                   + ", ".join(f"{n}: {ms:.3f}" for n, ms in probe["ms"].items()) + "."]
     lines += ["", "Targets (leukedge issue 23, \"Pruning that makes the model faster\"): a slim variant at 224 px "
-              ">= 1.6x the int8 speed at 1 and 2 threads; with a smaller input >= 3x. " + "; ".join(result["verdicts"]) + "."]
+              ">= 1.6x the int8 speed at 1 and 2 threads; with a smaller input >= 3x. "
+              + "; ".join(result["verdicts"]) + "."]
     return "\n".join(lines) + "\n"
 
 
